@@ -1,0 +1,116 @@
+"""Atomic writes: JSON, bytes and Cloud-Optimised GeoTIFFs.
+
+Everything slidemap writes goes to a temporary file beside the target and is renamed into
+place, so a reader (or a crash) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.shutil import copy as rio_copy
+
+from slidemap.compute.grid import Grid
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it onto ``target`` if the block succeeds."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=suffix or target.suffix or ".tmp", dir=target.parent
+    )
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes_atomic(target: str | Path, data: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json_atomic(target: str | Path, data: Any) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_cog(
+    target: str | Path,
+    data: np.ndarray,
+    grid: Grid,
+    band_names: Sequence[str] | None = None,
+    nodata: float | None = None,
+    tags: dict[str, str] | None = None,
+    overview_resampling: str = "average",
+) -> None:
+    """Write ``data`` ([bands, H, W] or [H, W]) as a Cloud-Optimised GeoTIFF with overviews."""
+    if data.ndim == 2:
+        data = data[np.newaxis]
+    count = data.shape[0]
+    if data.shape[1:] != grid.shape:
+        raise ValueError(f"array shape {data.shape[1:]} does not match grid {grid.shape}")
+    dtype = data.dtype.name
+    profile = grid.profile(count=count, dtype=dtype, nodata=nodata)
+    profile.update(tiled=True, blockxsize=256, blockysize=256)
+    profile.pop("driver")
+    with atomic_path(target) as tmp:
+        mem_path = tmp.with_suffix(".work.tif")
+        try:
+            with rasterio.open(mem_path, "w", driver="GTiff", **profile) as dst:
+                dst.write(data)
+                if band_names:
+                    for i, name in enumerate(band_names, start=1):
+                        dst.set_band_description(i, name)
+                if tags:
+                    dst.update_tags(**tags)
+                factors = [f for f in (2, 4, 8, 16, 32, 64) if min(grid.shape) // f >= 16]
+                if factors:
+                    dst.build_overviews(factors, Resampling[overview_resampling])
+                    dst.update_tags(ns="rio_overview", resampling=overview_resampling)
+            rio_copy(
+                mem_path,
+                tmp,
+                driver="COG",
+                compress="DEFLATE",
+                blocksize=256,
+                overview_resampling=overview_resampling.upper(),
+                predictor="YES" if dtype.startswith("float") else "NO",
+            )
+        finally:
+            if mem_path.exists():
+                mem_path.unlink()

@@ -1,0 +1,98 @@
+"""`slidemap status`: what is built for a region, with absolute paths.
+
+JSON keys (a contract other tools rely on): ``name, synthetic, grid, factors, factor_names,
+imagery, labels, models, reports, caches`` (later features add keys, never rename them).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from slidemap.compute.factors import FACTORS_JSON
+from slidemap.compute.region import load_manifest
+
+
+def _abs(path: Path) -> str | None:
+    return str(path.resolve()) if path.exists() else None
+
+
+def _dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def region_status(region_dir: str | Path) -> dict[str, Any]:
+    root, manifest = load_manifest(region_dir)
+    build = root / "build"
+    factors_json = build / FACTORS_JSON
+    grid: dict[str, Any] | None = None
+    factor_names: list[str] = []
+    if factors_json.is_file():
+        data = json.loads(factors_json.read_text())
+        g = data["grid"]
+        grid = {
+            "crs": g["crs"],
+            "resolution": g.get("resolution"),
+            "shape": g.get("shape", [g["height"], g["width"]]),
+            "bounds": g.get("bounds"),
+            "transform": g.get("transform"),
+        }
+        factor_names = [f["name"] for f in data["factors"]]
+    from slidemap.training.artefacts import list_models
+
+    models = [m.to_status() for m in list_models(root)]
+    reports_root = root / "reports"
+    reports = sorted(str(p.resolve()) for p in reports_root.rglob("report.json")) if reports_root.is_dir() else []
+    caches_root = root / "cache"
+    caches = []
+    if caches_root.is_dir():
+        for entry in sorted(caches_root.iterdir()):
+            if entry.is_dir():
+                caches.append({"name": entry.name, "path": str(entry.resolve()), "bytes": _dir_size(entry)})
+            elif entry.is_file():
+                caches.append({"name": entry.name, "path": str(entry.resolve()), "bytes": entry.stat().st_size})
+    return {
+        "name": manifest.region.name,
+        "synthetic": manifest.region.synthetic,
+        "root": str(root),
+        "built": factors_json.is_file(),
+        "grid": grid,
+        "factors": _abs(build / "factors.tif"),
+        "factor_names": factor_names,
+        "normalisation": _abs(factors_json),
+        "imagery": _abs(build / "imagery.tif"),
+        "labels": _abs(build / "labels.tif"),
+        "labels_imagery": _abs(build / "labels_imagery.tif"),
+        "exclusion": _abs(build / "exclusion_imagery.tif"),
+        "inventory": _abs(build / "inventory.gpkg"),
+        "models": models,
+        "reports": reports,
+        "caches": caches,
+    }
+
+
+def format_status(status: dict[str, Any]) -> str:
+    lines = [f"region {status['name']}" + ("  [SYNTHETIC]" if status["synthetic"] else "")]
+    lines.append(f"  folder      {status['root']}")
+    if not status["built"]:
+        lines.append(f"  not prepared: run `slidemap prepare {status['root']}`")
+    else:
+        g = status["grid"]
+        lines.append(f"  grid        {g['crs']}  {g['shape'][1]} x {g['shape'][0]} cells of {g['resolution'][0]:g} m")
+        lines.append(f"  factors     {status['factors']}")
+        lines.append(f"              {', '.join(status['factor_names'])}")
+        for key in ("imagery", "labels", "labels_imagery", "exclusion", "inventory"):
+            if status.get(key):
+                lines.append(f"  {key:<11} {status[key]}")
+    lines.append(f"  models      {len(status['models'])}")
+    for m in status["models"]:
+        lines.append(f"    {m['kind']}/{m['name']} {m['version']}  {m['path']}")
+    lines.append(f"  reports     {len(status['reports'])}")
+    for r in status["reports"]:
+        lines.append(f"    {r}")
+    if status["caches"]:
+        lines.append("  caches")
+        for c in status["caches"]:
+            lines.append(f"    {c['name']:<20} {c['bytes'] / 1e6:8.1f} MB  {c['path']}")
+    return "\n".join(lines)

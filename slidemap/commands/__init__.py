@@ -1,0 +1,3 @@
+"""CLI sub-command modules. Each exposes ``register(subparsers)`` and imports heavy
+libraries (TensorFlow, titiler, streamlit) only inside its handlers so that
+``slidemap --help`` stays fast."""

@@ -1,0 +1,158 @@
+"""Region manifest validation: every user mistake is one line naming the file and the fix,
+exit code 2, no traceback, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+from slidemap.cli import main
+from slidemap.compute.region import load_region, parse_label
+from slidemap.errors import RegionError
+
+UTM = "EPSG:32649"
+
+
+def _raster(path: Path, crs: str | None = UTM, count: int = 1, size: int = 40, origin=(500000.0, 3200000.0),
+            res: float = 30.0, descriptions: list[str] | None = None, dtype: str = "float32") -> Path:
+    rng = np.random.default_rng(0)
+    profile = {"driver": "GTiff", "width": size, "height": size, "count": count, "dtype": dtype,
+               "transform": Affine(res, 0, origin[0], 0, -res, origin[1])}
+    if crs:
+        profile["crs"] = crs
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write((rng.random((count, size, size)) * 1000).astype(dtype))
+        for i, d in enumerate(descriptions or [], start=1):
+            dst.set_band_description(i, d)
+    return path
+
+
+def _region(tmp_path: Path, inputs: str, region: str = 'name = "t"\nresolution = 30') -> Path:
+    (tmp_path / "region.toml").write_text(f"[region]\n{region}\n\n[inputs]\n{inputs}\n")
+    return tmp_path
+
+
+def _fails(capsys, region_dir: Path, *needles: str) -> str:
+    before = sorted(p.name for p in region_dir.iterdir())
+    code = main(["prepare", str(region_dir), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+    assert sorted(p.name for p in region_dir.iterdir()) == before, "nothing may be written"
+    return err
+
+
+def test_valid_minimal_region_loads(tmp_path):
+    _raster(tmp_path / "dem.tif")
+    region = load_region(_region(tmp_path, 'dem = "dem.tif"'))
+    assert region.analysis_crs.to_epsg() == 32649
+    assert region.inputs.inventory == []
+
+
+def test_missing_file(tmp_path, capsys):
+    _raster(tmp_path / "dem.tif")
+    _region(tmp_path, 'dem = "dem.tif"\nrainfall = "rain.tif"')
+    _fails(capsys, tmp_path, "rain.tif", "inputs.rainfall", "not found", "fix the path")
+
+
+def test_missing_manifest(tmp_path, capsys):
+    assert main(["prepare", str(tmp_path)]) == 2
+    assert "region.toml" in capsys.readouterr().err
+
+
+def test_bad_toml_and_unknown_key(tmp_path, capsys):
+    (tmp_path / "region.toml").write_text("[region\nname=")
+    _fails(capsys, tmp_path, "region.toml", "not valid TOML")
+    _raster(tmp_path / "dem.tif")
+    _region(tmp_path, 'dem = "dem.tif"\nrainfal = "x.tif"')
+    _fails(capsys, tmp_path, "region.toml", "inputs.rainfal", "unknown key")
+
+
+def test_raster_without_crs(tmp_path, capsys):
+    _raster(tmp_path / "dem.tif", crs=None)
+    _region(tmp_path, 'dem = "dem.tif"')
+    _fails(capsys, tmp_path, "dem.tif", "no CRS")
+
+
+def test_band_list_does_not_match(tmp_path, capsys):
+    _raster(tmp_path / "dem.tif")
+    _raster(tmp_path / "s2.tif", count=3, dtype="uint16", res=10, size=100)
+    _region(tmp_path, 'dem = "dem.tif"\nimagery = { path = "s2.tif", bands = ["B2", "B3", "B4", "B8"] }')
+    _fails(capsys, tmp_path, "s2.tif", "4 bands", "has 3")
+
+
+def test_band_order_against_descriptions(tmp_path, capsys):
+    _raster(tmp_path / "dem.tif")
+    _raster(tmp_path / "s2.tif", count=2, dtype="uint16", res=10, size=100, descriptions=["B4", "B8"])
+    _region(tmp_path, 'dem = "dem.tif"\nimagery = { path = "s2.tif", bands = ["B8", "B4"] }')
+    _fails(capsys, tmp_path, "s2.tif", "order")
+
+
+def test_geographic_analysis_crs(tmp_path, capsys):
+    _raster(tmp_path / "dem.tif")
+    _region(tmp_path, 'dem = "dem.tif"', region='name = "t"\nresolution = 30\ncrs = "EPSG:4326"')
+    _fails(capsys, tmp_path, "geographic", "projected")
+
+
+def test_geographic_dem_needs_metric_resolution(tmp_path, capsys):
+    _raster(tmp_path / "dem.tif", crs="EPSG:4326", origin=(91.8, 22.5), res=0.0003)
+    _region(tmp_path, 'dem = "dem.tif"', region='name = "t"\nresolution = "dem"')
+    _fails(capsys, tmp_path, "geographic")
+
+
+def test_input_not_overlapping_dem(tmp_path, capsys):
+    _raster(tmp_path / "dem.tif")
+    _raster(tmp_path / "rain.tif", origin=(700000.0, 3200000.0), res=1000, size=5)
+    _region(tmp_path, 'dem = "dem.tif"\nrainfall = "rain.tif"')
+    _fails(capsys, tmp_path, "rain.tif", "does not overlap the DEM")
+
+
+def test_truncated_file(tmp_path, capsys):
+    path = _raster(tmp_path / "dem.tif", size=300)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    _region(tmp_path, 'dem = "dem.tif"')
+    _fails(capsys, tmp_path, "dem.tif", "unreadable or truncated")
+
+
+def test_not_a_raster(tmp_path, capsys):
+    (tmp_path / "dem.tif").write_text("this is not a GeoTIFF")
+    _region(tmp_path, 'dem = "dem.tif"')
+    _fails(capsys, tmp_path, "dem.tif", "unreadable")
+
+
+def test_csv_inventory_column_missing(tmp_path, capsys):
+    _raster(tmp_path / "dem.tif")
+    (tmp_path / "pts.csv").write_text("east,north\n500100,3199900\n")
+    _region(tmp_path, 'dem = "dem.tif"\ninventory = { path = "pts.csv", x = "x", y = "north" }')
+    _fails(capsys, tmp_path, "pts.csv", "no column 'x'")
+
+
+def test_vector_not_readable(tmp_path, capsys):
+    _raster(tmp_path / "dem.tif")
+    (tmp_path / "roads.gpkg").write_bytes(b"\x00garbage")
+    _region(tmp_path, 'dem = "dem.tif"\nroads = "roads.gpkg"')
+    _fails(capsys, tmp_path, "roads.gpkg", "not a readable vector")
+
+
+@pytest.mark.parametrize(("value", "expected"), [("TRUE", True), ("false", False), (1, True), ("0", False), (True, True)])
+def test_parse_label(value, expected):
+    assert parse_label(value) is expected
+
+
+def test_parse_label_rejects_garbage():
+    with pytest.raises(ValueError):
+        parse_label("maybe")
+
+
+def test_region_error_is_one_line(tmp_path):
+    with pytest.raises(RegionError) as info:
+        load_region(tmp_path / "nowhere")
+    assert "\n" not in str(info.value)
