@@ -81,18 +81,35 @@ def write_cog(
     """Write ``data`` ([bands, H, W] or [H, W]) as a Cloud-Optimised GeoTIFF with overviews."""
     if data.ndim == 2:
         data = data[np.newaxis]
-    count = data.shape[0]
     if data.shape[1:] != grid.shape:
         raise ValueError(f"array shape {data.shape[1:]} does not match grid {grid.shape}")
-    dtype = data.dtype.name
+    with cog_writer(target, grid, data.shape[0], data.dtype.name, band_names, nodata, tags, overview_resampling) as dst:
+        dst.write(data)
+
+
+@contextlib.contextmanager
+def cog_writer(
+    target: str | Path,
+    grid: Grid,
+    count: int,
+    dtype: str,
+    band_names: Sequence[str] | None = None,
+    nodata: float | None = None,
+    tags: dict[str, str] | None = None,
+    overview_resampling: str = "average",
+) -> Iterator[rasterio.io.DatasetWriter]:
+    """Yield a tiled GeoTIFF writer on ``grid``; on exit build overviews and publish a COG.
+
+    Lets large rasters be written window by window instead of held in memory.
+    """
     profile = grid.profile(count=count, dtype=dtype, nodata=nodata)
-    profile.update(tiled=True, blockxsize=256, blockysize=256)
+    profile.update(tiled=True, blockxsize=256, blockysize=256, BIGTIFF="IF_SAFER")
     profile.pop("driver")
     with atomic_path(target) as tmp:
-        mem_path = tmp.with_suffix(".work.tif")
+        work = tmp.with_suffix(".work.tif")
         try:
-            with rasterio.open(mem_path, "w", driver="GTiff", **profile) as dst:
-                dst.write(data)
+            with rasterio.open(work, "w", driver="GTiff", **profile) as dst:
+                yield dst
                 if band_names:
                     for i, name in enumerate(band_names, start=1):
                         dst.set_band_description(i, name)
@@ -101,16 +118,16 @@ def write_cog(
                 factors = [f for f in (2, 4, 8, 16, 32, 64) if min(grid.shape) // f >= 16]
                 if factors:
                     dst.build_overviews(factors, Resampling[overview_resampling])
-                    dst.update_tags(ns="rio_overview", resampling=overview_resampling)
             rio_copy(
-                mem_path,
+                work,
                 tmp,
                 driver="COG",
                 compress="DEFLATE",
                 blocksize=256,
                 overview_resampling=overview_resampling.upper(),
                 predictor="YES" if dtype.startswith("float") else "NO",
+                BIGTIFF="IF_SAFER",
             )
         finally:
-            if mem_path.exists():
-                mem_path.unlink()
+            if work.exists():
+                work.unlink()

@@ -156,3 +156,20 @@ def test_region_error_is_one_line(tmp_path):
     with pytest.raises(RegionError) as info:
         load_region(tmp_path / "nowhere")
     assert "\n" not in str(info.value)
+
+
+def test_console_script_error_is_one_line_exit_2(tmp_path):
+    """The installed `slidemap` entry point, as a user runs it."""
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("slidemap", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip("the slidemap console script is not installed next to this Python")
+    _raster(tmp_path / "dem.tif", crs=None)
+    _region(tmp_path, 'dem = "dem.tif"')
+    proc = subprocess.run([exe, "prepare", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "no CRS" in proc.stderr
+    assert not (tmp_path / "build").exists()
