@@ -21,8 +21,9 @@ STAMP=".venv/.slidemap-installed-${EXTRAS:-base}"
 WANT="$(cat pyproject.toml constraints.txt 2>/dev/null | sha256sum | cut -c1-16)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
     echo "==> installing slidemap${EXTRAS:+[$EXTRAS]} into .venv (pinned by constraints.txt)"
-    .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -c constraints.txt -e "$SPEC"
+    # (pip's notes about this machine's optional local indexes are filtered out)
+    .venv/bin/python -m pip install --quiet --upgrade pip 2>&1 | { grep -v "WARNING: Location" || true; }
+    .venv/bin/python -m pip install --quiet -c constraints.txt -e "$SPEC" 2>&1 | { grep -v "WARNING: Location" || true; }
     echo "$WANT" > "$STAMP"
 else
     echo "==> .venv up to date"
