@@ -1,0 +1,445 @@
+"""Report pages: read the saved training reports (JSON + PNG) and show them; never recompute.
+
+Reports live in ``REGION/reports/<kind>/<run_id>/report.json`` (kind = unet | lsm | inventory) and in
+extra folders such as the repo's ``reports/real/`` (searched recursively for ``report.json``).
+Readers are tolerant: they show the keys that are there and say which expected ones are missing.
+Real-data reports and SYNTHETIC ones are always shown apart and labelled.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+KINDS = ("unet", "lsm", "inventory")
+UNET_METRICS = ("accuracy", "precision", "recall", "f1", "miou", "pr_auc", "threshold")
+LSM_METRICS = ("roc_auc", "pr_auc", "accuracy", "precision", "recall", "f1", "threshold", "f1_macro",
+               "precision_macro", "recall_macro")
+LSM_MODELS = ("small", "medium", "large", "multiscale", "multiscale_dense", "gbdt_lr", "logreg", "random_forest")
+SPLITS = ("random", "blocked")
+SPLIT_NAMES = {"random": "random 80/20 split", "blocked": "spatially blocked 80/20 split"}
+
+
+@dataclass(frozen=True)
+class Report:
+    """One saved report: its folder, its JSON (or why it could not be read)."""
+
+    kind: str
+    run_id: str
+    folder: Path
+    data: dict[str, Any]
+    error: str | None = None
+
+    @property
+    def synthetic(self) -> bool | None:
+        value = self.data.get("synthetic")
+        return value if isinstance(value, bool) else None
+
+    @property
+    def label(self) -> str:
+        """``SYNTHETIC`` / ``REAL`` / ``UNMARKED``: printed beside every figure of the report."""
+        return {True: "SYNTHETIC", False: "REAL"}.get(self.synthetic, "UNMARKED")
+
+    @property
+    def created(self) -> str:
+        return str(self.data.get("created") or "")
+
+    @property
+    def title(self) -> str:
+        data = self.data.get("data")
+        if isinstance(data, dict):
+            what = str(data.get("name") or data.get("region") or data.get("source") or "")
+        else:
+            what = str(data or "")
+        return f"[{self.label}] {self.kind} {self.run_id}" + (f" — {what}" if what else "")
+
+    def versions(self) -> set[str]:
+        """Every model version the report names (``model_versions`` as a list, dict or string)."""
+        return set(_strings(self.data.get("model_versions")))
+
+    def images(self) -> list[Path]:
+        return sorted(self.folder.glob("*.png"))
+
+
+def _strings(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+def _kind_of(path: Path, data: dict[str, Any]) -> str:
+    kind = data.get("kind")
+    if isinstance(kind, str) and kind:
+        return kind
+    for part in reversed(path.parts[:-2]):  # .../<kind>/<run_id>/report.json
+        if part in KINDS:
+            return part
+    return "unknown"
+
+
+def load_report(path: Path) -> Report:
+    """Read one report.json; unreadable files become a Report with ``error`` set."""
+    run_id = path.parent.name
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        return Report("unknown", run_id, path.parent, {}, f"{path}: cannot be read ({exc})")
+    except json.JSONDecodeError as exc:
+        return Report("unknown", run_id, path.parent, {}, f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})")
+    if not isinstance(data, dict):
+        return Report("unknown", run_id, path.parent, {}, f"{path}: a report must be a JSON object")
+    return Report(_kind_of(path, data), run_id, path.parent, data)
+
+
+def find_reports(region_dir: Path | None, extra_dirs: Iterable[Path] = ()) -> list[Report]:
+    """All reports of the region and of the extra folders, newest first, each file once."""
+    paths: list[Path] = []
+    if region_dir is not None and (region_dir / "reports").is_dir():
+        paths.extend(sorted((region_dir / "reports").glob("*/*/report.json")))
+    for folder in extra_dirs:
+        if folder.is_dir():
+            paths.extend(sorted(folder.rglob("report.json")))
+    seen: set[Path] = set()
+    reports = []
+    for path in paths:
+        resolved = path.resolve()
+        if resolved in seen:
+            continue
+        seen.add(resolved)
+        reports.append(load_report(path))
+    reports.sort(key=lambda r: r.created, reverse=True)
+    return reports
+
+
+def for_versions(reports: list[Report], versions: dict[str, str]) -> list[Report]:
+    """Reports of the chosen model versions; reports that name no version are kept (said so on screen)."""
+    chosen = {v for v in versions.values() if v}
+    if not chosen:
+        return reports
+    return [r for r in reports if not r.versions() or r.versions() & chosen]
+
+
+def metrics_rows(
+    models: Any, split: str, metrics: tuple[str, ...], extras: bool = True
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Rows ``{model, metric...}`` for one split (other scalar metrics too with ``extras``), and notes
+    on what is missing."""
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    if not isinstance(models, dict):
+        return rows, ["the report has no `models` table"]
+    for name, by_split in models.items():
+        m = by_split.get(split) if isinstance(by_split, dict) else None
+        if not isinstance(m, dict):
+            notes.append(f"{name}: no {split} split")
+            continue
+        row: dict[str, Any] = {"model": name}
+        for key in metrics:
+            if key in m:
+                row[key] = _scalar(m[key])
+        # Extra scalar metrics are shown too: tolerant of schemas that grow.
+        for key, value in m.items() if extras else ():
+            if key not in row and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+                row[key] = value
+        missing = [k for k in metrics if k not in m and not k.endswith("_macro")]
+        if missing:
+            notes.append(f"{name} ({split}): missing {', '.join(missing)}")
+        rows.append(row)
+    return rows, notes
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, dict):  # e.g. {"binary": x, "macro": y}
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+    return value
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def table_rows(value: Any, key_name: str = "name") -> list[dict[str, Any]]:
+    """A dict of dicts (McNemar, classes, ...) or a list of dicts as table rows; scalars as one row each."""
+    if isinstance(value, list):
+        if all(isinstance(v, dict) for v in value):
+            return [{k: _cell(v) for k, v in item.items()} for item in value]
+        return [{"#": i, "value": _text(v)} for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        if value and all(isinstance(v, dict) for v in value.values()):
+            return [{key_name: k, **{kk: _cell(vv) for kk, vv in v.items()}} for k, v in value.items()]
+        # one column of mixed values (numbers, text, small dicts): shown as text
+        return [{key_name: k, "value": _text(v)} for k, v in value.items()]
+    return [{"value": _text(value)}]
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def class_rows(classes: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per class from parallel lists (``names``, ``breaks``, ``area_share``, ...)."""
+    names = classes.get("names")
+    breaks = classes.get("breaks")
+    n = len(names) if isinstance(names, list) else len(breaks) if isinstance(breaks, list) else 0
+    if not n:
+        return []
+    columns = {k: v for k, v in classes.items() if isinstance(v, list) and len(v) == n}
+    rows = []
+    for i in range(n):
+        row: dict[str, Any] = {} if "names" in columns else {"class": i + 1}
+        row.update({k: _cell(v[i]) for k, v in columns.items()})
+        rows.append(row)
+    return rows
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    """A one-line summary: the scalar items of a dict (grids, variograms and the like left out)."""
+    if isinstance(value, dict):
+        text = ", ".join(f"{k} {v}" for k, v in value.items() if isinstance(v, (str, int, float, bool)))
+    elif isinstance(value, list):
+        text = ", ".join(str(v) for v in value)
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Streamlit rendering
+
+
+def _badge(report: Report) -> None:
+    import streamlit as st
+
+    if report.synthetic is True:
+        st.warning("SYNTHETIC data: these figures come from a generated demo region, not from real landslides.")
+    elif report.synthetic is False:
+        st.success("REAL data: computed on real observations.")
+    else:
+        st.info("UNMARKED: the report does not say whether its data is synthetic (no `synthetic` key).")
+    meta = {k: _short(report.data.get(k)) for k in ("data", "created", "preset", "model_versions")
+            if report.data.get(k) is not None}
+    if meta:
+        st.caption(" · ".join(f"{k}: {v}" for k, v in meta.items()))
+    if isinstance(report.data.get("metric_definitions"), str):
+        st.caption(report.data["metric_definitions"])
+    st.caption(f"folder: {report.folder}")
+
+
+def _split_tables(report: Report, metrics: tuple[str, ...]) -> None:
+    """Random vs spatially blocked, side by side."""
+    import streamlit as st
+
+    models = report.data.get("models")
+    if not isinstance(models, dict) or not models:
+        st.info("This report has no `models` table.")
+        return
+    notes: list[str] = []
+    for split, col in zip(SPLITS, st.columns(2), strict=True):
+        rows, split_notes = metrics_rows(models, split, metrics)
+        notes.extend(split_notes)
+        with col:
+            st.markdown(f"**{SPLIT_NAMES[split]}** [{report.label}]")
+            if rows:
+                st.dataframe(rows, hide_index=True)
+            else:
+                st.info(f"No {split}-split results in this report.")
+    if notes:
+        st.caption("Missing: " + "; ".join(notes))
+
+
+def _images(report: Report, wanted: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> list[Path]:
+    import streamlit as st
+
+    shown = []
+    for path in report.images():
+        name = path.stem.lower()
+        if wanted and not any(w in name for w in wanted):
+            continue
+        if any(e in name for e in exclude):
+            continue
+        st.image(str(path), caption=f"{path.name} [{report.label}]", width=760)
+        shown.append(path)
+    return shown
+
+
+def _other_keys(report: Report, known: set[str]) -> None:
+    import streamlit as st
+
+    extra = {k: v for k, v in report.data.items() if k not in known}
+    if extra:
+        with st.expander("Other keys in this report"):
+            st.json(extra)
+
+
+_META = {"kind", "synthetic", "data", "created", "model_versions", "metric_definitions", "preset"}
+
+
+def render_unet(report: Report) -> None:
+    import streamlit as st
+
+    _badge(report)
+    hpo = report.data.get("hpo")
+    st.markdown(f"#### Hyperparameter search (GP + expected improvement) [{report.label}]")
+    if isinstance(hpo, list) and hpo:
+        rows = table_rows(hpo)
+        st.dataframe(rows, hide_index=True)
+        scores = [(r.get("iteration", i + 1), r.get("score")) for i, r in enumerate(rows)]
+        scores = [(i, s) for i, s in scores if isinstance(s, (int, float))]
+        if scores:
+            st.markdown(f"Score per iteration [{report.label}]")
+            st.line_chart({"iteration": [i for i, _ in scores], "score": [s for _, s in scores]},
+                          x="iteration", y="score", x_label="iteration", y_label="score")
+    else:
+        st.info("This report has no `hpo` iterations.")
+    best = report.data.get("best")
+    if isinstance(best, dict):
+        st.markdown("**Best set:** " + ", ".join(f"{k} = {_fmt(v)}" for k, v in best.items()))
+    else:
+        st.info("This report has no `best` hyperparameters.")
+    st.markdown(f"#### Models on the test splits [{report.label}]")
+    _split_tables(report, UNET_METRICS)
+    st.markdown(f"#### Training curves and figures [{report.label}]")
+    if not _images(report):
+        st.info("No figures (PNG) saved beside this report.")
+    _other_keys(report, _META | {"hpo", "best", "models"})
+
+
+def render_lsm(report: Report) -> None:
+    import streamlit as st
+
+    _badge(report)
+    st.markdown(f"#### Susceptibility models on both splits [{report.label}]")
+    _split_tables(report, LSM_METRICS)
+    models = report.data.get("models")
+    if isinstance(models, dict):
+        absent = [m for m in LSM_MODELS if m not in models]
+        if absent:
+            st.caption("Models not in this report: " + ", ".join(absent))
+    st.markdown(f"#### McNemar's test, multi-scale vs each model [{report.label}]")
+    mcnemar = report.data.get("mcnemar")
+    if mcnemar:
+        if isinstance(mcnemar, dict) and all(isinstance(v, dict) for v in mcnemar.values()) and \
+                any(s in mcnemar for s in SPLITS):
+            for split, col in zip(SPLITS, st.columns(2), strict=True):
+                with col:
+                    st.markdown(f"**{SPLIT_NAMES[split]}**")
+                    if split in mcnemar:
+                        st.dataframe(table_rows(mcnemar[split], "versus"), hide_index=True)
+                    else:
+                        st.info(f"No McNemar results for the {split} split.")
+        else:
+            st.dataframe(table_rows(mcnemar, "versus"), hide_index=True)
+    else:
+        st.info("This report has no `mcnemar` table.")
+    st.markdown(f"#### Susceptibility classes (Jenks natural breaks) [{report.label}]")
+    classes = report.data.get("classes")
+    if isinstance(classes, dict) and classes:
+        scalars = {k: v for k, v in classes.items() if not isinstance(v, (list, dict))}
+        if scalars:
+            st.markdown(", ".join(f"{k}: {_fmt(v)}" for k, v in scalars.items()))
+        per_class = class_rows(classes)
+        if per_class:
+            st.dataframe(per_class, hide_index=True)
+        for key, value in classes.items():
+            if isinstance(value, (list, dict)) and not (per_class and key in per_class[0]):
+                st.markdown(f"**{key}**")
+                st.dataframe(table_rows(value, "class"), hide_index=True)
+    elif isinstance(classes, list) and classes:
+        st.dataframe(table_rows(classes), hide_index=True)
+    else:
+        st.info("This report has no `classes` (breaks and areas); run `slidemap map susceptibility`.")
+    st.markdown(f"#### ROC / PR, success- and prediction-rate curves and other figures [{report.label}]")
+    if not _images(report):
+        st.info("No figures (PNG) saved beside this report.")
+    _other_keys(report, _META | {"models", "mcnemar", "classes"})
+
+
+def render_inventory(report: Report) -> None:
+    import streamlit as st
+
+    _badge(report)
+    st.markdown(f"#### Detected inventory [{report.label}]")
+    obj = report.data.get("object_level") if isinstance(report.data.get("object_level"), dict) else {}
+    headline = [("areas kept", report.data.get("areas_kept")), ("object recall", obj.get("recall")),
+                ("object precision", obj.get("precision")), ("known landslides", obj.get("known_landslides"))]
+    headline = [(k, v) for k, v in headline if isinstance(v, (int, float))]
+    if headline:
+        for col, (name, value) in zip(st.columns(len(headline)), headline, strict=True):
+            col.metric(f"{name} [{report.label}]", _fmt(value) if isinstance(value, float) else value)
+    scalars = {k: v for k, v in report.data.items() if k not in _META and not isinstance(v, (list, dict))}
+    if scalars:
+        st.dataframe([{"quantity": k, "value": _text(v)} for k, v in scalars.items()], hide_index=True)
+    for key, value in report.data.items():
+        if key in _META or not isinstance(value, (list, dict)):
+            continue
+        st.markdown(f"**{key}**")
+        st.dataframe(table_rows(value), hide_index=True)
+    if not scalars and not any(isinstance(v, (list, dict)) for k, v in report.data.items() if k not in _META):
+        st.info("This inventory report holds no summary values.")
+    _images(report)
+
+
+RENDERERS = {"unet": render_unet, "lsm": render_lsm, "inventory": render_inventory}
+PAGE_TITLES = {
+    "unet": "Inventory mapping (U-Net)",
+    "lsm": "Susceptibility models",
+    "inventory": "Detected inventory",
+}
+
+
+def render_kind(kind: str, reports: list[Report], versions: dict[str, str]) -> None:
+    """One page: every report of ``kind``, real data apart from SYNTHETIC."""
+    import streamlit as st
+
+    st.header(PAGE_TITLES.get(kind, kind))
+    broken = [r for r in reports if r.error]
+    for r in broken:
+        st.warning(f"Skipped a report: {r.error}")
+    mine = [r for r in reports if r.kind == kind and not r.error]
+    if not mine:
+        hint = {
+            "unet": "`slidemap train unet REGION_DIR`",
+            "lsm": "`slidemap train lsm REGION_DIR` and `slidemap map susceptibility REGION_DIR`",
+            "inventory": "`slidemap inventory REGION_DIR`",
+        }.get(kind, "the training commands")
+        st.info(f"No {kind} report found yet. Run {hint}; its report appears here.")
+        return
+    shown = for_versions(mine, versions)
+    if len(shown) < len(mine):
+        st.caption(f"{len(mine) - len(shown)} report(s) of other model versions hidden (see the sidebar).")
+    if not shown:
+        st.info("No report of the chosen model versions; choose another version in the sidebar.")
+        return
+    real = [r for r in shown if r.synthetic is False]
+    other = [r for r in shown if r.synthetic is not False]
+    groups = [
+        (f"REAL data ({len(real)})", real, "No real-data report of this kind. Real-data reports live in the repo's `reports/real/`."),
+        (f"SYNTHETIC data ({len(other)})", other, "No synthetic report of this kind."),
+    ]
+    if not real:  # open on the tab that has something
+        groups.reverse()
+    tabs = st.tabs([label for label, _, _ in groups])
+    for tab, (_, group, empty) in zip(tabs, groups, strict=True):
+        with tab:
+            if not group:
+                st.info(empty)
+                continue
+            for i, report in enumerate(group):
+                with st.expander(report.title, expanded=(i == 0)):
+                    RENDERERS.get(kind, render_inventory)(report)

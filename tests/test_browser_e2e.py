@@ -1,0 +1,255 @@
+"""End to end in a real headless Chromium (Debian's package, driven by Playwright; no browser download).
+
+Starts a tile server (the real ``slidemap serve`` app on a prepared demo region when the server and a
+prepared region are available, otherwise the stub of test_dashboard) and ``slidemap dashboard`` on free
+loopback ports, loads the page, waits for map tiles from our server, checks that no request left
+loopback, switches a layer, clicks the map for ``/point`` values and saves a screenshot in
+``test-output/dashboard.png``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import pytest
+
+from slidemap.training.artefacts import read_card, save_artefact
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+OUT = Path(__file__).resolve().parents[1] / "test-output"
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.is_file(), reason="Debian's chromium is not installed at /usr/bin/chromium "
+                       "(apt-get install chromium); the browser test needs it"),
+]
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
+
+from test_dashboard import StubServer, free_port, lsm_report, write_report  # noqa: E402
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[:4]} exited with {proc.returncode}: {log.read_text() if log else ''}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} did not answer within {timeout:g} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop the process group started for this test (start_new_session=True), forcefully if need be."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+class StandInDetector:
+    """The detector interface of docs/ARCHITECTURE.md: a smoothed NDVI as 'probability'."""
+
+    bands = ["B2", "B3", "B4", "B8"]
+    halo = 2
+
+    def __init__(self, path: Path) -> None:
+        self.version = read_card(path)["version"]
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        ndvi = (image[3] - image[2]) / (image[3] + image[2] + 1e-6)
+        return (1 / (1 + np.exp(-8 * (0.4 - ndvi)))).astype(np.float32)
+
+
+class StandInSusceptibility:
+    """The susceptibility interface: slope / 45 degrees, clipped to 0..1, on the inner block."""
+
+    factor_names = ["slope"]
+    halo = 1
+
+    def __init__(self, path: Path) -> None:
+        self.version = read_card(path)["version"]
+
+    def predict_block(self, stack: np.ndarray) -> np.ndarray:
+        h = self.halo
+        return np.clip(stack[0, h:-h, h:-h] / 45.0, 0, 1).astype(np.float32)
+
+
+class ThreadedApp:
+    """A FastAPI app served by uvicorn in a thread on a free loopback port."""
+
+    def __init__(self, app) -> None:
+        import uvicorn
+
+        self.url = f"http://127.0.0.1:{free_port()}"
+        port = int(self.url.rsplit(":", 1)[1])
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ThreadedApp:
+        self.thread.start()
+        wait_http(f"{self.url}/health", timeout=30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(params=["stub", "real"])
+def tile_server(request, tmp_path):
+    """(server URL, region folder): the issue-5 contract stub, or the real app on the prepared demo region."""
+    region = tmp_path / "region"
+    if request.param == "stub":
+        write_report(region / "reports" / "lsm" / "run1", lsm_report(), png="roc_pr_blocked.png")
+        with StubServer() as server:
+            yield request.param, server.url, region
+        return
+    try:
+        from slidemap.server.app import create_app
+    except ImportError as exc:
+        pytest.skip(f"the tile server (slidemap.server.app) is not importable: {exc}")
+    from slidemap.server.app import ServerSettings
+
+    shutil.copytree(request.getfixturevalue("prepared_region"), region,
+                    ignore=shutil.ignore_patterns("cache", "models"))
+    # Stand-in models behind the real block engine (training a real one would take minutes here):
+    # saved as artefacts, so versions, ?model= and the version selector work as with real ones.
+    for kind, name in (("unet", "attention_unet"), ("lsm", "multiscale_dense")):
+        save_artefact(region / "models", kind, name, {"synthetic": True, "inputs": {}},
+                      lambda p, kind=kind: p.write_bytes(f"stand-in {kind}".encode()))
+    settings = ServerSettings(cache_dir=tmp_path / "cache", block_size=64,
+                              loaders={"unet": StandInDetector, "lsm": StandInSusceptibility})
+    with ThreadedApp(create_app(region, settings)) as server:
+        yield request.param, server.url, region
+
+
+@pytest.fixture()
+def dashboard(tile_server, tmp_path):
+    _, server_url, region = tile_server
+    port = free_port()
+    env = dict(os.environ, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    log = tmp_path / "dashboard.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "slidemap.cli", "dashboard", str(region), "--server", server_url,
+             "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/_stcore/health", proc=proc, log=log)
+        assert f"http://127.0.0.1:{port}/" in log.read_text()  # the command prints the URL
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        stop(proc)
+
+
+def map_frame(page, timeout: float = 45.0):
+    """The iframe that holds the Leaflet map (Streamlit renders it as a srcdoc iframe)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for frame in page.frames:
+            try:
+                if frame.evaluate("() => !!window.slidemapStatus"):
+                    return frame
+            except sync_api.Error:
+                continue
+        page.wait_for_timeout(250)
+    raise TimeoutError("the map iframe did not appear")
+
+
+def wait_until(page, condition, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        page.wait_for_timeout(200)
+
+
+def test_dashboard_in_headless_chromium(dashboard, tile_server):
+    kind, server_url, _ = tile_server
+    requests: list[str] = []
+    responses: list[tuple[str, int]] = []
+    OUT.mkdir(exist_ok=True)
+    shot = OUT / ("dashboard.png" if kind == "real" else "dashboard-stub.png")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1500, "height": 1300})
+            # Every request of the page and of its iframes goes through the context.
+            context.on("request", lambda r: requests.append(r.url))
+            context.on("response", lambda r: responses.append((r.url, r.status)))
+            page = context.new_page()
+            page.goto(dashboard, wait_until="domcontentloaded")
+            frame = map_frame(page)
+            layers = {lyr["id"]: lyr for lyr in frame.evaluate("() => window.slidemapLayers")}
+            prefixes = {lid: lyr["tiles"].split("{z}")[0] for lid, lyr in layers.items()}
+
+            def tiles_of(layer: str) -> list[str]:
+                return [u for u, status in responses if status == 200 and u.startswith(prefixes[layer])]
+
+            visible = frame.evaluate("() => Object.keys(window.slidemapStatus.layers)")
+            base = next(lid for lid, lyr in layers.items() if lyr["base"])
+            wait_until(page, lambda: tiles_of(base), 40)
+            assert tiles_of(base), f"no {base} tile loaded from the tile server"
+            assert frame.evaluate("() => window.slidemapStatus.loaded") > 0
+            assert frame.evaluate("() => window.slidemapStatus.errors") == 0
+            if "susceptibility/classes" in layers:
+                wait_until(page, lambda: tiles_of("susceptibility/classes"), 40)
+                assert tiles_of("susceptibility/classes")
+                assert "very high" in frame.locator(".sm-legend").inner_text()
+
+            # Switch a layer: tick the slope factor in the Leaflet layer control; its tiles must arrive.
+            slope = next(lid for lid in layers if "slope" in lid)
+            frame.locator(".leaflet-control-layers-overlays label", has_text=layers[slope]["title"]).first.click()
+            wait_until(page, lambda: tiles_of(slope), 40)
+            assert tiles_of(slope), f"switching to {slope} loaded no tile of it ({visible})"
+
+            # Click the map: the server's /point values for that spot appear in a popup.
+            box = frame.locator("#map").bounding_box()  # the map is fitted to the region: click its middle
+            frame.locator("#map").click(position={"x": box["width"] * 0.45, "y": box["height"] * 0.5})
+            frame.wait_for_function("() => window.slidemapPoint !== null && window.slidemapPoint !== undefined",
+                                    timeout=20000)
+            point = frame.evaluate("() => window.slidemapPoint")
+            wait_until(page, lambda: any(u.startswith(f"{server_url}/point?") and st == 200 for u, st in responses), 20)
+            assert any(u.startswith(f"{server_url}/point?") and st == 200 for u, st in responses)
+            if point.get("ok"):
+                assert "factors.slope" in frame.locator(".leaflet-popup-content").inner_text()
+            else:  # no CORS header on the server: the popup shows its raw answer in an iframe
+                assert point.get("fallback") == "iframe", point
+                raw = next(f for f in page.frames if f.url.startswith(f"{server_url}/point?"))
+                raw.wait_for_load_state()
+                assert '"factors"' in raw.locator("body").inner_text()
+            print(f"{kind} server: /point shown via {'fetch' if point.get('ok') else 'iframe fallback'}")
+
+            page.wait_for_timeout(800)
+            page.locator("h2").first.scroll_into_view_if_needed()
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+
+    outside = [u for u in requests if urlsplit(u).scheme in ("http", "https", "ws", "wss")
+               and urlsplit(u).hostname not in LOCAL_HOSTS]
+    assert not outside, f"requests left loopback: {outside[:5]}"
+    assert any(u.startswith(server_url) for u in requests)
+    assert shot.stat().st_size > 10_000
