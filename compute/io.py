@@ -33,6 +33,7 @@ def atomic_path(target: str | Path, suffix: str | None = None) -> Iterator[Path]
     )
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; published files are world-readable like any other
     try:
         yield tmp_path
         os.replace(tmp_path, target)

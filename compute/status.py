@@ -52,6 +52,8 @@ def region_status(region_dir: str | Path) -> dict[str, Any]:
                 caches.append({"name": entry.name, "path": str(entry.resolve()), "bytes": _dir_size(entry)})
             elif entry.is_file():
                 caches.append({"name": entry.name, "path": str(entry.resolve()), "bytes": entry.stat().st_size})
+    maps_root = root / "maps"
+    maps = sorted(str(p.resolve()) for p in maps_root.glob("*.tif")) if maps_root.is_dir() else []
     return {
         "name": manifest.region.name,
         "synthetic": manifest.region.synthetic,
@@ -69,6 +71,7 @@ def region_status(region_dir: str | Path) -> dict[str, Any]:
         "models": models,
         "reports": reports,
         "caches": caches,
+        "maps": maps,
     }
 
 
@@ -91,6 +94,10 @@ def format_status(status: dict[str, Any]) -> str:
     lines.append(f"  reports     {len(status['reports'])}")
     for r in status["reports"]:
         lines.append(f"    {r}")
+    if status.get("maps"):
+        lines.append(f"  maps        {len(status['maps'])}")
+        for m in status["maps"]:
+            lines.append(f"    {m}")
     if status["caches"]:
         lines.append("  caches")
         for c in status["caches"]:

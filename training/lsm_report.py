@@ -1,0 +1,207 @@
+"""Susceptibility report: JSON, Markdown (the paper's Tables 6 and 7 per split), figures, Jenks classes.
+
+Written to ``REGION/reports/lsm/<run_id>/``: ``report.json``, ``report.md``, ``roc_pr_<split>.png``
+(ROC and PR curves of every model on that split's test samples) and ``rates_<split>.png``
+(success-rate curves: training landslides; prediction-rate curves: test landslides; both against the
+share of the region's area ranked by susceptibility). Everything derived from synthetic data says
+SYNTHETIC in its title.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slidemap.compute.io import atomic_path, write_bytes_atomic, write_json_atomic
+
+CLASS_NAMES = ("very low", "low", "moderate", "high", "very high")
+JENKS_SAMPLE = 3000  # Fisher-Jenks is O(k n^2): fit on a random sample of this many values
+
+
+def jenks_breaks(values: np.ndarray, k: int = 5, sample: int = JENKS_SAMPLE, seed: int = 0) -> list[float]:
+    """Upper class bounds by Jenks natural breaks (mapclassify's Fisher-Jenks, the exact optimum)."""
+    import mapclassify
+
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) > sample:
+        rng = np.random.default_rng(seed)
+        values = np.concatenate([rng.choice(values, sample - 2, replace=False), [values.min(), values.max()]])
+    if len(np.unique(values)) < k:
+        qs = np.linspace(0, 1, k + 1)[1:]
+        return [float(v) for v in np.quantile(values, qs)]
+    return [float(b) for b in mapclassify.FisherJenks(values, k=k).bins]
+
+
+def classify(values: np.ndarray, breaks: list[float]) -> np.ndarray:
+    """Class 1..k for each value (0 for NaN); values above the last break go to class k."""
+    classes = np.digitize(values, np.asarray(breaks[:-1]), right=True).astype(np.uint8) + 1
+    classes[~np.isfinite(values)] = 0
+    return classes
+
+
+def jenks_classes(
+    area_values: np.ndarray,
+    landslide_values: np.ndarray | None,
+    breaks: list[float] | None = None,
+    cell_area_km2: float | None = None,
+) -> dict[str, Any]:
+    """Breaks, each class's share of the area (and km2), and each class's share of the landslides."""
+    area_values = np.asarray(area_values, dtype=np.float64)
+    area_values = area_values[np.isfinite(area_values)]
+    breaks = breaks or jenks_breaks(area_values)
+    k = len(breaks)
+    area_counts = np.bincount(classify(area_values, breaks), minlength=k + 1)[1:]
+    out: dict[str, Any] = {
+        "method": "Jenks natural breaks (mapclassify.FisherJenks)",
+        "breaks": breaks,
+        "names": list(CLASS_NAMES[:k]) if k == len(CLASS_NAMES) else [str(i + 1) for i in range(k)],
+        "area_share": (area_counts / max(area_counts.sum(), 1)).tolist(),
+    }
+    if cell_area_km2 is not None:
+        out["area_km2"] = (area_counts * cell_area_km2).tolist()
+    if landslide_values is not None:
+        lv = np.asarray(landslide_values, dtype=np.float64)
+        lv = lv[np.isfinite(lv)]
+        counts = np.bincount(classify(lv, breaks), minlength=k + 1)[1:]
+        out["landslide_cells"] = counts.tolist()
+        out["landslide_share"] = (counts / max(counts.sum(), 1)).tolist()
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "nan" if not np.isfinite(v) else f"{v:.3f}"
+    return str(v)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    tag = "SYNTHETIC — " if report.get("synthetic") else ""
+    data = report["data"]
+    lines = [
+        f"# {tag}Landslide susceptibility report ({report['run_id']})",
+        "",
+        f"Region `{data['region']}`; factors ({len(data['factor_names'])}): {', '.join(data['factor_names'])}.",
+        f"Samples: {data['samples']} ({data['positives']} landslide), sources {data['sources']}; "
+        f"negatives: {data['negatives_rule']}. Preset `{report['preset']}`.",
+        f"Threshold: {report['threshold_rule']}. Metrics on each split's test samples; "
+        "precision/recall/F1 of the landslide class, `macro` = mean over both classes; PR-AUC = average precision.",
+        "",
+    ]
+    for split, info in data["splits"].items():
+        extra = ""
+        if split == "blocked":
+            extra = f" blocks of {info.get('block_cells')} cells ({info.get('n_test_blocks')} of {info.get('n_blocks')} to test)"
+            if "variogram" in info:
+                extra += f"; variogram range {info['variogram']['range_cells']} cells"
+        lines += [
+            f"## Table 6 — {split} split (train {info['train']}, test {info['test']}){extra}",
+            "",
+            "| model | accuracy | precision | recall | F1 | F1 macro | ROC-AUC | PR-AUC | threshold | success-rate AUC | prediction-rate AUC |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, per_split in report["models"].items():
+            m = per_split.get(split)
+            if not m:
+                continue
+            lines.append(
+                f"| {name} | "
+                + " | ".join(
+                    _fmt(m[k])
+                    for k in ("accuracy", "precision", "recall", "f1", "f1_macro", "roc_auc", "pr_auc",
+                              "threshold", "success_rate_auc", "prediction_rate_auc")
+                )
+                + " |"
+            )
+        lines += ["", f"![ROC and PR, {split}](roc_pr_{split}.png) ![rates, {split}](rates_{split}.png)", ""]
+    if report.get("mcnemar"):
+        for split, tests in report["mcnemar"].items():
+            lines += [
+                f"## Table 7 — McNemar, multiscale vs each model ({split} split, continuity-corrected)",
+                "",
+                "| other model | chi2 | p | both right | only multiscale right | only other right | both wrong |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for other, t in tests.items():
+                (a, b), (c, d) = t["table"]
+                lines.append(f"| {other} | {t['chi2']:.3f} | {t['p']:.3g} | {a} | {b} | {c} | {d} |")
+            lines.append("")
+    cls = report.get("classes")
+    if cls:
+        lines += [
+            f"## Susceptibility classes ({cls.get('method')}, model `{cls.get('model')}`)",
+            "",
+            f"Estimated from {cls.get('estimated_from')}.",
+            "",
+            "| class | upper break | area share | landslide share |",
+            "|---|---|---|---|",
+        ]
+        for i, name in enumerate(cls["names"]):
+            ls = cls.get("landslide_share", [float("nan")] * len(cls["names"]))[i]
+            lines.append(f"| {name} | {cls['breaks'][i]:.4f} | {cls['area_share'][i]:.3f} | {ls:.3f} |")
+        lines.append("")
+    lines += [f"Model versions: {report.get('model_versions')}", "", f"Timings (s): {report.get('timings_s')}", ""]
+    return "\n".join(lines)
+
+
+def _plot(path: Path, fn) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = fn(plt)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def write_report(
+    report: dict[str, Any],
+    curve_data: dict[str, dict[str, dict[str, np.ndarray]]],
+    rates: dict[str, dict[str, Any]],
+    out_dir: str | Path,
+) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tag = "SYNTHETIC — " if report.get("synthetic") else ""
+    for split, per_model in curve_data.items():
+
+        def roc_pr(plt, split=split, per_model=per_model):
+            fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 5))
+            for name, c in per_model.items():
+                auc = report["models"][name][split]["roc_auc"]
+                ap = report["models"][name][split]["pr_auc"]
+                ax1.plot(c["fpr"], c["tpr"], label=f"{name} ({auc:.3f})")
+                ax2.plot(c["recall"], c["precision"], label=f"{name} ({ap:.3f})")
+            ax1.plot([0, 1], [0, 1], "k:", lw=0.8)
+            ax1.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (AUC)")
+            ax2.set(xlabel="recall", ylabel="precision", title="precision-recall (AP)")
+            for ax in (ax1, ax2):
+                ax.legend(fontsize=7)
+            fig.suptitle(f"{tag}susceptibility, {split} split, test samples")
+            fig.tight_layout()
+            return fig
+
+        _plot(out_dir / f"roc_pr_{split}.png", roc_pr)
+
+        def rate_plot(plt, split=split):
+            fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 5))
+            for name, r in rates[split].items():
+                ax1.plot(r["success"]["area"], r["success"]["landslides"], label=f"{name} ({r['success']['auc']:.3f})")
+                ax2.plot(r["prediction"]["area"], r["prediction"]["landslides"], label=f"{name} ({r['prediction']['auc']:.3f})")
+            for ax, title in ((ax1, "success rate (training landslides)"), (ax2, "prediction rate (test landslides)")):
+                ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+                ax.set(xlabel="share of area (most susceptible first)", ylabel="share of landslides", title=title)
+                ax.legend(fontsize=7)
+            fig.suptitle(f"{tag}success- and prediction-rate curves, {split} split")
+            fig.tight_layout()
+            return fig
+
+        _plot(out_dir / f"rates_{split}.png", rate_plot)
+    report = {**report, "rate_curves": rates}
+    write_json_atomic(out_dir / "report.json", report)
+    write_bytes_atomic(out_dir / "report.md", render_markdown(report).encode())
+    return out_dir
