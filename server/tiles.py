@@ -1,0 +1,392 @@
+"""Tiles: read (rio-tiler), compute (block engine), render (titiler/rio-tiler), cache.
+
+File-backed layers (imagery, factors, inventory overlay) are read with rio-tiler's ``Reader``
+straight from their COGs. Computed layers are assembled from whole native-resolution blocks
+(:mod:`slidemap.compute.blocks`) into an in-memory GeoTIFF that the same ``Reader`` warps to the
+tile, so model cells are never resampled before the model has run on them.
+
+Over-budget policy: a computed tile that needs more missing native blocks than ``max_blocks``
+computes the ``max_blocks`` nearest its centre and answers a **marked partial tile** (HTTP 200,
+header ``X-Slidemap-Partial: computed=a; missing=b``, ``Cache-Control: no-store``, never
+cached), so a map fills in while the user stays; with ``over_budget="error"`` it answers
+**422** with a message saying how to seed instead (nothing is computed).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import morecantile
+import numpy as np
+from morecantile import Tile
+from rasterio.io import MemoryFile
+from rasterio.warp import transform_bounds
+from rio_tiler.errors import TileOutsideBounds
+from rio_tiler.io import Reader
+from rio_tiler.models import ImageData
+from rio_tiler.utils import render as rt_render
+from titiler.core.resources.enums import ImageType
+from titiler.core.utils import render_image
+
+from slidemap.compute.blocks import BlockEngine
+from slidemap.errors import SlidemapError
+from slidemap.server.cache import TileCache, TileKey, etag_for
+from slidemap.server.layers import Layer, LayerRegistry
+
+FORMATS: dict[str, str] = {
+    "png": "image/png",
+    "webp": "image/webp",
+    "tif": "image/tiff; application=geotiff",
+    "npy": "application/x-npy",
+}
+# Tile matrix sets offered (morecantile's registry; WebMercatorQuad is the XYZ default).
+SUPPORTED_TMS = ("WebMercatorQuad", "WorldCRS84Quad", "WGS1984Quad", "UTM31WGS84Quad", "EuropeanETRS89_LAEAQuad")
+
+
+class BadTileRequest(SlidemapError):
+    http_status = 400
+
+
+class NotFound(SlidemapError):
+    http_status = 404
+
+
+class OverBudget(SlidemapError):
+    http_status = 422
+
+
+@dataclass(frozen=True)
+class RenderParams:
+    rescale: tuple[tuple[float, float], ...] | None = None
+    colormap_name: str | None = None
+
+    def canonical(self) -> str:
+        return json.dumps({"rescale": self.rescale, "colormap_name": self.colormap_name}, sort_keys=True)
+
+
+def parse_rescale(values: list[str] | None) -> tuple[tuple[float, float], ...] | None:
+    """``rescale=min,max`` (once per band) -> ((min, max), ...); 400 on anything else."""
+    if not values:
+        return None
+    out = []
+    for v in values:
+        parts = v.split(",")
+        try:
+            lo, hi = (float(p) for p in parts)
+        except ValueError:
+            raise BadTileRequest(f"rescale={v!r}: expected two numbers 'min,max', e.g. rescale=0,1") from None
+        if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+            raise BadTileRequest(f"rescale={v!r}: needs finite min < max")
+        out.append((lo, hi))
+    if len(out) > 4:
+        raise BadTileRequest("rescale: at most one min,max pair per band (4)")
+    return tuple(out)
+
+
+@dataclass
+class TileResult:
+    content: bytes
+    media_type: str
+    etag: str
+    cache_control: str
+    headers: dict[str, str] = field(default_factory=dict)
+    cache_hit: bool = False
+
+
+def get_tms(tms_id: str) -> morecantile.TileMatrixSet:
+    if tms_id not in SUPPORTED_TMS:
+        raise NotFound(f"unknown tile matrix set {tms_id!r}; use one of {', '.join(SUPPORTED_TMS)}")
+    return morecantile.tms.get(tms_id)
+
+
+def check_tile(tms: morecantile.TileMatrixSet, z: int, x: int, y: int) -> None:
+    if not (tms.minzoom <= z <= tms.maxzoom):
+        raise BadTileRequest(f"zoom {z} out of range {tms.minzoom}..{tms.maxzoom} for {tms.id}")
+    m = tms.matrix(z)
+    if not (0 <= x < m.matrixWidth and 0 <= y < m.matrixHeight):
+        raise BadTileRequest(
+            f"tile {z}/{x}/{y} out of range for {tms.id}: x < {m.matrixWidth} and y < {m.matrixHeight} at zoom {z}"
+        )
+
+
+def zoom_range(registry: LayerRegistry, layer: Layer, tms: morecantile.TileMatrixSet) -> tuple[int, int]:
+    """Zooms at which the layer's native cells span from the whole region down to ~1 tile pixel."""
+    grid = registry.grid_of(layer)
+    res = grid.res[0]
+    left, bottom, right, top = grid.bounds
+    # The native cell size expressed in the TMS's units at the region centre.
+    cx, cy = (left + right) / 2, (bottom + top) / 2
+    b = transform_bounds(grid.crs, tms.rasterio_crs, cx - res / 2, cy - res / 2, cx + res / 2, cy + res / 2)
+    tms_res = max(abs(b[2] - b[0]), 1e-12)
+    maxzoom = tms.zoom_for_res(tms_res)
+    maxzoom = int(min(max(maxzoom, tms.minzoom), tms.maxzoom))
+    span = max(right - left, top - bottom)
+    bb = transform_bounds(grid.crs, tms.rasterio_crs, cx - span / 2, cy - span / 2, cx + span / 2, cy + span / 2)
+    minzoom = tms.zoom_for_res(max(abs(bb[2] - bb[0]), 1e-12) / 256)
+    return int(max(tms.minzoom, min(minzoom, maxzoom))), maxzoom
+
+
+def _image_to_bytes(img: ImageData, layer: Layer, fmt: str, params: RenderParams) -> bytes:
+    if fmt == "npy":
+        data = img.array.astype(np.float32).filled(np.nan)
+        with io.BytesIO() as bio:
+            np.save(bio, data)
+            return bio.getvalue()
+    if fmt == "tif":
+        if img.array.dtype == np.uint8:
+            data = img.array.filled(0)
+            nodata: float = 0
+        else:
+            data = img.array.astype(np.float32).filled(np.nan)
+            nodata = float("nan")
+        return rt_render(data, img_format="GTiff", transform=img.transform, crs=img.crs, nodata=nodata,
+                         compress="deflate")
+    output = ImageType.png if fmt == "png" else ImageType.webp
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if layer.colormap is not None:
+            content, _ = render_image(img, colormap=layer.colormap, output_format=output)
+            return content
+        from rio_tiler.colormap import cmap
+
+        rescale = params.rescale or layer.rescale
+        colormap = cmap.get(params.colormap_name or layer.colormap_name) if (params.colormap_name or layer.colormap_name) else None
+        content, _ = render_image(img, colormap=colormap, output_format=output, rescale=rescale)
+        return content
+
+
+def _empty_image(tms: morecantile.TileMatrixSet, tile: Tile, size: int, bands: int, dtype: str) -> ImageData:
+    data = np.ma.MaskedArray(np.zeros((bands, size, size), dtype=dtype), mask=True)
+    return ImageData(data, bounds=tuple(tms.xy_bounds(tile)), crs=tms.rasterio_crs)
+
+
+def read_tile(src: Reader, tms: morecantile.TileMatrixSet, tile: Tile, size: int, **kwargs) -> ImageData | None:
+    """``src.tile`` restricted to the tile pixels over the dataset; None when it misses the dataset.
+
+    rio-tiler warps a tile through a virtual raster at the dataset's resolution over the whole
+    tile, which for a low-zoom tile over a small region is millions of pixels wide and takes
+    minutes. Reading only the pixel-aligned part of the tile over the dataset gives the same
+    pixels (same centres, same resampling) at the cost of the region's size.
+    """
+    if not src.tile_exists(tile.x, tile.y, tile.z):
+        return None
+    bbox = tms.xy_bounds(tile)
+    res = (bbox.right - bbox.left) / size
+    dl, db, dr, dt = transform_bounds(src.crs, tms.rasterio_crs, *src.bounds, densify_pts=21)
+    c0 = max(0, math.floor((dl - bbox.left) / res))
+    c1 = min(size, math.ceil((dr - bbox.left) / res))
+    r0 = max(0, math.floor((bbox.top - dt) / res))
+    r1 = min(size, math.ceil((bbox.top - db) / res))
+    if c1 <= c0 or r1 <= r0:
+        return None
+    try:
+        if (c0, r0, c1, r1) == (0, 0, size, size):
+            return src.tile(tile.x, tile.y, tile.z, tilesize=size, **kwargs)
+        sub = (bbox.left + c0 * res, bbox.top - r1 * res, bbox.left + c1 * res, bbox.top - r0 * res)
+        part = src.part(sub, dst_crs=tms.rasterio_crs, bounds_crs=tms.rasterio_crs,
+                        width=c1 - c0, height=r1 - r0, **kwargs)
+    except TileOutsideBounds:
+        return None
+    arr = part.array
+    full = np.ma.MaskedArray(np.zeros((arr.shape[0], size, size), dtype=arr.dtype), mask=True)
+    full[:, r0:r1, c0:c1] = arr
+    return ImageData(full, bounds=tuple(bbox), crs=tms.rasterio_crs, band_descriptions=part.band_descriptions)
+
+
+def _as_categorical(img: ImageData) -> ImageData:
+    arr = img.array
+    vals = np.where(arr.mask | ~np.isfinite(arr.data), 0, np.rint(np.nan_to_num(arr.data)))
+    codes = np.ma.MaskedArray(np.clip(vals, 0, 255).astype(np.uint8), mask=arr.mask | (vals == 0))
+    return ImageData(codes, bounds=img.bounds, crs=img.crs)
+
+
+class TileService:
+    """One tile request, start to end: cache lookup, read or compute, render, cache write."""
+
+    def __init__(
+        self,
+        registry: LayerRegistry,
+        cache: TileCache,
+        max_blocks: int = 16,
+        over_budget: str = "partial",
+        max_scale: int = 4,
+        max_age: int = 300,
+    ) -> None:
+        self.registry = registry
+        self.cache = cache
+        self.max_blocks = max_blocks
+        self.over_budget = over_budget
+        self.max_scale = max_scale
+        self.max_age = max_age
+
+    # ---- validation ---------------------------------------------------------------------------
+    def validate(self, layer: Layer, fmt: str, scale: int, params: RenderParams) -> None:
+        if fmt not in FORMATS:
+            raise BadTileRequest(f"unknown tile format {fmt!r}; use one of {', '.join(FORMATS)}")
+        if not 1 <= scale <= self.max_scale:
+            raise BadTileRequest(f"@{scale}x: scale must be 1..{self.max_scale}")
+        if params.colormap_name and (layer.colormap is not None or len(layer.indexes) > 1):
+            raise BadTileRequest(f"colormap_name applies to single-band continuous layers, not {layer.id!r}")
+        if params.rescale and layer.colormap is not None:
+            raise BadTileRequest(f"rescale does not apply to the categorical layer {layer.id!r}")
+
+    # ---- main entry ---------------------------------------------------------------------------
+    def tile(
+        self,
+        layer_id: str,
+        tms_id: str,
+        z: int,
+        x: int,
+        y: int,
+        scale: int = 1,
+        fmt: str = "png",
+        params: RenderParams | None = None,
+        model: str | None = None,
+    ) -> TileResult:
+        params = params or RenderParams()
+        layer = self.registry.get(layer_id)
+        self.validate(layer, fmt, scale, params)
+        tms = get_tms(tms_id)
+        check_tile(tms, z, x, y)
+        if model and not layer.computed:
+            raise BadTileRequest(f"model= applies to computed layers only, not {layer.id!r}")
+        breaks = None
+        if layer.output == "class":
+            breaks = self.registry.class_breaks(layer, model, budget=self.max_blocks)
+        data_version = self.registry.data_version(layer, model)
+        key = TileKey(layer.id, data_version, params.canonical(), tms.id, z, x, y, scale, fmt)
+        cache_control = (
+            "public, max-age=31536000, immutable" if model else f"public, max-age={self.max_age}, must-revalidate"
+        )
+        t0 = time.perf_counter()
+        cached = self.cache.get(key)
+        if cached is not None:
+            return TileResult(cached, FORMATS[fmt], etag_for(cached), cache_control, {"X-Cache": "HIT"}, True)
+        tilesize = 256 * scale
+        timing: dict[str, float] = {}
+        partial = None
+        if layer.computed:
+            img, partial, timing = self._computed(layer, model, tms, z, x, y, tilesize, breaks)
+        else:
+            t1 = time.perf_counter()
+            img = self._file(layer, tms, z, x, y, tilesize)
+            timing["read"] = time.perf_counter() - t1
+        t2 = time.perf_counter()
+        if img is None:
+            bands = 1 if (layer.colormap is not None or layer.colormap_name) else len(layer.indexes)
+            img = _empty_image(tms, Tile(x, y, z), tilesize, bands, "uint8" if layer.colormap is not None else "float32")
+        content = _image_to_bytes(img, layer, fmt, params)
+        timing["render"] = time.perf_counter() - t2
+        headers = {"X-Cache": "MISS", "X-Slidemap-Data-Version": data_version}
+        if partial:
+            headers["X-Slidemap-Partial"] = f"computed={partial[0]}; missing={partial[1]}"
+            cache_control = "no-store"
+        else:
+            t3 = time.perf_counter()
+            self.cache.put(key, content)
+            timing["cache"] = time.perf_counter() - t3
+        timing["total"] = time.perf_counter() - t0
+        headers["Server-Timing"] = ", ".join(f"{k};dur={v * 1000:.2f}" for k, v in timing.items())
+        return TileResult(content, FORMATS[fmt], etag_for(content), cache_control, headers)
+
+    # ---- file-backed layers --------------------------------------------------------------------
+    def _file(self, layer: Layer, tms: morecantile.TileMatrixSet, z: int, x: int, y: int, size: int) -> ImageData | None:
+        assert layer.source is not None
+        with Reader(str(layer.source), tms=tms) as src:
+            img = read_tile(src, tms, Tile(x, y, z), size, indexes=layer.indexes,
+                            reproject_method=layer.resampling, resampling_method=layer.resampling)
+        if img is None:
+            return None
+        if layer.categorical:
+            img = _as_categorical(img)
+        return img
+
+    # ---- computed layers ----------------------------------------------------------------------
+    def _computed(
+        self, layer: Layer, model: str | None, tms: morecantile.TileMatrixSet, z: int, x: int, y: int, size: int,
+        breaks: list[float] | None,
+    ) -> tuple[ImageData | None, tuple[int, int] | None, dict[str, float]]:
+        engine = self.registry.engine(layer, model)
+        tile = Tile(x, y, z)
+        bbox = tms.xy_bounds(tile)
+        # Test overlap in the TMS's CRS first: a zoom-0 tile transformed to a UTM grid is garbage.
+        rl, rb, rr, rt = engine.grid.bounds_in(tms.rasterio_crs)
+        if bbox[2] <= rl or bbox[0] >= rr or bbox[3] <= rb or bbox[1] >= rt:
+            return None, None, {}
+        tile_res = (bbox[2] - bbox[0]) / size
+        # Only the part of the tile over the region (plus a pixel) needs native blocks.
+        clip = (max(bbox[0], rl - tile_res), max(bbox[1], rb - tile_res),
+                min(bbox[2], rr + tile_res), min(bbox[3], rt + tile_res))
+        nb = transform_bounds(tms.rasterio_crs, engine.grid.crs, *clip, densify_pts=21)
+        # Native units per tile pixel, measured on the clipped part (same scale as the whole tile).
+        level = engine.level_for_resolution((nb[2] - nb[0]) / max(1e-9, (clip[2] - clip[0]) / tile_res))
+        cell = engine.grid.res[0] * 2**level
+        # Two cells of margin so resampling at the tile edge sees the same neighbours as the next tile.
+        eb = (nb[0] - 2 * cell, nb[1] - 2 * cell, nb[2] + 2 * cell, nb[3] + 2 * cell)
+        gl, gb, gr, gt = engine.grid.bounds
+        if nb[2] <= gl or nb[0] >= gr or nb[3] <= gb or nb[1] >= gt:
+            return None, None, {}
+        blocks = engine.blocks_for_bounds(eb, level)
+        missing = engine.missing_native(blocks, level)
+        # Nearest the tile centre first, so a partial tile shows its middle.
+        cx, cy = (nb[0] + nb[2]) / 2, (nb[1] + nb[3]) / 2
+        b = engine.block_size * engine.grid.res[0]
+        ox, oy = engine.grid.transform.c, engine.grid.transform.f
+        missing.sort(key=lambda rc: (ox + (rc[1] + 0.5) * b - cx) ** 2 + (oy - (rc[0] + 0.5) * b - cy) ** 2)
+        if len(missing) > self.max_blocks and self.over_budget == "error":
+            raise OverBudget(
+                f"tile {z}/{x}/{y} of {layer.id!r} needs {len(missing)} model blocks, more than the per-request "
+                f"budget of {self.max_blocks}; zoom in, or fill the cache first with "
+                f"`slidemap seed {self.registry.region_dir} --layer {layer.id}`"
+            )
+        result = engine.ensure(missing, budget=self.max_blocks)
+        t0 = time.perf_counter()
+        arr, grid, complete = engine.mosaic(eb, level)
+        t1 = time.perf_counter()
+        timing = {
+            "read": result.timings.read + (t1 - t0),
+            "halo": result.timings.halo,
+            "model": result.timings.model,
+            "store": result.timings.store,
+        }
+        img = self._warp(arr, grid, tms, x, y, z, size)
+        if img is not None and layer.output == "class":
+            assert breaks is not None
+            classes = self.registry.classify(img.array.filled(np.nan), breaks)
+            img = ImageData(np.ma.MaskedArray(classes, mask=classes == 0), bounds=img.bounds, crs=img.crs)
+        timing["warp"] = time.perf_counter() - t1
+        partial = (result.computed, len(result.missing)) if (result.missing or not complete) else None
+        if partial and partial[1] == 0:
+            partial = (result.computed, len(engine.missing_native(blocks, level)))
+            if partial[1] == 0:
+                partial = None
+        return img, partial, timing
+
+    @staticmethod
+    def _warp(arr: np.ndarray, grid, tms: morecantile.TileMatrixSet, x: int, y: int, z: int, size: int) -> ImageData | None:
+        with MemoryFile() as mem:
+            with mem.open(driver="GTiff", width=grid.width, height=grid.height, count=1, dtype="float32",
+                          crs=grid.crs, transform=grid.transform, nodata=float("nan")) as ds:
+                ds.write(arr, 1)
+            # tolerance ~0: exact per-pixel reprojection (GDAL's default approximates the transform to
+            # 1/8 pixel, which moves nearest-neighbour ties with the extent of the warped window).
+            with Reader(mem.name, tms=tms, options={"vrt_options": {"tolerance": 1e-6}}) as src:
+                return read_tile(src, tms, Tile(x, y, z), size, reproject_method="nearest", resampling_method="nearest")
+
+    # ---- points -------------------------------------------------------------------------------
+    def computed_value(self, layer: Layer, lon: float, lat: float, model: str | None = None) -> float | None:
+        engine: BlockEngine = self.registry.engine(layer, model)
+        from rasterio.warp import transform as transform_xy
+
+        xs, ys = transform_xy("EPSG:4326", engine.grid.crs, [lon], [lat])
+        rows, cols = engine.grid.rowcol(np.array(xs), np.array(ys))
+        if not engine.grid.contains(rows, cols)[0]:
+            return None
+        value = engine.value_at(int(rows[0]), int(cols[0]), budget=None)
+        return None if not math.isfinite(value) else value
+

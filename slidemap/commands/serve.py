@@ -1,0 +1,71 @@
+"""`slidemap serve REGION_DIR` (tile server via uvicorn) and `slidemap seed REGION_DIR` (fill caches)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(groups: dict[str, argparse._SubParsersAction]) -> None:
+    root = groups["root"]
+    p = root.add_parser("serve", help="serve a region as XYZ/TileJSON/WMTS tiles with on-demand model compute")
+    p.add_argument("region", type=Path, metavar="REGION_DIR")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--cache-dir", type=Path, default=None, help="block store and tile cache (default REGION/cache)")
+    p.add_argument("--cache-size-mb", type=float, default=512.0, help="tile cache limit, LRU eviction (0 = off)")
+    p.add_argument("--max-blocks", type=int, default=16, help="model blocks one request may compute")
+    p.add_argument("--over-budget", choices=("partial", "error"), default="partial",
+                   help="beyond --max-blocks: a marked partial tile, or HTTP 422")
+    p.add_argument("--workers", type=int, default=1, help="inference threads (one model call at a time per thread)")
+    p.add_argument("--max-pending", type=int, default=64, help="queued blocks before answering 503")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(handler=_serve)
+
+    s = root.add_parser("seed", help="fill a region's block store and tile cache ahead of users")
+    s.add_argument("region", type=Path, metavar="REGION_DIR")
+    s.add_argument("--layer", action="append", required=True, help="layer id (repeatable), e.g. susceptibility")
+    s.add_argument("--zoom", default=None, help="zoom range, e.g. 8-12 (default: the layer's own range)")
+    s.add_argument("--tms", default="WebMercatorQuad")
+    s.add_argument("--tile-format", default="png", choices=("png", "webp", "tif", "npy"))
+    s.add_argument("--format", dest="out_format", default="tree", choices=("tree", "mbtiles", "pmtiles"),
+                   help="tree = the server's tile cache; mbtiles / pmtiles = one archive at --out")
+    s.add_argument("--out", type=Path, default=None, help="archive path for mbtiles/pmtiles")
+    s.add_argument("--cache-dir", type=Path, default=None)
+    s.add_argument("--dask", default=None, help="'local' (LocalCluster) or tcp://scheduler:8786; default: in process")
+    s.add_argument("--model", default=None, help="model version (default: the newest)")
+    s.set_defaults(handler=_seed)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from slidemap.server.app import ServerSettings, create_app
+
+    settings = ServerSettings(
+        cache_dir=args.cache_dir, cache_size_mb=args.cache_size_mb, max_blocks_per_request=args.max_blocks,
+        over_budget=args.over_budget, inference_workers=args.workers, max_pending_blocks=args.max_pending,
+    )
+    app = create_app(args.region, settings)
+    url = f"http://{args.host if args.host not in ('0.0.0.0', '::') else '127.0.0.1'}:{args.port}"
+    registry = app.state.registry
+    print(f"slidemap: serving {registry.label} ({len(registry.layers)} layers)")
+    print(f"  map        {url}/")
+    print(f"  layers     {url}/layers")
+    print(f"  WMTS       {url}/WMTSCapabilities.xml")
+    print(f"  API docs   {url}/docs")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"  note: bound to {args.host}; other machines can reach this server")
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _seed(args: argparse.Namespace) -> int:
+    from slidemap.server.seed import seed
+
+    report = seed(
+        args.region, layers=args.layer, zoom=args.zoom, tms_id=args.tms, tile_format=args.tile_format,
+        out_format=args.out_format, out=args.out, cache_dir=args.cache_dir, dask=args.dask, model=args.model,
+    )
+    print(report)
+    return 0
