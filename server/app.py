@@ -161,6 +161,11 @@ def create_app(region_dir: Path, settings: ServerSettings | None = None) -> Fast
     app.state.executor = executor
     app.state.settings = settings
     server_errors.install(app)
+    # Read-only GET API: other local apps (the dashboard's map on another port) may call it
+    # from the browser; ETag is exposed so clients can revalidate.
+    from starlette.middleware.cors import CORSMiddleware
+
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "HEAD"], expose_headers=["ETag"])
 
     from titiler.core.factory import ColorMapFactory, TMSFactory
 
@@ -335,6 +340,8 @@ def create_app(region_dir: Path, settings: ServerSettings | None = None) -> Fast
     def point(
         lon: Annotated[float, Query(ge=-180, le=180, description="longitude (WGS84)")],
         lat: Annotated[float, Query(ge=-90, le=90, description="latitude (WGS84)")],
+        detection_model: Annotated[str | None, Query(description="detector version (default: newest)")] = None,
+        susceptibility_model: Annotated[str | None, Query(description="susceptibility model version (default: newest)")] = None,
     ) -> dict[str, Any]:
         """Factor values and model outputs (computed on demand, one block each) at a location."""
         out: dict[str, Any] = {"lon": lon, "lat": lat, "inside": False, "synthetic": registry.synthetic,
@@ -351,17 +358,19 @@ def create_app(region_dir: Path, settings: ServerSettings | None = None) -> Fast
             for layer in registry.layers.values():
                 if layer.kind == "factor":
                     out["units"][layer.id.split("/", 1)[1]] = layer.units
+        chosen = {"detection": detection_model, "susceptibility": susceptibility_model}
         for lid, prefix in (("detection", "detection"), ("susceptibility", "susceptibility")):
             layer = registry.layers.get(lid)
             if layer is None:
                 continue
             try:
-                out[f"{prefix}_model"] = registry.model_info(layer).version
-                value = service.computed_value(layer, lon, lat)
+                version = registry.model_info(layer, chosen[prefix]).version
+                out[f"{prefix}_model"] = version
+                value = service.computed_value(layer, lon, lat, version)
                 out[f"{prefix}_probability"] = value
                 if lid == "susceptibility" and value is not None and "susceptibility/classes" in registry.layers:
                     cls_layer = registry.layers["susceptibility/classes"]
-                    breaks = registry.class_breaks(cls_layer, budget=settings.max_blocks_per_request)
+                    breaks = registry.class_breaks(cls_layer, version, budget=settings.max_blocks_per_request)
                     k = int(registry.classify(np.array([value], dtype=np.float32), breaks)[0])
                     out["susceptibility_class"] = k
                     out["susceptibility_class_name"] = cls_layer.classes.get(k)

@@ -98,6 +98,7 @@ def save_artefact(
         write_json_atomic(staging / CARD, full_card)
         (staging / HASH).write_text(f"{digest}  {weights_file}\n")
         target = Path(out_dir) if out_dir else root / kind / f"{name}-{version}"
+        os.chmod(staging, 0o755)  # mkdtemp makes 0700; a model folder is readable like any other
         if target.exists():
             shutil.rmtree(target)  # same weights hash: identical model, replace its card
         os.replace(staging, target)

@@ -1,0 +1,399 @@
+"""Landslide detection with a trained U-Net: seamless tiled inference on arrays, GeoTIFFs and chip folders.
+
+Tiling: the image is reflect-padded by ``overlap`` pixels on every side and cut into
+``tile x tile`` tiles at a step of ``tile - overlap``. Each tile's prediction is weighted by a
+window that is 1 in the middle and ramps as sin^2 over the ``overlap`` pixels at each edge; the
+ramps of neighbouring tiles are complementary (sin^2 + cos^2 = 1), so the weights of every real
+pixel sum to exactly one and there are no seams. The tile lattice is global (anchored at the
+raster's top-left corner) and rows are streamed tile-row by tile-row, so a raster processed in
+strips gives the same numbers as one processed whole, and a big raster never has to fit in memory.
+
+NaN input (or, in files, the nodata value or all-zero pixels) gives NaN output.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slidemap.errors import InputError, ModelError
+
+log = logging.getLogger(__name__)
+DEFAULT_TILE = 256
+DEFAULT_OVERLAP = 64
+_cache: dict[tuple[str, str], Detector] = {}
+_cache_lock = threading.Lock()
+
+
+def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
+    """Map any integer positions onto [0, n) by mirror reflection without repeating the edge (numpy 'reflect')."""
+    idx = np.asarray(idx, dtype=np.int64)
+    if n == 1:
+        return np.zeros_like(idx)
+    period = 2 * (n - 1)
+    m = np.mod(idx, period)
+    return np.where(m < n, m, period - m)
+
+
+def blend_window(tile: int, overlap: int) -> np.ndarray:
+    """2-D weight window: sin^2 ramps over ``overlap`` px at each edge, 1 inside (separable)."""
+    w = np.ones(tile, dtype=np.float64)
+    if overlap > 0:
+        ramp = np.sin(0.5 * np.pi * (np.arange(overlap) + 0.5) / overlap) ** 2
+        w[:overlap] = ramp
+        w[tile - overlap :] = ramp[::-1]
+    return np.outer(w, w).astype(np.float32)
+
+
+def n_tiles(length: int, tile: int, overlap: int) -> int:
+    """Tiles along one axis so every real pixel lies where the window weights sum to one."""
+    step = tile - overlap
+    return max(1, int(np.ceil((length + 2 * overlap - tile) / step)) + 1)
+
+
+@dataclass
+class Detector:
+    """A loaded segmentation model (see ARCHITECTURE.md: model interfaces)."""
+
+    model: Any
+    card: dict[str, Any]
+    path: Path
+    tile: int = DEFAULT_TILE
+    overlap: int = DEFAULT_OVERLAP
+    batch_size: int = 8
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def version(self) -> str:
+        return str(self.card.get("version", ""))
+
+    @property
+    def bands(self) -> list[str]:
+        return list(self.card.get("bands") or self.card.get("inputs") or [])
+
+    @property
+    def halo(self) -> int:
+        return int(self.overlap)
+
+    @property
+    def threshold(self) -> float:
+        return float(self.card.get("threshold", 0.5))
+
+    @property
+    def units(self) -> str:
+        return str(self.card.get("units", "reflectance"))
+
+    # ---- core -----------------------------------------------------------------------------
+    def _normalise(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``[C, h, w]`` raw -> (``[h, w, C]`` normalised with NaN -> 0, ``[h, w]`` nodata mask)."""
+        from slidemap.training.chips import normalise
+
+        nodata = np.isnan(raw).any(axis=0)
+        return normalise(np.moveaxis(raw, 0, -1), self.card["normalisation"]), nodata
+
+    def predict_batch(self, x: np.ndarray) -> np.ndarray:
+        """Raw network output for normalised ``[N, h, w, C]`` (sides multiples of 16) -> ``[N, h, w]``."""
+        outs = []
+        with self._lock:  # Keras models are not safe to call from several threads at once
+            for i in range(0, len(x), self.batch_size):
+                outs.append(np.asarray(self.model.predict_on_batch(x[i : i + self.batch_size]))[..., 0])
+        return np.concatenate(outs, axis=0).astype(np.float32)
+
+    def stream(
+        self,
+        read_rows: Callable[[np.ndarray], np.ndarray],
+        height: int,
+        width: int,
+        emit: Callable[[int, np.ndarray], None],
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Predict a ``height x width`` image read through ``read_rows(row_indices) -> [C, len, width]``.
+
+        ``emit(row0, prob)`` receives finished output rows in order (``prob`` float32
+        ``[rows, width]``, NaN on no data).
+        """
+        t, o = self.tile, self.overlap
+        step = t - o
+        n_r, n_c = n_tiles(height, t, o), n_tiles(width, t, o)
+        window = blend_window(t, o)
+        padded_w = (n_c - 1) * step + t
+        col_idx = reflect_index(np.arange(padded_w) - o, width)
+        group = max(1, int(np.ceil(self.batch_size / n_c)))
+        acc = np.zeros((t, padded_w), dtype=np.float32)
+        wsum = np.zeros((t, padded_w), dtype=np.float32)
+        for k0 in range(0, n_r, group):
+            rows_k = list(range(k0, min(n_r, k0 + group)))
+            tiles, masks = [], []
+            for k in rows_k:
+                raw = read_rows(reflect_index(np.arange(k * step - o, k * step - o + t), height))
+                x, nodata = self._normalise(raw[:, :, col_idx])
+                tiles.extend(x[:, j * step : j * step + t] for j in range(n_c))
+                masks.append(nodata[:step, o : o + width])
+            preds = self.predict_batch(np.stack(tiles))
+            for gi, k in enumerate(rows_k):
+                for j in range(n_c):
+                    sl = slice(j * step, j * step + t)
+                    acc[:, sl] += preds[gi * n_c + j] * window
+                    wsum[:, sl] += window
+                # padded rows [k*step, (k+1)*step) are final = original rows k*step - o + [0, step)
+                row0 = k * step - o
+                done = acc[:step, o : o + width] / np.maximum(wsum[:step, o : o + width], 1e-12)
+                done = np.where(masks[gi], np.nan, done).astype(np.float32)
+                lo, hi = max(0, -row0), min(step, height - row0)
+                if hi > lo:
+                    emit(row0 + lo, done[lo:hi])
+                    if progress:
+                        progress(hi - lo)
+                acc = np.roll(acc, -step, axis=0)
+                wsum = np.roll(wsum, -step, axis=0)
+                acc[t - step :] = 0
+                wsum[t - step :] = 0
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """Probability ``[H, W]`` float32 for ``image`` ``[bands, H, W]`` in the card's units (NaN = no data)."""
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim != 3 or image.shape[0] != len(self.bands):
+            raise InputError(f"expected an image [{len(self.bands)} bands ({', '.join(self.bands)}), H, W], got {image.shape}")
+        _, h, w = image.shape
+        out = np.full((h, w), np.nan, dtype=np.float32)
+
+        def emit(row0: int, rows: np.ndarray) -> None:
+            out[row0 : row0 + len(rows)] = rows
+
+        self.stream(lambda idx: image[:, idx], h, w, emit)
+        return out
+
+    def predict_chips(self, chips: np.ndarray) -> np.ndarray:
+        """Whole-chip prediction (as in training) for ``[N, bands, h, w]`` with sides multiples of 16."""
+        x = []
+        masks = []
+        for chip in chips:
+            xi, m = self._normalise(np.asarray(chip, dtype=np.float32))
+            x.append(xi)
+            masks.append(m)
+        prob = self.predict_batch(np.stack(x))
+        prob[np.stack(masks)] = np.nan
+        return prob
+
+
+def load_detector(model_dir: str | Path, tile: int = DEFAULT_TILE, overlap: int | None = None) -> Detector:
+    """Verify the artefact's SHA-256, load the Keras model once (cached by folder and version)."""
+    from slidemap.training.artefacts import verify
+
+    model_dir = Path(model_dir)
+    card = verify(model_dir)  # ModelError on a hash mismatch
+    if card.get("kind") != "unet":
+        raise ModelError(f"{model_dir}: a {card.get('kind')} model, not a detector; use a `slidemap train unet` model")
+    key = (str(model_dir.resolve()), str(card.get("version")))
+    with _cache_lock:
+        if key in _cache:
+            return _cache[key]
+    from slidemap.compute.inference import configure_tensorflow, device_summary
+
+    configure_tensorflow()
+    import keras
+
+    try:
+        model = keras.saving.load_model(model_dir / card.get("weights", "model.keras"), compile=False)
+    except Exception as exc:  # a truncated or foreign file
+        raise ModelError(f"{model_dir}: the Keras model cannot be loaded ({exc.__class__.__name__}); retrain it") from exc
+    multiple = int(card.get("tile_multiple", 16))
+    tile = max(multiple, tile // multiple * multiple)
+    overlap = int(card.get("halo", DEFAULT_OVERLAP) if overlap is None else overlap)
+    overlap = min(overlap, tile // 4)
+    batch = 32 if device_summary()["device"] == "GPU" else 8
+    det = Detector(model, card, model_dir, tile=tile, overlap=overlap, batch_size=batch)
+    with _cache_lock:
+        _cache[key] = det
+    return det
+
+
+# ---- files --------------------------------------------------------------------------------
+def _band_indices(model_bands: Sequence[str], file_bands: Sequence[str], path: Path) -> list[int]:
+    missing = [b for b in model_bands if b not in file_bands]
+    if missing:
+        raise InputError(
+            f"{path}: bands {missing} needed by the model are not among the file's {list(file_bands)}; "
+            "name the file's band order with --band-order (e.g. --band-order B4,B3,B2,B8)"
+        )
+    return [list(file_bands).index(b) + 1 for b in model_bands]
+
+
+def _file_band_names(src: Any, band_order: Sequence[str] | None, model_bands: Sequence[str], path: Path) -> list[str]:
+    if band_order:
+        if len(band_order) != src.count:
+            raise InputError(f"{path}: --band-order names {len(band_order)} bands but the file has {src.count}")
+        return list(band_order)
+    if all(src.descriptions) and set(model_bands) <= set(src.descriptions):
+        return list(src.descriptions)
+    if src.count == len(model_bands):
+        log.warning("%s: no band names; assuming the model's order %s (use --band-order to say otherwise)", path, model_bands)
+        return list(model_bands)
+    raise InputError(
+        f"{path}: {src.count} unnamed bands, the model needs {list(model_bands)}; give --band-order (e.g. R,G,B,NIR names)"
+    )
+
+
+def _sample_stats(src: Any, indexes: list[int]) -> np.ndarray:
+    """Per-band values from a decimated read (at most ~1 Mpx), for scale guesses and stretches."""
+    factor = max(1, int(np.ceil(max(src.width, src.height) / 1024)))
+    shape = (len(indexes), max(1, src.height // factor), max(1, src.width // factor))
+    return src.read(indexes, out_shape=shape).astype(np.float64)
+
+
+def _invalid(raw: np.ndarray, nodata: float | None) -> np.ndarray:
+    bad = ~np.isfinite(raw).all(axis=0) | np.all(raw == 0, axis=0)  # zero fill is no data
+    if nodata is not None and np.isfinite(nodata):
+        bad |= np.any(raw == nodata, axis=0)
+    return bad
+
+
+def display_stretch(sample: np.ndarray) -> float:
+    """Factor mapping an image to 8-bit display values like the training chips (brightest band -> 255)."""
+    vals = [np.percentile(b[np.isfinite(b) & (b != 0)], 99.5) for b in sample if np.any(np.isfinite(b) & (b != 0))]
+    top = max(vals) if vals else 1.0
+    return 255.0 / top if top > 0 else 1.0
+
+
+def detect_file(
+    model_dir: str | Path,
+    input_path: str | Path,
+    out_path: str | Path,
+    band_order: Sequence[str] | None = None,
+    scale: float | None = None,
+    progress: bool = True,
+    detector: Detector | None = None,
+) -> dict[str, Any]:
+    """Run a detector over a GeoTIFF (written as a float32 probability COG) or a chip folder (8-bit PNGs)."""
+    input_path, out_path = Path(input_path), Path(out_path)
+    det = detector or load_detector(model_dir)
+    if input_path.is_dir():
+        return detect_folder(det, input_path, out_path, band_order, scale, progress)
+    if not input_path.is_file():
+        raise InputError(f"{input_path}: no such file or folder")
+    import rasterio
+    from rasterio.shutil import copy as rio_copy
+    from tqdm.auto import tqdm
+
+    from slidemap.compute.io import atomic_path
+
+    try:
+        src = rasterio.open(input_path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise InputError(f"{input_path}: not a readable raster ({exc})") from exc
+    with src:
+        names = _file_band_names(src, band_order, det.bands, input_path)
+        indexes = _band_indices(det.bands, names, input_path)
+        nodata = src.nodata
+        sample = _sample_stats(src, indexes)
+        sample_valid = sample[:, ~_invalid(sample, nodata)]
+        if det.units == "display8":
+            factor = display_stretch(sample_valid[:, None, :]) if sample_valid.size else 1.0
+            how = f"per-image stretch x{factor:.4g} to 8-bit display values (model trained on stretched chips)"
+        else:
+            if scale is None:
+                big = sample_valid.size and np.nanpercentile(sample_valid, 99) > 2.0
+                scale = 10000.0 if big else 1.0
+                log.info("%s: no --scale given; using %g (values %s reflectance)", input_path, scale,
+                         "look like DN, not" if big else "look like")
+            factor = 1.0 / float(scale)
+            how = f"reflectance = value / {scale:g}"
+        h, w = src.height, src.width
+        profile = {"driver": "GTiff", "dtype": "float32", "count": 1, "width": w, "height": h,
+                   "crs": src.crs, "transform": src.transform, "nodata": np.nan, "tiled": True,
+                   "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
+        cache: dict[str, Any] = {"rows": None, "data": None}
+
+        def read_rows(idx: np.ndarray) -> np.ndarray:
+            lo, hi = int(idx.min()), int(idx.max()) + 1
+            window = rasterio.windows.Window(0, lo, w, hi - lo)
+            raw = src.read(indexes, window=window).astype(np.float32)
+            bad = _invalid(raw, nodata)
+            raw *= np.float32(factor)
+            raw[:, bad] = np.nan
+            return raw[:, idx - lo]
+
+        stats = {"sum": 0.0, "n": 0, "above": 0}
+        with atomic_path(out_path, suffix=".tif") as tmp:
+            work = tmp.with_suffix(".work.tif")
+            try:
+                with rasterio.open(work, "w", **profile) as dst, tqdm(
+                    total=h, desc=f"detect {input_path.name}", unit="row", disable=not progress, leave=False
+                ) as bar:
+                    dst.set_band_description(1, "landslide_probability")
+
+                    def emit(row0: int, rows: np.ndarray) -> None:
+                        dst.write(rows[None], window=rasterio.windows.Window(0, row0, w, len(rows)))
+                        ok = np.isfinite(rows)
+                        stats["sum"] += float(rows[ok].sum())
+                        stats["n"] += int(ok.sum())
+                        stats["above"] += int((rows[ok] >= det.threshold).sum())
+
+                    det.stream(read_rows, h, w, emit, bar.update)
+                    dst.update_tags(model_version=det.version, model=str(det.card.get("name")),
+                                    threshold=str(det.threshold), input=str(input_path.name), scaling=how,
+                                    synthetic_model=str(bool(det.card.get("synthetic"))))
+                rio_copy(work, tmp, driver="COG", compress="DEFLATE", predictor="YES", blocksize=256,
+                         overview_resampling="AVERAGE")
+            finally:
+                if work.exists():
+                    work.unlink()
+    return {"input": str(input_path), "output": str(out_path), "model_version": det.version,
+            "bands": dict(zip(det.bands, indexes, strict=True)), "scaling": how, "valid_pixels": stats["n"],
+            "mean_probability": stats["sum"] / stats["n"] if stats["n"] else None,
+            "pixels_above_threshold": stats["above"], "threshold": det.threshold}
+
+
+def detect_folder(
+    det: Detector,
+    folder: Path,
+    out_dir: Path,
+    band_order: Sequence[str] | None = None,
+    scale: float | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """One 8-bit probability PNG (0-255) per chip of ``folder/images`` (or ``folder`` itself), same file name."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from slidemap.compute.io import atomic_path
+    from slidemap.training.chips import IMAGE_EXTS, read_image_file
+
+    image_dir = folder / "images" if (folder / "images").is_dir() else folder
+    files = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise InputError(f"{image_dir}: no .png or .tif chips to detect on")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for path in tqdm(files, desc="detect chips", unit="chip", disable=not progress, leave=False):
+        img, names, _ = read_image_file(path)  # [H, W, C]
+        names = list(band_order) if band_order else (names or det.bands[: img.shape[-1]])
+        if len(names) != img.shape[-1]:
+            raise InputError(f"{path}: {img.shape[-1]} bands but --band-order names {len(names)}")
+        try:
+            chip = np.stack([img[..., names.index(b)] for b in det.bands])
+        except ValueError as exc:
+            raise InputError(f"{path}: bands {names} lack one of the model's {det.bands}; use --band-order") from exc
+        if path.suffix.lower() != ".png":
+            chip[:, np.all(chip == 0, axis=0)] = np.nan
+            if det.units == "display8":
+                chip = chip * np.float32(display_stretch(chip))
+            elif scale:
+                chip = chip / np.float32(scale)
+        h, w = chip.shape[1:]
+        if h % 16 == 0 and w % 16 == 0:
+            prob = det.predict_chips(chip[None])[0]
+        else:
+            prob = det.predict(chip)
+        png = np.round(np.nan_to_num(prob, nan=0.0) * 255).clip(0, 255).astype(np.uint8)
+        target = out_dir / (path.stem + ".png")
+        with atomic_path(target, suffix=".png") as tmp:
+            Image.fromarray(png).save(tmp, format="PNG")
+        written += 1
+    return {"input": str(folder), "output": str(out_dir), "chips": written, "model_version": det.version}

@@ -1,0 +1,52 @@
+"""Segmentation metrics against hand-counted confusion matrices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from slidemap.training.seg_metrics import choose_threshold, confusion, pr_auc, segmentation_metrics
+
+
+def test_metrics_match_hand_counted_confusion():
+    y = np.array([1, 1, 0, 0, 1, 0, 255, 0])
+    p = np.array([0.9, 0.4, 0.6, 0.1, 0.8, 0.2, 0.99, np.nan])
+    m = segmentation_metrics(y, p, threshold=0.5)
+    # tp: 0.9, 0.8 | fn: 0.4 | fp: 0.6 | tn: 0.1, 0.2 ; label 255 and NaN left out
+    assert m["confusion"] == {"tp": 2, "fp": 1, "fn": 1, "tn": 2}
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["precision"] == pytest.approx(2 / 3)
+    assert m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3)
+    assert m["iou"] == pytest.approx(2 / 4)
+    assert m["iou_background"] == pytest.approx(2 / 4)
+    assert m["miou"] == pytest.approx(0.5)
+    assert m["pixels"] == 6 and m["threshold"] == 0.5
+
+
+def test_imbalanced_case_and_f1_is_harmonic_mean():
+    y = np.array([1] * 3 + [0] * 97)
+    p = np.zeros(100)
+    p[[0, 1]] = 0.9  # two hits
+    p[[10, 11, 12, 13]] = 0.8  # four false alarms
+    m = segmentation_metrics(y, p, 0.5)
+    assert m["confusion"] == {"tp": 2, "fp": 4, "fn": 1, "tn": 93}
+    pr, rc = 2 / 6, 2 / 3
+    assert m["f1"] == pytest.approx(2 * pr * rc / (pr + rc))
+    assert m["miou"] == pytest.approx((2 / 7 + 93 / 98) / 2)
+    assert m["accuracy"] == pytest.approx(95 / 100)
+
+
+def test_confusion_ignores_nodata():
+    assert confusion(np.array([255, 1, 0]), np.array([1, 1, 1])) == {"tp": 1, "fp": 1, "fn": 0, "tn": 0}
+
+
+def test_threshold_and_pr_auc():
+    y = np.array([0, 0, 0, 1, 1])
+    p = np.array([0.1, 0.2, 0.3, 0.7, 0.8])
+    thr = choose_threshold(y, p)
+    assert 0.3 < thr <= 0.7
+    assert segmentation_metrics(y, p, thr)["f1"] == 1.0
+    assert pr_auc(y, p) == pytest.approx(1.0)
+    assert np.isnan(pr_auc(np.zeros(4), np.ones(4)))
+    assert choose_threshold(np.zeros(4), np.ones(4)) == 0.5

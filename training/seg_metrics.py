@@ -1,0 +1,108 @@
+"""Pixel metrics for landslide segmentation, pooled over every valid pixel of a split.
+
+How each figure is averaged (``../shared/method.md`` asks to say so):
+
+- the confusion matrix is pooled over all valid pixels of all chips (no per-chip averaging);
+- ``precision``, ``recall``, ``f1`` and ``iou`` are those of the landslide class only;
+- ``miou`` is the mean of the landslide IoU and the background IoU (two classes, unweighted);
+- ``accuracy`` is correct pixels / valid pixels;
+- ``pr_auc`` is scikit-learn's average precision of the landslide probabilities (threshold-free);
+- ``threshold`` is the probability cut used for the other figures. It is chosen on validation
+  data only (carved from the training split), as the cut that maximises landslide F1 there
+  (:func:`choose_threshold`), and then applied unchanged to the test split.
+
+Pixels whose label is 255 (no data) or whose probability is NaN are left out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+IGNORE = 255
+METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "iou", "miou", "pr_auc", "threshold")
+
+
+def _valid_pairs(y_true: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true).reshape(-1)
+    p = np.asarray(prob, dtype=np.float64).reshape(-1)
+    if y.shape != p.shape:
+        raise ValueError(f"labels {np.shape(y_true)} and probabilities {np.shape(prob)} differ in size")
+    keep = (y != IGNORE) & np.isfinite(p)
+    return (y[keep] > 0).astype(np.uint8), p[keep]
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, int]:
+    """Pooled confusion counts of binary labels and binary predictions (label 255 ignored)."""
+    y = np.asarray(y_true).reshape(-1)
+    pred = np.asarray(y_pred).reshape(-1)
+    keep = y != IGNORE
+    y = y[keep] > 0
+    pred = pred[keep] > 0
+    tp = int(np.count_nonzero(y & pred))
+    fp = int(np.count_nonzero(~y & pred))
+    fn = int(np.count_nonzero(y & ~pred))
+    tn = int(np.count_nonzero(~y & ~pred))
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den > 0 else 0.0
+
+
+def from_confusion(c: dict[str, int]) -> dict[str, float]:
+    tp, fp, fn, tn = c["tp"], c["fp"], c["fn"], c["tn"]
+    precision = _ratio(tp, tp + fp)
+    recall = _ratio(tp, tp + fn)
+    f1 = _ratio(2 * tp, 2 * tp + fp + fn)  # = harmonic mean of precision and recall
+    iou = _ratio(tp, tp + fp + fn)
+    iou_bg = _ratio(tn, tn + fp + fn)
+    return {
+        "accuracy": _ratio(tp + tn, tp + tn + fp + fn),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "iou": iou,
+        "iou_background": iou_bg,
+        "miou": (iou + iou_bg) / 2.0,
+    }
+
+
+def pr_auc(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """Average precision of the landslide class; NaN when the split has no landslide pixel."""
+    from sklearn.metrics import average_precision_score
+
+    y, p = _valid_pairs(y_true, prob)
+    if y.size == 0 or not y.any():
+        return float("nan")
+    return float(average_precision_score(y, p))
+
+
+def choose_threshold(y_true: np.ndarray, prob: np.ndarray, default: float = 0.5) -> float:
+    """The probability cut maximising landslide F1 on (validation) data.
+
+    Uses the exact precision-recall curve; with no landslide pixel the default is returned.
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    y, p = _valid_pairs(y_true, prob)
+    if y.size == 0 or not y.any() or y.all():
+        return float(default)
+    precision, recall, thresholds = precision_recall_curve(y, p)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)
+    best = int(np.argmax(f1[:-1]))  # the last point (recall 0) has no threshold
+    return float(thresholds[best])
+
+
+def segmentation_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
+    """Every metric of the report for one split: pooled pixel counts at ``threshold``, plus PR-AUC."""
+    y, p = _valid_pairs(y_true, prob)
+    counts = confusion(y, p >= threshold)
+    metrics: dict[str, Any] = from_confusion(counts)
+    metrics["pr_auc"] = pr_auc(y, p)
+    metrics["threshold"] = float(threshold)
+    metrics["pixels"] = int(y.size)
+    metrics["landslide_pixels"] = int(y.sum())
+    metrics["confusion"] = counts
+    return metrics
