@@ -212,6 +212,8 @@ def test_dashboard_in_headless_chromium(dashboard, tile_server):
             base = next(lid for lid, lyr in layers.items() if lyr["base"])
             wait_until(page, lambda: tiles_of(base), 40)
             assert tiles_of(base), f"no {base} tile loaded from the tile server"
+            # The network response can arrive before Leaflet's tileload event counts it.
+            wait_until(page, lambda: frame.evaluate("() => window.slidemapStatus.loaded") > 0, 20)
             assert frame.evaluate("() => window.slidemapStatus.loaded") > 0
             assert frame.evaluate("() => window.slidemapStatus.errors") == 0
             if "susceptibility/classes" in layers:

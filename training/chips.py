@@ -8,7 +8,7 @@ Splits (both reported, so leakage between neighbouring chips shows):
 
 - random 80/20 over chips (the paper's);
 - blocked 80/20: whole blocks go to the test side. Region chips are grouped into square location
-  blocks of ``2 x chip`` pixels; a chip folder is grouped into contiguous blocks of its file index
+  blocks of ``2 x chip`` pixels (smaller when the region is small); a chip folder is grouped into contiguous blocks of its file index
   (the number in the file name), or into location blocks when every chip is a georeferenced
   GeoTIFF. Training chips that overlap a test chip's footprint are dropped.
 
@@ -129,7 +129,9 @@ def chips_from_region(
         rows.append(h - size)
     if cols[-1] != w - size:
         cols.append(w - size)
-    block = 2 * size
+    # Blocks of 2 chips, but small enough that a small region still has a few of them
+    # (a blocked split needs at least two); overlapping train chips are dropped at split time.
+    block = max(size, min(2 * size, -(-max(h, w) // 2)))
     n_block_cols = (w + block - 1) // block
     chips, masks, chip_names, blocks, footprints = [], [], [], [], []
     for r in rows:
@@ -164,7 +166,7 @@ def chips_from_region(
             "chip": size,
             "stride": stride,
             "block_px": block,
-            "blocking": "location blocks of 2 x chip pixels",
+            "blocking": f"location blocks of {block} px (2 chips, smaller on small regions)",
         },
     )
 
