@@ -50,10 +50,15 @@ def main() -> int:
         "Made by `.venv/bin/python -m benchmarks` (each section says its own machine, date and command;",
         "ratios are measured within one run). Sections below were last assembled on "
         f"{dt.date.today().isoformat()} on: {machine()}.",
+        "No run below had a GPU: none was lent to the sessions that measured them, so every",
+        "figure is CPU-only (TensorFlow uses a GPU with memory growth when it sees one).",
         "",
     ]
     for section in sections:
-        out.append(section.read_text().strip())
+        text = section.read_text().strip()
+        if text.startswith("# "):  # one document: a section's own title becomes a level-2 heading
+            text = "#" + "\n".join("#" + ln if ln.startswith("#") and i else ln for i, ln in enumerate(text.splitlines()))
+        out.append(text)
         out.append("")
     (ROOT / "BENCHMARKS.md").write_text("\n".join(out))
     print(f"wrote {ROOT / 'BENCHMARKS.md'} from {len(sections)} sections")

@@ -240,13 +240,7 @@ def create_app(region_dir: Path, settings: ServerSettings | None = None) -> Fast
         tms = get_tms(tms_id)
         params = _render_params(rescale, colormap_name)
         service.validate(layer, format, scale, params)
-        q: list[tuple[str, str]] = []
-        if layer.computed:
-            q.append(("model", registry.model_info(layer, model).version))
-        for r in rescale or []:
-            q.append(("rescale", r))
-        if colormap_name:
-            q.append(("colormap_name", colormap_name))
+        q = _tile_query(registry, layer, model, rescale, colormap_name)
         suffix = f"@{scale}x" if scale > 1 else ""
         url = f"{base(request)}/layers/{layer.id}/tiles/{tms.id}/{{z}}/{{x}}/{{y}}{suffix}.{format}"
         if q:
@@ -315,7 +309,7 @@ def create_app(region_dir: Path, settings: ServerSettings | None = None) -> Fast
         layer = registry.get(layer_id)
         params = _render_params(rescale, colormap_name)
         service.validate(layer, format, 1, params)
-        q = _wmts_query(registry, layer, model, rescale, colormap_name)
+        q = _tile_query(registry, layer, model, rescale, colormap_name)
         xml = capabilities(registry, [(layer, q)], base(request), get_tms(tms), format)
         return Response(xml, media_type="application/xml")
 
@@ -329,7 +323,7 @@ def create_app(region_dir: Path, settings: ServerSettings | None = None) -> Fast
         parts = []
         for layer in registry.layers.values():
             try:
-                q = _wmts_query(registry, layer, None, None, None)
+                q = _tile_query(registry, layer, None, None, None)
             except SlidemapError:
                 continue  # e.g. a computed layer without a trained model
             parts.append((layer, q))
@@ -407,7 +401,7 @@ def _render_params(rescale: list[str] | None, colormap_name: str | None) -> Rend
     return RenderParams(parse_rescale(rescale), colormap_name)
 
 
-def _wmts_query(registry: LayerRegistry, layer, model, rescale, colormap_name) -> list[tuple[str, str]]:
+def _tile_query(registry: LayerRegistry, layer, model, rescale, colormap_name) -> list[tuple[str, str]]:
     q: list[tuple[str, str]] = []
     if layer.computed:
         q.append(("model", registry.model_info(layer, model).version))
