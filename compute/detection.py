@@ -308,7 +308,6 @@ def detect_file(
         profile = {"driver": "GTiff", "dtype": "float32", "count": 1, "width": w, "height": h,
                    "crs": src.crs, "transform": src.transform, "nodata": np.nan, "tiled": True,
                    "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
-        cache: dict[str, Any] = {"rows": None, "data": None}
 
         def read_rows(idx: np.ndarray) -> np.ndarray:
             lo, hi = int(idx.min()), int(idx.max()) + 1

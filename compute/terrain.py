@@ -27,6 +27,7 @@ import pyflwdir.dem
 from affine import Affine
 
 from . import terrain_kernels as _k
+from .factors import TERRAIN_FACTORS as _TERRAIN_FACTORS
 
 __all__ = [
     "TERRAIN_FACTORS",
@@ -41,16 +42,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Keys of :func:`terrain_factors`, in the factor stack's band order.
-TERRAIN_FACTORS: tuple[str, ...] = (
-    "altitude",
-    "slope",
-    "aspect",
-    "plan_curvature",
-    "profile_curvature",
-    "roughness",
-    "twi",
-)
+#: Keys of :func:`terrain_factors`, in the factor stack's band order (defined with the factor list).
+TERRAIN_FACTORS: tuple[str, ...] = _TERRAIN_FACTORS
 
 #: Smallest tan(slope) used in TWI = ln(a / tan b). Flat cells (lakes, filled pits, plateaus)
 #: have tan b = 0 and an infinite index; 0.001 (0.057 degrees, a 1 m drop over 1 km) keeps them

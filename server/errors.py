@@ -23,6 +23,27 @@ from slidemap.errors import SlidemapError
 log = logging.getLogger("slidemap.server")
 
 
+# The server's own error types; each carries its HTTP status for the handlers below.
+class BadTileRequest(SlidemapError):
+    http_status = 400
+
+
+class NotFound(SlidemapError):
+    http_status = 404
+
+
+class LayerNotFound(NotFound):
+    """A layer id that is not in the region's registry."""
+
+
+class ModelNotFound(NotFound):
+    """A model version that is not among the region's artefacts."""
+
+
+class OverBudget(SlidemapError):
+    http_status = 422
+
+
 def _json(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail, "status": status}, status_code=status, headers=headers)
 

@@ -32,6 +32,7 @@ from slidemap.compute.grid import Grid
 from slidemap.compute.io import write_cog, write_json_atomic
 from slidemap.errors import BuildError, ModelError, SlidemapError
 from slidemap.training.artefacts import ModelInfo, latest_model, list_models, verify
+from slidemap.server.errors import LayerNotFound, ModelNotFound
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,6 @@ FACTOR_COLORMAPS = {
     "distance_to_rivers": "viridis_r",
 }
 DIVERGING = ("plan_curvature", "profile_curvature")
-
-
-class LayerNotFound(SlidemapError):
-    http_status = 404
-
-
-class ModelNotFound(SlidemapError):
-    http_status = 404
 
 
 @dataclass(frozen=True)

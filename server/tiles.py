@@ -34,7 +34,7 @@ from titiler.core.resources.enums import ImageType
 from titiler.core.utils import render_image
 
 from slidemap.compute.blocks import BlockEngine
-from slidemap.errors import SlidemapError
+from slidemap.server.errors import BadTileRequest, NotFound, OverBudget
 from slidemap.server.cache import TileCache, TileKey, etag_for
 from slidemap.server.layers import Layer, LayerRegistry
 
@@ -46,18 +46,6 @@ FORMATS: dict[str, str] = {
 }
 # Tile matrix sets offered (morecantile's registry; WebMercatorQuad is the XYZ default).
 SUPPORTED_TMS = ("WebMercatorQuad", "WorldCRS84Quad", "WGS1984Quad", "UTM31WGS84Quad", "EuropeanETRS89_LAEAQuad")
-
-
-class BadTileRequest(SlidemapError):
-    http_status = 400
-
-
-class NotFound(SlidemapError):
-    http_status = 404
-
-
-class OverBudget(SlidemapError):
-    http_status = 422
 
 
 @dataclass(frozen=True)

@@ -211,7 +211,7 @@ def test_rivers_follow_low_ground(region):
     assert mask.any()
     assert dem[mask].mean() < dem.mean()
     # rivers run downhill: along each long segment the end is lower than the start
-    xs, ys = [], []
+    xs = []
     for g in rivers.geometry:
         if g.length > 500:
             (x0, y0), (x1, y1) = g.coords[0], g.coords[-1]
