@@ -62,7 +62,7 @@ for _ in $(seq 1 120); do
 done
 
 step "8/8 start the dashboard on 127.0.0.1:${DASHBOARD_PORT}"
-nohup "$SM" dashboard "$DEMO_DIR" --server "http://127.0.0.1:${PORT}" --port "$DASHBOARD_PORT" > "$LOG_DIR/dashboard.log" 2>&1 &
+nohup "$SM" dashboard "$DEMO_DIR" --server "http://127.0.0.1:${PORT}" --host "${BIND_HOST:-127.0.0.1}" --port "$DASHBOARD_PORT" > "$LOG_DIR/dashboard.log" 2>&1 &
 echo $! > "$LOG_DIR/dashboard.pid"
 sleep 3
 
