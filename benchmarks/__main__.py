@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -50,9 +51,15 @@ def main() -> int:
         "Made by `.venv/bin/python -m benchmarks` (each section says its own machine, date and command;",
         "ratios are measured within one run). Sections below were last assembled on "
         f"{dt.date.today().isoformat()} on: {machine()}.",
-        "No run below had a GPU: none was lent to the sessions that measured them, so every",
-        "figure is CPU-only (TensorFlow uses a GPU with memory growth when it sees one).",
-        "",
+        *(
+            ["This machine has an NVIDIA GPU; sections say which device they used.", ""]
+            if shutil.which("nvidia-smi")
+            else [
+                "No GPU on this machine: every figure is CPU-only (TensorFlow uses a GPU, with memory",
+                "growth, when it sees one; GPU figures are still to be measured).",
+                "",
+            ]
+        ),
     ]
     for section in sections:
         text = section.read_text().strip()

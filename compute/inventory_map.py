@@ -152,8 +152,10 @@ def map_inventory(
         {"id": [], "pixels": [], "mean_probability": []}, geometry=[], crs=crs)
     frame["area"] = frame.geometry.area if len(frame) else []
     gpkg = out_dir / "landslides_detected.gpkg"
+    marked = region_is_synthetic(region_dir) or bool(det.card.get("synthetic"))
     with atomic_path(gpkg, suffix=".gpkg") as tmp:
-        frame.to_file(tmp, layer="landslides", driver="GPKG")
+        frame.to_file(tmp, layer="landslides", driver="GPKG",
+                      **({"layer_metadata": {"SYNTHETIC": "true"}} if marked else {}))
     inventory = None
     inv_path = build / "inventory.gpkg"
     if inv_path.is_file():

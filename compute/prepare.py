@@ -43,7 +43,7 @@ from slidemap.errors import RegionError
 
 log = logging.getLogger(__name__)
 
-BUILD_VERSION = "1"  # bump when a step's algorithm changes: every key changes with it
+BUILD_VERSION = "2"  # bump when a step's algorithm changes: every key changes with it
 STATE_JSON = "state.json"
 IMAGERY_STRIP_ROWS = 1024
 LABEL_NONE, LABEL_LANDSLIDE, LABEL_NEGATIVE, LABEL_NODATA = 0, 1, 2, 255
@@ -113,7 +113,7 @@ def analysis_grid(region: Region) -> tuple[Grid, Grid]:
     """(DEM native grid in the analysis CRS, analysis grid)."""
     dem_path = region.path(region.inputs.dem.path)
     with rasterio.open(dem_path) as src:
-        if src.crs == region.analysis_crs:
+        if src.crs == region.analysis_crs and _north_up(src.transform):
             native = Grid(src.crs, src.transform, src.width, src.height)
         else:
             transform, width, height = calculate_default_transform(
@@ -130,7 +130,7 @@ def imagery_grid(region: Region, analysis: Grid) -> Grid:
     """The imagery's own resolution in the analysis CRS, cropped to the analysis extent."""
     path = region.path(region.inputs.imagery.path)
     with rasterio.open(path) as src:
-        if src.crs == region.analysis_crs:
+        if src.crs == region.analysis_crs and _north_up(src.transform):
             res = abs(src.transform.a)
             origin_x, origin_y = src.transform.c, src.transform.f
         else:
@@ -189,6 +189,10 @@ class _Builder:
         self.result = PrepareResult(self.build, self.grid, [])
         self.show_progress = show_progress
         self.part_keys: dict[str, str] = {}
+
+    def gpkg_metadata(self) -> dict[str, Any]:
+        """GeoPackage layer metadata marking SYNTHETIC derivatives (as the demo's own files are)."""
+        return {"layer_metadata": {"SYNTHETIC": "true"}} if self.synthetic else {}
 
     def sha(self, relative: str) -> str:
         return self.files.sha(self.region.path(relative))
@@ -261,15 +265,11 @@ class _Builder:
 
         def build() -> dict[str, Any]:
             path = self.region.path(spec.path)
-            src_grid = Grid.from_raster(path)
-            with rasterio.open(path) as src:
-                native_grid = src_grid if src.crs == self.grid.crs else Grid(
-                    self.grid.crs, *_default_transform(src, self.grid.crs)
-                )
+            native_grid = _native_grid(path, self.grid.crs)
             native = native_grid.reproject_band(path, band=spec.band, resampling=Resampling.bilinear)
             _write_float(self.native("rainfall"), native, native_grid, "rainfall", self.synthetic)
             # Rainfall is a smooth field from a coarse source: bilinear onto a finer grid.
-            resampling = _resampling_for(src_grid.res[0] if src_grid.crs == self.grid.crs else native_grid.res[0], self.grid.res[0])
+            resampling = _resampling_for(native_grid.res[0], self.grid.res[0])
             on_grid = self.grid.reproject_band(path, band=spec.band, resampling=resampling)
             _write_float(self.part("rainfall"), on_grid, self.grid, "rainfall", self.synthetic)
             return {}
@@ -372,7 +372,7 @@ class _Builder:
             def build(name: str = name, target: Path = target) -> dict[str, Any]:
                 frame = self._read_vector(name)
                 with atomic_path(target) as tmp:
-                    frame.to_file(tmp, layer=name, driver="GPKG")
+                    frame.to_file(tmp, layer=name, driver="GPKG", **self.gpkg_metadata())
                 return {"features": len(frame)}
 
             self.step(f"vector:{name}", key, [target], build)
@@ -429,7 +429,7 @@ class _Builder:
                     src_nodata=nodata,
                 )
                 native_grid = Grid.from_raster(path)
-                if native_grid.crs == self.grid.crs:
+                if native_grid.crs == self.grid.crs and _north_up(native_grid.transform):
                     with rasterio.open(path) as src:
                         native = src.read(1).astype(np.float32)
                         if nodata is not None:
@@ -465,7 +465,7 @@ class _Builder:
             frames = [self._read_inventory(s) for s in specs]
             frame = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=self.grid.crs)
             with atomic_path(target) as tmp:
-                frame.to_file(tmp, layer="landslides", driver="GPKG")
+                frame.to_file(tmp, layer="landslides", driver="GPKG", **self.gpkg_metadata())
             return {
                 "landslides": int(frame["label"].sum()),
                 "non_landslides": int((~frame["label"]).sum()),
@@ -577,6 +577,8 @@ class _Builder:
                 with rasterio.open(tmp, "w", **profile) as dst:
                     dst.write(mask, 1)
                     dst.set_band_description(1, "1 = road, river, water or settlement")
+                    if self.synthetic:
+                        dst.update_tags(**SYNTHETIC_TAGS)
             return {"excluded_fraction": float(mask.mean())}
 
         self.step("exclusion", key, [target], build)
@@ -639,6 +641,19 @@ def _source_of(name: str) -> str:
     if name in terrain.TERRAIN_FACTORS:
         return "dem"
     return {"ndvi": "imagery", "distance_to_roads": "roads", "distance_to_rivers": "rivers"}.get(name, name)
+
+
+def _north_up(transform: Any) -> bool:
+    """Row 0 at the top, no rotation: the only layout the Grid contract allows as is."""
+    return transform.a > 0 and transform.e < 0 and transform.b == 0 and transform.d == 0
+
+
+def _native_grid(path: Path, crs: CRS) -> Grid:
+    """A raster's own grid if north-up in ``crs``, else its default north-up grid in ``crs``."""
+    with rasterio.open(path) as src:
+        if src.crs == crs and _north_up(src.transform):
+            return Grid(src.crs, src.transform, src.width, src.height)
+        return Grid(crs, *_default_transform(src, crs))
 
 
 def _default_transform(src: rasterio.io.DatasetReader, crs: CRS) -> tuple[Any, int, int]:

@@ -206,11 +206,14 @@ def load_region(region_dir: str | Path, check_files: bool = True) -> Region:
             f"{root / MANIFEST}: analysis CRS {analysis_crs.to_string()} is geographic (degrees); "
             "set [region] crs to a projected CRS in metres, e.g. the UTM zone (\"EPSG:326NN\")"
         )
+    _check_metric(analysis_crs, root / MANIFEST)
     if manifest.region.resolution == "dem" and not dem_info["crs"].is_projected:
         raise RegionError(
             f"{dem_path}: resolution = \"dem\" needs a DEM in a projected CRS; "
             "set [region] resolution to metres (e.g. 30) so it can be reprojected"
         )
+    if manifest.region.resolution == "dem" and dem_info["crs"] != analysis_crs:
+        _check_metric(dem_info["crs"], dem_path)
     region = Region(root, manifest, analysis_crs)
     if not check_files:
         return region
@@ -249,12 +252,37 @@ def load_region(region_dir: str | Path, check_files: bool = True) -> Region:
         key = "inventory" if len(inputs.inventory) == 1 else f"inventory[{i}]"
         path = _existing(root, key, spec.path)
         if path.suffix.lower() in (".csv", ".txt"):
-            _check_csv_points(path, key, spec, analysis_crs)
+            crs, bounds = _check_csv_points(path, key, spec, analysis_crs)
         else:
             crs, bounds = _check_vector(path, key, spec.layer)
-            if bounds is not None:
-                overlaps(key, path, crs, bounds)
+            _check_vector_labels(path, key, spec)
+        if bounds is not None:
+            overlaps(key, path, crs, bounds)
     return region
+
+
+def _check_metric(crs: CRS, where: Path) -> None:
+    """Terrain needs cells in metres with true distances: refuse feet and (Web) Mercator."""
+    import pyproj
+
+    units = crs.linear_units_factor if crs.is_projected else None
+    if units is not None and abs(units[1] - 1.0) > 1e-9:
+        raise RegionError(
+            f"{where}: CRS {crs.to_string()} has units of {units[0]}, not metres; "
+            "set [region] crs to a metric projected CRS such as the UTM zone (\"EPSG:326NN\")"
+        )
+    method = ""
+    try:
+        operation = pyproj.CRS.from_wkt(crs.to_wkt()).coordinate_operation
+        method = operation.method_name if operation else ""
+    except pyproj.exceptions.CRSError:
+        pass
+    if method.startswith(("Mercator", "Popular Visualisation")):
+        raise RegionError(
+            f"{where}: CRS {crs.to_string()} is a Mercator projection whose scale grows with latitude, "
+            "so slopes and distances would be wrong; set [region] crs to the UTM zone (\"EPSG:326NN\") or another "
+            "equidistant-enough metric CRS"
+        )
 
 
 def _fmt_bounds(b: tuple[float, ...]) -> str:
@@ -335,24 +363,64 @@ def _check_vector(path: Path, key: str, layer: str | None) -> tuple[CRS, tuple[f
     return CRS.from_user_input(info["crs"]), tuple(float(v) for v in bounds)
 
 
-def _check_csv_points(path: Path, key: str, spec: InventoryInput, analysis_crs: CRS) -> None:
+def _check_csv_points(
+    path: Path, key: str, spec: InventoryInput, analysis_crs: CRS
+) -> tuple[CRS, tuple[float, float, float, float] | None]:
+    """Columns, numeric coordinates, readable labels; returns (CRS, bounds) for the overlap check."""
     import pandas as pd
 
     try:
-        head = pd.read_csv(path, nrows=5)
+        table = pd.read_csv(path)
     except Exception as exc:
         raise RegionError(f"{path}: inputs.{key} is not a readable CSV ({_short(exc)})") from exc
+    columns = {}
     for option, default in (("x", "x"), ("y", "y")):
         column = getattr(spec, option) or default
-        if column not in head.columns:
-            raise RegionError(f"{path}: inputs.{key} has no column {column!r} (columns: {list(head.columns)}); set `{option} = \"...\"`")
-    if spec.label and spec.label not in head.columns:
-        raise RegionError(f"{path}: inputs.{key} has no label column {spec.label!r} (columns: {list(head.columns)}); fix `label`")
+        if column not in table.columns:
+            raise RegionError(f"{path}: inputs.{key} has no column {column!r} (columns: {list(table.columns)}); set `{option} = \"...\"`")
+        values = pd.to_numeric(table[column], errors="coerce")
+        bad = values.isna() | ~np.isfinite(values)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise RegionError(
+                f"{path}: inputs.{key} column {column!r} row {row + 2} is not a number ({table[column].iloc[row]!r}); fix or drop that row"
+            )
+        columns[option] = values
+    if spec.label:
+        if spec.label not in table.columns:
+            raise RegionError(f"{path}: inputs.{key} has no label column {spec.label!r} (columns: {list(table.columns)}); fix `label`")
+        _check_labels(path, key, spec.label, table[spec.label])
+    crs = analysis_crs
     if spec.crs:
         try:
-            CRS.from_user_input(spec.crs)
+            crs = CRS.from_user_input(spec.crs)
         except Exception as exc:
             raise RegionError(f"{path}: inputs.{key} crs {spec.crs!r} is not a CRS; use e.g. \"EPSG:32717\"") from exc
+    if len(table) == 0:
+        return crs, None
+    xs, ys = columns["x"], columns["y"]
+    return crs, (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
+
+
+def _check_vector_labels(path: Path, key: str, spec: InventoryInput) -> None:
+    import pyogrio
+
+    info = pyogrio.read_info(path, layer=spec.layer)
+    column = spec.label or ("label" if "label" in list(info.get("fields", [])) else None)
+    if column is None:
+        return
+    if column not in list(info.get("fields", [])):
+        raise RegionError(f"{path}: inputs.{key} has no label column {column!r} (fields: {list(info.get('fields', []))}); fix `label`")
+    frame = pyogrio.read_dataframe(path, layer=spec.layer, columns=[column], read_geometry=False)
+    _check_labels(path, key, column, frame[column])
+
+
+def _check_labels(path: Path, key: str, column: str, values: Any) -> None:
+    for i, value in enumerate(values):
+        try:
+            parse_label(value)
+        except ValueError as exc:
+            raise RegionError(f"{path}: inputs.{key} column {column!r} row {i + 1}: {exc}; use true/false (or 1/0)") from exc
 
 
 def read_classes(path: Path, key: str) -> dict[int, str]:
@@ -374,10 +442,15 @@ def parse_label(value: Any) -> bool:
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, float, np.integer, np.floating)):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("true", "t", "1", "yes", "y", "landslide"):
+        # Only 1/0: a blank cell (NaN) or another code (e.g. 2 = landslide in some exports) is an error.
+        if value == 1:
+            return True
+        if value == 0:
+            return False
+        raise ValueError(f"cannot read {value!r} as true/false")
+    text = "" if value is None else str(value).strip().lower()
+    if text in ("true", "t", "1", "1.0", "yes", "y", "landslide"):
         return True
-    if text in ("false", "f", "0", "no", "n", "none", "non-landslide"):
+    if text in ("false", "f", "0", "0.0", "no", "n", "non-landslide"):
         return False
     raise ValueError(f"cannot read {value!r} as true/false")

@@ -187,10 +187,18 @@ def map_region(
         raise BuildError(f"{factors_tif}: not built; run `slidemap prepare {region_dir}` first")
     model_dir = resolve_model(region_dir, model, mode)
     sm = load_susceptibility(model_dir)
+    if block is not None and block <= 0:
+        raise InputError(f"--block {block}: give a positive block side in cells, e.g. --block 256")
     if mode == "dense" and sm.mode == "window":
         raise InputError(
             f"--mode dense: {sm.name} is a window model; use --mode window, or --model multiscale_dense"
         )
+    if mode == "window" and sm.mode == "dense":
+        raise InputError(
+            f"--mode window: {sm.name} is the dense model; use --mode dense, or a window model such as --model multiscale"
+        )
+    if sm.mode == "centre":
+        log.info("%s works on centre-cell values; --mode %s has no effect", sm.name, mode)
     with rasterio.open(factors_tif) as src:
         names = list(src.descriptions)
         stack = src.read().astype(np.float32)

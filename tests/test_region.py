@@ -142,14 +142,67 @@ def test_vector_not_readable(tmp_path, capsys):
     _fails(capsys, tmp_path, "roads.gpkg", "not a readable vector")
 
 
-@pytest.mark.parametrize(("value", "expected"), [("TRUE", True), ("false", False), (1, True), ("0", False), (True, True)])
+@pytest.mark.parametrize(
+    ("crs", "needle"),
+    [("+proj=utm +zone=49 +datum=WGS84 +units=ft +type=crs", "not metres"), ("EPSG:3857", "Mercator")],
+)
+def test_non_metric_or_mercator_analysis_crs(tmp_path, capsys, crs, needle):
+    _raster(tmp_path / "dem.tif")
+    _region(tmp_path, 'dem = "dem.tif"', region=f'name = "t"\nresolution = 30\ncrs = "{crs}"')
+    _fails(capsys, tmp_path, needle)
+
+
+def test_csv_points_outside_the_dem(tmp_path, capsys):
+    _raster(tmp_path / "dem.tif")
+    (tmp_path / "pts.csv").write_text("x,y,lab\n900100,3199900,1\n900200,3199800,0\n")
+    _region(tmp_path, 'dem = "dem.tif"\ninventory = { path = "pts.csv", label = "lab" }')
+    _fails(capsys, tmp_path, "pts.csv", "does not overlap the DEM")
+
+
+def test_csv_points_with_text_coordinates(tmp_path, capsys):
+    _raster(tmp_path / "dem.tif")
+    (tmp_path / "pts.csv").write_text("x,y\n500100,3199900\nabc,3199800\n")
+    _region(tmp_path, 'dem = "dem.tif"\ninventory = { path = "pts.csv" }')
+    _fails(capsys, tmp_path, "pts.csv", "row 3", "not a number")
+
+
+def test_blank_or_unknown_label_is_refused_before_anything_is_built(tmp_path, capsys):
+    _raster(tmp_path / "dem.tif")
+    (tmp_path / "pts.csv").write_text("x,y,lab\n500100,3199900,1\n500200,3199800,\n")
+    _region(tmp_path, 'dem = "dem.tif"\ninventory = { path = "pts.csv", label = "lab" }')
+    _fails(capsys, tmp_path, "pts.csv", "'lab'", "true/false")
+    (tmp_path / "pts.csv").write_text("x,y,lab\n500100,3199900,1\n500200,3199800,2\n")
+    _fails(capsys, tmp_path, "pts.csv", "'lab'")
+
+
+def test_south_up_dem_gives_a_north_up_grid(tmp_path):
+    from slidemap.compute.prepare import prepare_region
+
+    rng = np.random.default_rng(1)
+    data = np.cumsum(rng.random((40, 50)), axis=0).astype("float32") * 10
+    profile = {"driver": "GTiff", "width": 50, "height": 40, "count": 1, "dtype": "float32", "crs": UTM,
+               "transform": Affine(30, 0, 500000.0, 0, 30, 3200000.0)}  # row 0 is the south edge
+    with rasterio.open(tmp_path / "dem.tif", "w", **profile) as dst:
+        dst.write(data, 1)
+    _region(tmp_path, 'dem = "dem.tif"')
+    result = prepare_region(tmp_path, show_progress=False)
+    assert result.grid.shape == (40, 50)
+    assert result.grid.transform.e < 0
+    with rasterio.open(tmp_path / "build" / "factors.tif") as src:
+        altitude = src.read(1)
+    # North-up: the highest ground (the south-up file's last row) is now at the top.
+    assert np.nanmean(altitude[:5]) > np.nanmean(altitude[-5:])
+
+
+@pytest.mark.parametrize(("value", "expected"), [("TRUE", True), ("false", False), (1, True), ("0", False), (True, True), (0.0, False)])
 def test_parse_label(value, expected):
     assert parse_label(value) is expected
 
 
-def test_parse_label_rejects_garbage():
+@pytest.mark.parametrize("value", ["maybe", float("nan"), 2, "", None])
+def test_parse_label_rejects_garbage(value):
     with pytest.raises(ValueError):
-        parse_label("maybe")
+        parse_label(value)
 
 
 def test_region_error_is_one_line(tmp_path):

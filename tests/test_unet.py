@@ -60,10 +60,13 @@ def test_search_records_every_iteration():
                                     on_iteration=seen.append)
     assert [r["iteration"] for r in records] == [1, 2, 3] and len(seen) == 3
     for r in records:
-        assert set(r) == {"iteration", "optimizer", "learning_rate", "alpha", "gamma", "score"}
+        assert set(r) == {"iteration", "optimizer", "learning_rate", "alpha", "gamma", "score", "proposed_by"}
         assert r["optimizer"] in ("adam", "sgd") and r["learning_rate"] in (1e-2, 1e-3, 1e-4)
         assert 0 <= r["alpha"] <= 1 and 0 <= r["gamma"] <= 5
     assert best.alpha == max(records, key=lambda r: r["score"])["alpha"]
+    # the paper's set first, then a random start, then at least one point chosen by EI
+    assert [r["proposed_by"] for r in records] == [
+        "paper's best set (seed)", "random (initial design)", "GP + expected improvement"]
 
 
 def _tiny_region(root: Path, size: int = 192, seed: int = 0) -> Path:

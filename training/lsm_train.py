@@ -123,7 +123,21 @@ def make_config(preset: str, overrides: dict[str, str] | None = None) -> LsmConf
         except ValueError as exc:
             raise InputError(f"--set {key}={raw}: not a valid value ({exc})") from exc
         setattr(cfg, key, value)
+    _check_config(cfg)
     return cfg
+
+
+def _check_config(cfg: LsmConfig) -> None:
+    """Settings that would otherwise fail deep inside Keras or scikit-learn."""
+    if len(cfg.widths) != 2 or min(cfg.widths) < 1:
+        raise InputError(f"--set widths={','.join(map(str, cfg.widths))}: give two positive filter counts, e.g. widths=32,64")
+    if cfg.max_samples is not None and cfg.max_samples < 50:
+        raise InputError(f"--set max_samples={cfg.max_samples}: at least 50 samples are needed for two 80/20 splits")
+    for key in ("epochs", "dense_epochs", "batch"):
+        if getattr(cfg, key) < 1:
+            raise InputError(f"--set {key}={getattr(cfg, key)}: must be at least 1")
+    if not cfg.lr > 0:
+        raise InputError(f"--lr {cfg.lr}: the learning rate must be positive")
 
 
 def _window_batches_class() -> type:

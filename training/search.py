@@ -82,15 +82,25 @@ def bayesian_search(
     if n_initial is None:
         n_initial = max(2, n_iterations // 3)
     x0 = [list(PAPER_BEST)] if start_from_paper else None
-    n_initial = min(n_initial, n_iterations - (1 if x0 else 0))
+    seeded = 1 if x0 else 0
+    # Leave at least one point to expected improvement whenever the budget allows it.
+    n_initial = max(0, min(n_initial, n_iterations - seeded - (1 if n_iterations - seeded >= 2 else 0)))
+    if n_initial == 0 and not x0:
+        n_initial = 1
     records: list[dict[str, Any]] = []
+
+    def proposer(iteration: int) -> str:
+        if iteration <= seeded:
+            return "paper's best set (seed)"
+        return "random (initial design)" if iteration <= seeded + n_initial else "GP + expected improvement"
 
     def minimise(point: list[Any]) -> float:
         hp = HyperParams(str(point[0]), float(point[1]), float(point[2]), float(point[3]))
         score = float(objective(hp))
         if not np.isfinite(score):
             score = 0.0  # a diverged run counts as the worst score, not a crash of the search
-        record = {"iteration": len(records) + 1, **hp.to_dict(), "score": score}
+        iteration = len(records) + 1
+        record = {"iteration": iteration, **hp.to_dict(), "score": score, "proposed_by": proposer(iteration)}
         records.append(record)
         log.info("search %d/%d: %s -> %.4f", record["iteration"], n_iterations, hp.to_dict(), score)
         if on_iteration:

@@ -448,7 +448,8 @@ def run(chips: ChipSet, cfg: UnetConfig, progress: bool = True) -> RunResult:
         split_info["search_pool"] = {"chips": int(len(pool))}
     best = {**hp.to_dict(), "score": max((r["score"] for r in records), default=None),
             "iteration": max(records, key=lambda r: r["score"])["iteration"] if records else None,
-            "source": "GP+EI search" if records else "preset defaults (search off)"}
+            "source": (max(records, key=lambda r: r["score"]).get("proposed_by", "GP+EI search")
+                       if records else "preset defaults (search off)")}
     trained: list[TrainedModel] = []
     specs = model_specs(cfg)
     # blocked first: its first model is the artefact, so it is ready even if a later model fails

@@ -155,7 +155,7 @@ def train_handler(args: argparse.Namespace) -> int:
     data = {"path": chips.source.get("path"), "kind": chips.source.get("kind"), "chips": len(chips),
             "chip": int(chips.images.shape[1]), "bands": chips.bands, "units": chips.source.get("units"),
             "blocking": chips.source.get("blocking"), "fingerprint": card["training_data"]["fingerprint"]}
-    report = unet_report.build_report(result, {name: card["version"]}, data)
+    report = unet_report.build_report(result, {result.primary.spec.name: card["version"]}, data)
     report["model_path"] = str(model_path)
     unet_report.write_report(report, report_dir, result)
     m = result.primary.metrics
