@@ -8,28 +8,16 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import platform
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.machine import cpu_description as machine  # noqa: F401  (benchmarks import it from here)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 ORDER = ("prepare", "terrain", "windows", "unet", "lsm", "server", "seed")
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import os
-
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()} {platform.machine()}"
 
 
 def main() -> int:

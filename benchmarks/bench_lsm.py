@@ -24,7 +24,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.__main__ import machine  # noqa: E402
+from benchmarks.machine import cpu_description as machine, float32_peak_gflops  # noqa: E402
 
 DEFAULT_REGION = Path("/tmp/slidemap-bench-lsm/demo20")
 WINDOW_SIDE = {"trained": 96, "paper widths": 48}
@@ -39,21 +39,6 @@ def ensure_region(region: Path) -> Path:
     generate_demo_region(region, size_km=20, seed=0)
     prepare_region(region, show_progress=True)
     return region
-
-
-def matmul_gflops(n: int = 4096, repeat: int = 5) -> float:
-    from slidemap.compute.inference import configure_tensorflow
-
-    tf = configure_tensorflow()
-    a = tf.random.normal((n, n), dtype=tf.float32)
-    b = tf.random.normal((n, n), dtype=tf.float32)
-    tf.linalg.matmul(a, b).numpy()
-    best = np.inf
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        tf.linalg.matmul(a, b).numpy()
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best / 1e9
 
 
 def model_from_keras(keras_model, name, factor_names, normalisation, sizes, dense):
@@ -90,7 +75,7 @@ def main() -> int:
         stack = src.read().astype(np.float32)
     norm = load_normalisation(region / "build")
     names = norm.names
-    peak = matmul_gflops()
+    peak = float32_peak_gflops()
 
     pairs = []
     win_info = latest_model(region, "lsm", ("multiscale",))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.__main__ import machine  # noqa: E402
+from benchmarks.machine import cpu_description as machine  # noqa: E402
 
 
 def run(argv: list[str]) -> tuple[float, float]:

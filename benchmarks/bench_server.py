@@ -225,8 +225,10 @@ def main() -> int:
         else:
             shutil.rmtree(work / "cache", ignore_errors=True)
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-                if ln.startswith("Model name")), platform.processor())
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.machine import cpu_model
+
+    cpu = cpu_model()
     ms = lambda s: f"{s * 1000:.1f}"  # noqa: E731
     img = next(r for r in rows if r[0] == "imagery")
     tag = "SYNTHETIC " if synthetic else ""

@@ -18,7 +18,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.__main__ import machine  # noqa: E402
+from benchmarks.machine import cpu_description as machine  # noqa: E402
 
 log = logging.getLogger("bench_terrain")
 

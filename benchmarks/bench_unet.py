@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,36 +17,8 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 RESULTS = Path(__file__).resolve().parent / "results" / "unet.md"
-
-
-def _cpu() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown"
-
-
-def _best_of(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
-def matmul_peak(tf, n: int = 2048, repeats: int = 5) -> float:
-    """float32 GFLOP/s of an n x n matmul (best of ``repeats``)."""
-    a = tf.random.uniform((n, n), dtype=tf.float32)
-    b = tf.random.uniform((n, n), dtype=tf.float32)
-    mm = tf.function(lambda: tf.linalg.matmul(a, b))
-    mm().numpy()
-    t = _best_of(lambda: mm().numpy(), repeats)
-    return 2.0 * n**3 / t / 1e9
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.machine import best_of, cpu_model, float32_peak_gflops  # noqa: E402
 
 
 def main() -> int:
@@ -58,14 +27,14 @@ def main() -> int:
     from slidemap.training.losses import focal_loss
     from slidemap.training.unet import build_unet, flops_per_tile
 
-    tf = configure_tensorflow()
+    configure_tensorflow()  # GPU memory growth before any model is built
     import keras
 
     keras.utils.set_random_seed(0)
     device = device_summary()
     rng = np.random.default_rng(0)
     rows = []
-    peak = matmul_peak(tf)
+    peak = float32_peak_gflops(2048)
     load = os.getloadavg()[0]
     for width in (8, 16):
         model = build_unet(4, base_width=width)
@@ -74,14 +43,14 @@ def main() -> int:
         x = rng.normal(size=(n_chips, 128, 128, 4)).astype("float32")
         y = (rng.random((n_chips, 128, 128, 1)) > 0.95).astype("float32")
         model.fit(x, y, batch_size=batch, epochs=1, verbose=0)  # trace and warm up
-        t_train = _best_of(lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0), 2)
+        t_train = best_of(lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0), 2)
         chips_s = n_chips / t_train
         card = {"bands": ["B2", "B3", "B4", "B8"], "normalisation": {"mean": [0.0] * 4, "std": [1.0] * 4},
                 "units": "reflectance", "version": "bench"}
         det = Detector(model, card, Path("."), tile=256, overlap=64, batch_size=8)
         img = rng.random((4, 1024, 1024)).astype("float32")
         det.predict(img[:, :300, :300])  # trace
-        t_det = _best_of(lambda: det.predict(img), 2)
+        t_det = best_of(lambda: det.predict(img), 2)
         mpx_s = img.shape[1] * img.shape[2] / t_det / 1e6
         f_tile = flops_per_tile(model, 256)
         f_train_chip = 3 * flops_per_tile(model, 128)  # forward + backward ~ 3x forward
@@ -95,7 +64,7 @@ def main() -> int:
     lines = [
         "# U-Net benchmark",
         "",
-        f"- machine: {_cpu()}, {os.cpu_count()} cores ({device['device']}; TensorFlow {device['tensorflow']})",
+        f"- machine: {cpu_model()}, {os.cpu_count()} cores ({device['device']}; TensorFlow {device['tensorflow']})",
         f"- date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
         "- command: `.venv/bin/python -m benchmarks.bench_unet`",
         f"- load average at start: {load:.1f} (the machine is shared; figures are best-of-2 under that load)",

@@ -24,7 +24,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks.__main__ import machine  # noqa: E402
+from benchmarks.machine import cpu_description as machine  # noqa: E402
 from slidemap.compute.windows import MULTISCALE_SIZES, area_weights, extract_windows  # noqa: E402
 from tests.test_windows import _reference  # noqa: E402
 

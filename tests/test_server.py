@@ -7,6 +7,8 @@ artefacts in the region's registry so versions, hashes and ``?model=`` work as w
 
 from __future__ import annotations
 
+import contextlib
+
 import io
 import shutil
 import socket
@@ -509,20 +511,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.skipif(shutil.which("gdalinfo") is None, reason="gdalinfo not installed (apt-get install gdal-bin)")
-def test_gdalinfo_opens_wmts_from_a_real_server(region, tmp_path):
+@contextlib.contextmanager
+def served(app):
+    """Run ``app`` under a real uvicorn server on a free loopback port; yield its base URL."""
     import uvicorn
 
-    app = new_app(region, tmp_path)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
     try:
         deadline = time.time() + 20
         while not server.started and time.time() < deadline:
             time.sleep(0.05)
-        base = f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.mark.skipif(shutil.which("gdalinfo") is None, reason="gdalinfo not installed (apt-get install gdal-bin)")
+def test_gdalinfo_opens_wmts_from_a_real_server(region, tmp_path):
+    app = new_app(region, tmp_path)
+    with served(app) as base:
         cap = f"{base}/layers/factors/slope/WMTSCapabilities.xml?rescale=0%2C40"
         out = subprocess.run(["gdalinfo", f"WMTS:{cap}"], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
@@ -530,9 +541,6 @@ def test_gdalinfo_opens_wmts_from_a_real_server(region, tmp_path):
         allcap = subprocess.run(["gdalinfo", f"WMTS:{base}/WMTSCapabilities.xml"], capture_output=True, text=True, timeout=60)
         assert allcap.returncode == 0, allcap.stderr
         assert "SUBDATASET_" in allcap.stdout and "factors/slope" in allcap.stdout
-    finally:
-        server.should_exit = True
-        th.join(10)
 
 
 def test_inventory_overlay_includes_detected_polygons(region, tmp_path):
@@ -559,34 +567,22 @@ def test_inventory_overlay_includes_detected_polygons(region, tmp_path):
 @pytest.mark.browser
 @pytest.mark.skipif(not Path("/usr/bin/chromium").is_file(), reason="Debian's chromium is not installed")
 def test_map_page_in_headless_chromium_loads_tiles_and_nothing_external(region, tmp_path):
-    import uvicorn
-
     pw = pytest.importorskip("playwright.sync_api")
     app = new_app(region, tmp_path)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=server.run, daemon=True)
-    th.start()
-    try:
-        deadline = time.time() + 20
-        while not server.started and time.time() < deadline:
-            time.sleep(0.05)
+    with served(app) as base:
         with pw.sync_playwright() as p:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
             page = browser.new_page()
             urls, errors = [], []
             page.on("request", lambda r: urls.append(r.url))
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+            page.goto(f"{base}/", wait_until="networkidle")
             page.wait_for_function("document.querySelectorAll('.leaflet-tile-loaded').length > 0", timeout=15000)
             assert "SYNTHETIC" in page.inner_text("#banner")
             browser.close()
         assert not errors, errors
-        assert [u for u in urls if not u.startswith(f"http://127.0.0.1:{port}/")] == []
+        assert [u for u in urls if not u.startswith(f"{base}/")] == []
         assert any("/tiles/WebMercatorQuad/" in u for u in urls)
-    finally:
-        server.should_exit = True
-        th.join(10)
 
 
 @pytest.mark.slow

@@ -72,7 +72,7 @@ def register(groups: dict[str, Any]) -> None:
     p.add_argument("--learning-rate", type=float)
     p.add_argument("--alpha", type=float)
     p.add_argument("--gamma", type=float)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=train_handler)
 
     d = groups["root"].add_parser(
@@ -86,7 +86,7 @@ def register(groups: dict[str, Any]) -> None:
     d.add_argument("out", metavar="OUT", help="output COG, or a folder for chip input")
     d.add_argument("--band-order", type=_csv, help="the file's band names in order, e.g. B4,B3,B2,B8 or R,G,B,NIR")
     d.add_argument("--scale", type=float, help="reflectance = value / SCALE (e.g. 10000 for Sentinel-2 DN)")
-    d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bar")
     d.set_defaults(handler=detect_handler)
 
     i = groups["root"].add_parser(
@@ -97,7 +97,7 @@ def register(groups: dict[str, Any]) -> None:
     i.add_argument("--model", metavar="MODEL_DIR", help="detector (default: the region's newest unet model)")
     i.add_argument("--threshold", type=float, help="probability cut (default: the model card's)")
     i.add_argument("--min-pixels", type=int, default=4, help="drop areas smaller than this many pixels")
-    i.add_argument("--no-progress", action="store_true")
+    i.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bar")
     i.set_defaults(handler=inventory_handler)
 
 
