@@ -68,7 +68,7 @@ def main() -> int:
     from slidemap.compute.factors import load_normalisation
     from slidemap.compute.susceptibility import load_susceptibility
     from slidemap.compute.windows import MULTISCALE_SIZES
-    from slidemap.training.artefacts import latest_model
+    from slidemap.compute.models.store import latest_model
     from slidemap.training.lsm import build_dense_fcn, build_window_cnn, flops_dense_per_cell, flops_window_cnn
 
     with rasterio.open(region / "build" / "factors.tif") as src:

@@ -184,7 +184,7 @@ class Detector:
 
 def load_detector(model_dir: str | Path, tile: int = DEFAULT_TILE, overlap: int | None = None) -> Detector:
     """Verify the artefact's SHA-256, load the Keras model once (cached by folder and version)."""
-    from slidemap.training.artefacts import verify
+    from slidemap.compute.models.store import verify
 
     model_dir = Path(model_dir)
     card = verify(model_dir)  # ModelError on a hash mismatch

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 def _pick_model(region_dir: Path, model_dir: str | Path | None) -> Path:
     if model_dir:
         return Path(model_dir)
-    from slidemap.training.artefacts import latest_model
+    from slidemap.compute.models.store import latest_model
 
     info = latest_model(region_dir, "unet")
     if info is None:

@@ -1,7 +1,9 @@
 """`slidemap status`: what is built for a region, with absolute paths.
 
 JSON keys (a contract other tools rely on): ``name, synthetic, grid, factors, factor_names,
-imagery, labels, models, reports, caches`` (later features add keys, never rename them).
+imagery, labels, models, default_models, reports, caches`` (later features add keys, never rename
+them). ``default_models`` is ``{"susceptibility": {name, version, path, score, ...} | null,
+"detection": ...}`` from :mod:`slidemap.compute.models.select`.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ def region_status(region_dir: str | Path) -> dict[str, Any]:
             "transform": g.get("transform"),
         }
         factor_names = [f["name"] for f in data["factors"]]
-    from slidemap.training.artefacts import list_models
+    from slidemap.compute.models.select import default_models_status
+    from slidemap.compute.models.store import list_models
 
     models = [m.to_status() for m in list_models(root)]
     reports_root = root / "reports"
@@ -69,6 +72,7 @@ def region_status(region_dir: str | Path) -> dict[str, Any]:
         "exclusion": _abs(build / "exclusion_imagery.tif"),
         "inventory": _abs(build / "inventory.gpkg"),
         "models": models,
+        "default_models": default_models_status(root),
         "reports": reports,
         "caches": caches,
         "maps": maps,
@@ -89,6 +93,8 @@ def format_status(status: dict[str, Any]) -> str:
             if status.get(key):
                 lines.append(f"  {key:<11} {status[key]}")
     lines.append(f"  models      {len(status['models'])}")
+    for role, d in (status.get("default_models") or {}).items():
+        lines.append(f"    default {role}: " + (f"{d['name']} {d['version']} ({d['metric']} {d['score']:.3f})" if d else "none with skill"))
     for m in status["models"]:
         lines.append(f"    {m['kind']}/{m['name']} {m['version']}  {m['path']}")
     lines.append(f"  reports     {len(status['reports'])}")

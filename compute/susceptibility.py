@@ -84,7 +84,7 @@ class SusceptibilityModel:
 
 
 def load_susceptibility(model_dir: str | Path) -> SusceptibilityModel:
-    from slidemap.training.artefacts import verify
+    from slidemap.compute.models.store import verify
 
     model_dir = Path(model_dir)
     card = verify(model_dir)
@@ -129,7 +129,7 @@ DEFAULT_MODEL = {"window": "multiscale", "dense": "multiscale_dense"}
 
 def resolve_model(region_dir: str | Path, model: str | None, mode: str) -> Path:
     """A model folder from a path, an artefact name (newest version) or the mode's default name."""
-    from slidemap.training.artefacts import latest_model
+    from slidemap.compute.models.store import latest_model
 
     if model and Path(model).is_dir():
         return Path(model)

@@ -16,7 +16,7 @@ import streamlit as st
 
 from slidemap.dashboard import map as map_page
 from slidemap.dashboard import paper, reports
-from slidemap.training.artefacts import list_models
+from slidemap.compute.models.store import list_models
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 PAGES = (

@@ -31,7 +31,7 @@ from slidemap.compute.blocks import (
 from slidemap.compute.grid import Grid
 from slidemap.compute.io import write_cog, write_json_atomic
 from slidemap.errors import BuildError, ModelError, SlidemapError
-from slidemap.training.artefacts import ModelInfo, latest_model, list_models, verify
+from slidemap.compute.models.store import ModelInfo, latest_model, list_models, verify
 from slidemap.server.errors import LayerNotFound, ModelNotFound
 
 log = logging.getLogger(__name__)

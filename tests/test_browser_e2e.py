@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 import pytest
 
-from slidemap.training.artefacts import read_card, save_artefact
+from slidemap.compute.models.store import read_card, save_artefact
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

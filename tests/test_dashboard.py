@@ -311,7 +311,7 @@ def test_map_one_layer_failing_keeps_the_others(monkeypatch, server, region):
 
 
 def test_version_selector_passes_model_to_layers(monkeypatch, server, region):
-    from slidemap.training.artefacts import save_artefact
+    from slidemap.compute.models.store import save_artefact
 
     for kind, name, payload in (("lsm", "multiscale", b"one"), ("lsm", "multiscale", b"two"), ("unet", "unet", b"u")):
         save_artefact(region / "models", kind, name, {"synthetic": True},

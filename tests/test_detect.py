@@ -13,7 +13,7 @@ keras = pytest.importorskip("keras")
 
 from slidemap.compute.detection import Detector, blend_window, detect_file, load_detector, n_tiles  # noqa: E402
 from slidemap.errors import InputError  # noqa: E402
-from slidemap.training.artefacts import save_artefact  # noqa: E402
+from slidemap.compute.models.store import save_artefact  # noqa: E402
 from slidemap.training.chips import chips_from_folder  # noqa: E402
 from slidemap.training.unet import build_unet  # noqa: E402
 

@@ -126,7 +126,7 @@ def test_tiny_models_beat_constant_predictor(trained):
 
 
 def test_report_and_artefacts(trained):
-    from slidemap.training.artefacts import list_models, verify
+    from slidemap.compute.models.store import list_models, verify
 
     assert trained["kind"] == "lsm" and trained["synthetic"] is True
     for name, per in trained["models"].items():

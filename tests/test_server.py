@@ -32,7 +32,7 @@ from slidemap.compute.blocks import _pool2
 from slidemap.compute.grid import Grid
 from slidemap.server.app import ServerSettings, create_app
 from slidemap.server.tiles import TileService
-from slidemap.training.artefacts import read_card, save_artefact
+from slidemap.compute.models.store import read_card, save_artefact
 
 WMQ = morecantile.tms.get("WebMercatorQuad")
 BS = 64

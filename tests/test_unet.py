@@ -133,7 +133,7 @@ def test_tiny_model_beats_constant_predictor(trained):
 
 def test_report_and_card_round_trip_and_hash_refusal(trained):
     from slidemap.compute.detection import load_detector
-    from slidemap.training.artefacts import read_card
+    from slidemap.compute.models.store import read_card
 
     root, result = trained
     path = unet_train.save_model(result, root / "models", "attention-unet")

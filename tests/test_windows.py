@@ -127,7 +127,7 @@ def test_out_buffer_validation():
 # ---- the same function along every path -----------------------------------------------------
 def _card_model(tmp_path, name, model, factor_names, halo, windows, arch):
     from slidemap.compute.factors import Normalisation
-    from slidemap.training.artefacts import save_artefact
+    from slidemap.compute.models.store import save_artefact
 
     norm = Normalisation.from_list(
         [{"name": n, "kind": "continuous", "units": "", "min": 0.0, "max": 2.0, "source": "t"} for n in factor_names]

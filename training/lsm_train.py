@@ -22,7 +22,7 @@ import numpy as np
 
 from slidemap.compute.windows import MULTISCALE_SIZES, halo_for, iter_windows
 from slidemap.errors import InputError
-from slidemap.training.artefacts import save_artefact
+from slidemap.compute.models.store import save_artefact
 from slidemap.training.baselines import BASELINES, centre_values, fit_baseline, make_baseline
 from slidemap.training.cls_metrics import (
     classification_metrics,

@@ -501,7 +501,7 @@ def model_card(result: RunResult) -> dict[str, Any]:
 
 
 def save_model(result: RunResult, models_root: Path | None, name: str, out_dir: Path | None = None) -> Path:
-    from slidemap.training.artefacts import save_artefact
+    from slidemap.compute.models.store import save_artefact
 
     return save_artefact(
         models_root or Path("."), "unet", name, model_card(result), lambda path: save_weights_only(result.primary.model, path),

@@ -149,7 +149,7 @@ def train_handler(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     model_path = unet_train.save_model(result, models_root, name, out_dir)
-    from slidemap.training.artefacts import read_card
+    from slidemap.compute.models.store import read_card
 
     card = read_card(model_path)
     data = {"path": chips.source.get("path"), "kind": chips.source.get("kind"), "chips": len(chips),

@@ -4,12 +4,17 @@
 ``card.json`` and ``weights.sha256``. The version is the first 12 hex digits of the weights'
 SHA-256, so a retrained model is a new version and caches keyed by it never go stale.
 Loading refuses an artefact whose weights no longer match their hash.
+
+"Newest" is decided by the card's ``sequence``: one more than the largest sequence already under
+the same models root, taken at save time (a wall-clock stamp to the second ties when two models are
+saved in the same second). ``created_ns`` breaks the rare tie of two concurrent saves.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
+import time
 import json
 import os
 import platform
@@ -46,7 +51,9 @@ class ModelInfo:
             "path": str(self.path.resolve()),
             "metrics": self.card.get("metrics", {}),
             "created": self.card.get("created"),
+            "sequence": self.card.get("sequence"),
             "synthetic": self.card.get("synthetic"),
+            "skill": self.card.get("skill"),
         }
 
 
@@ -78,6 +85,7 @@ def save_artefact(
     if weights_file not in WEIGHT_FILES:
         raise ValueError(f"weights file must be one of {WEIGHT_FILES}")
     root = Path(root)
+    sequence = next_sequence(root)
     staging_parent = Path(out_dir).parent if out_dir else root / kind
     staging_parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=staging_parent))
@@ -92,6 +100,8 @@ def save_artefact(
             "kind": kind,
             "version": version,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "created_ns": time.time_ns(),
+            "sequence": sequence,
             "weights": weights_file,
             "libraries": library_versions(),
         }
@@ -106,6 +116,22 @@ def save_artefact(
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _order_key(card: dict[str, Any]) -> tuple[int, int, str]:
+    return (int(card.get("sequence") or 0), int(card.get("created_ns") or 0), str(card.get("created") or ""))
+
+
+def next_sequence(models_root: Path) -> int:
+    """One more than the largest ``sequence`` of any card under ``models_root/<kind>/*/``."""
+    largest = 0
+    if models_root.is_dir():
+        for card_path in models_root.glob(f"*/*/{CARD}"):
+            try:
+                largest = max(largest, int(json.loads(card_path.read_text()).get("sequence") or 0))
+            except (OSError, ValueError, TypeError):
+                continue
+    return largest + 1
 
 
 def read_card(path: str | Path) -> dict[str, Any]:
@@ -157,7 +183,7 @@ def list_models(region_dir: str | Path, kind: str | None = None) -> list[ModelIn
             except ModelError:
                 continue
             infos.append(ModelInfo(card.get("name", folder.name), k, card.get("version", ""), folder, card))
-    infos.sort(key=lambda m: m.card.get("created") or "", reverse=True)
+    infos.sort(key=lambda m: _order_key(m.card), reverse=True)
     return infos
 
 
@@ -171,3 +197,15 @@ def latest_model(region_dir: str | Path, kind: str, names: tuple[str, ...] = ())
             if info.name == name:
                 return info
     return None
+
+
+def update_card(path: str | Path, updates: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``updates`` into an artefact's card (atomically) and return the new card.
+
+    The card is not part of the version hash, so facts learnt after saving (the model's rank in
+    its run, its fast form) can be added without making it a different model.
+    """
+    card = read_card(path)
+    card.update(updates)
+    write_json_atomic(Path(path) / CARD, card)
+    return card
