@@ -126,9 +126,10 @@ def analysis_grid(region: Region) -> tuple[Grid, Grid]:
     return native, Grid.from_bounds(region.analysis_crs, native.bounds, float(resolution))
 
 
-def imagery_grid(region: Region, analysis: Grid) -> Grid:
-    """The imagery's own resolution in the analysis CRS, cropped to the analysis extent."""
-    path = region.path(region.inputs.imagery.path)
+def imagery_grid(region: Region, analysis: Grid, relative: str | None = None) -> Grid:
+    """The imagery's own resolution in the analysis CRS, cropped to the analysis extent
+    (``relative``: another scene's path, e.g. the pre-event one, instead of ``inputs.imagery``)."""
+    path = region.path(relative or region.inputs.imagery.path)
     with rasterio.open(path) as src:
         if src.crs == region.analysis_crs and _north_up(src.transform):
             res = abs(src.transform.a)
@@ -186,9 +187,23 @@ class _Builder:
         self.synthetic = region.synthetic
         self.dem_grid, self.grid = analysis_grid(region)
         self.img_grid = imagery_grid(region, self.grid) if region.inputs.imagery else None
+        pre = region.inputs.imagery_pre
+        # NDVI lives on the imagery grid; with only a pre-event scene, on that scene's grid
+        self.ndvi_grid = self.img_grid or (imagery_grid(region, self.grid, pre.path) if pre else None)
         self.result = PrepareResult(self.build, self.grid, [])
         self.show_progress = show_progress
         self.part_keys: dict[str, str] = {}
+
+    def source_of(self, name: str) -> str:
+        if name == "ndvi" and self.region.inputs.imagery_pre is not None:
+            return "imagery_pre"
+        return _source_of(name)
+
+    def imagery_factors_from(self) -> str | None:
+        """Where NDVI came from, in words the reports repeat (None: no imagery-derived factor)."""
+        if self.region.inputs.imagery_pre is not None:
+            return IMAGERY_FROM_PRE
+        return IMAGERY_FROM_POST if self.region.inputs.imagery is not None else None
 
     def gpkg_metadata(self) -> dict[str, Any]:
         """GeoPackage layer metadata marking SYNTHETIC derivatives (as the demo's own files are)."""
@@ -323,22 +338,41 @@ class _Builder:
         self.part_keys["imagery"] = key
 
     def ndvi(self) -> None:
-        spec = self.region.inputs.imagery
-        if spec is None or not {"B4", "B8"} <= {b.upper() for b in spec.bands}:
+        pre = self.region.inputs.imagery_pre
+        spec = pre or self.region.inputs.imagery
+        if spec is None or self.ndvi_grid is None or not {"B4", "B8"} <= {b.upper() for b in spec.bands}:
             return
-        key = _key("ndvi", self.part_keys["imagery"], self.grid.to_dict())
+        upper = [b.upper() for b in spec.bands]
+        if pre is not None:
+            key = _key("ndvi", "pre", self.sha(pre.path), pre.bands, pre.scale, pre.nodata,
+                       self.ndvi_grid.to_dict(), self.grid.to_dict())
+        else:
+            key = _key("ndvi", self.part_keys["imagery"], self.grid.to_dict())
+
+        def read_red_nir() -> tuple[np.ndarray, np.ndarray]:
+            if pre is None:  # the post-event scene, already reflectance on the imagery grid
+                with rasterio.open(self.build / "imagery.tif") as src:
+                    return src.read(upper.index("B4") + 1), src.read(upper.index("B8") + 1)
+            with rasterio.open(self.region.path(pre.path)) as src:
+                nodata = pre.nodata if pre.nodata is not None else (src.nodata if src.nodata is not None else 0)
+                resampling = _resampling_for(_src_res_in(src, self.grid.crs), self.ndvi_grid.res[0])
+                g = self.ndvi_grid
+                with WarpedVRT(src, crs=g.crs, transform=g.transform, width=g.width, height=g.height,
+                               src_nodata=nodata, nodata=nodata, resampling=resampling) as vrt:
+                    red, nir = (vrt.read(upper.index(b) + 1).astype(np.float32) for b in ("B4", "B8"))
+            invalid = (red == nodata) & (nir == nodata)
+            red, nir = red / np.float32(pre.scale), nir / np.float32(pre.scale)
+            red[invalid] = np.nan
+            return red, nir
 
         def build() -> dict[str, Any]:
-            upper = [b.upper() for b in spec.bands]
-            with rasterio.open(self.build / "imagery.tif") as src:
-                red = src.read(upper.index("B4") + 1)
-                nir = src.read(upper.index("B8") + 1)
+            red, nir = read_red_nir()
             with np.errstate(invalid="ignore", divide="ignore"):
                 ndvi = (nir - red) / (nir + red)
             ndvi[~np.isfinite(ndvi)] = np.nan
-            _write_float(self.native("ndvi"), ndvi, self.img_grid, "ndvi", self.synthetic)
+            _write_float(self.native("ndvi"), ndvi, self.ndvi_grid, "ndvi", self.synthetic)
             on_grid = self.grid.reproject_array(
-                ndvi.astype(np.float32), self.img_grid, _resampling_for(self.img_grid.res[0], self.grid.res[0])
+                ndvi.astype(np.float32), self.ndvi_grid, _resampling_for(self.ndvi_grid.res[0], self.grid.res[0])
             )
             _write_float(self.part("ndvi"), on_grid, self.grid, "ndvi", self.synthetic)
             return {}
@@ -615,7 +649,7 @@ class _Builder:
                 native = self.native(n)
                 specs.append(
                     FactorSpec(
-                        name=n, kind=kind, units=UNITS[n], min=lo, max=hi, source=_source_of(n),
+                        name=n, kind=kind, units=UNITS[n], min=lo, max=hi, source=self.source_of(n),
                         native=str(native.relative_to(self.build)) if native.exists() else None,
                         classes=classes.get(n, {}),
                     ).to_dict()
@@ -628,6 +662,7 @@ class _Builder:
                     "grid": self.grid.to_dict(),
                     "factors": specs,
                     "filled_fraction": filled,
+                    "imagery_factors_from": self.imagery_factors_from(),
                     "normalisation": "(x - min) / (max - min), clipped to [0, 1]; NaN -> 0",
                 },
             )
@@ -641,6 +676,13 @@ def _source_of(name: str) -> str:
     if name in terrain.TERRAIN_FACTORS:
         return "dem"
     return {"ndvi": "imagery", "distance_to_roads": "roads", "distance_to_rivers": "rivers"}.get(name, name)
+
+
+IMAGERY_FROM_POST = (
+    "imagery (no imagery_pre given): if the scene was taken after the landslides, NDVI can carry "
+    "the scars and overstate every model's skill; add a pre-event scene as inputs.imagery_pre"
+)
+IMAGERY_FROM_PRE = "imagery_pre (a scene from before the landslides)"
 
 
 def _north_up(transform: Any) -> bool:

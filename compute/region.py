@@ -83,6 +83,9 @@ class Inputs(_Strict):
     dem: RasterInput
     rainfall: RasterInput | None = None
     imagery: ImageryInput | None = None
+    # a scene from before the landslides: NDVI (and any imagery-derived factor) comes from it, so
+    # a susceptibility factor never carries the scars that the post-event `imagery` shows
+    imagery_pre: ImageryInput | None = None
     landcover: CategoricalInput | None = None
     soil: CategoricalInput | None = None
     lithology: CategoricalInput | None = None
@@ -93,7 +96,7 @@ class Inputs(_Strict):
     inventory: list[InventoryInput] = Field(default_factory=list)
 
     @field_validator(
-        "dem", "rainfall", "imagery", "landcover", "soil", "lithology",
+        "dem", "rainfall", "imagery", "imagery_pre", "landcover", "soil", "lithology",
         "roads", "rivers", "settlements", "water", mode="before",
     )
     @classmethod
@@ -236,11 +239,13 @@ def load_region(region_dir: str | Path, check_files: bool = True) -> Region:
         overlaps(name, path, info["crs"], info["bounds"])
         if name in CATEGORICAL_THEMES and spec.classes:
             read_classes(_existing(root, f"{name}.classes", spec.classes), name)
-    if inputs.imagery is not None:
-        path = _existing(root, "imagery", inputs.imagery.path)
-        info = _check_raster(path, "imagery")
-        _check_bands(path, info, inputs.imagery.bands)
-        overlaps("imagery", path, info["crs"], info["bounds"])
+    for key in ("imagery", "imagery_pre"):
+        spec = getattr(inputs, key)
+        if spec is not None:
+            path = _existing(root, key, spec.path)
+            info = _check_raster(path, key)
+            _check_bands(path, info, spec.bands, key)
+            overlaps(key, path, info["crs"], info["bounds"])
     for name in VECTOR_THEMES:
         spec = getattr(inputs, name)
         if spec is not None:
@@ -328,10 +333,10 @@ def _short(exc: Exception) -> str:
     return str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
 
 
-def _check_bands(path: Path, info: dict[str, Any], bands: list[str]) -> None:
+def _check_bands(path: Path, info: dict[str, Any], bands: list[str], key: str = "imagery") -> None:
     if info["count"] != len(bands):
         raise RegionError(
-            f"{path}: inputs.imagery lists {len(bands)} bands {bands} but the file has {info['count']}; "
+            f"{path}: inputs.{key} lists {len(bands)} bands {bands} but the file has {info['count']}; "
             "make `bands` name every band of the file in order"
         )
     described = [d for d in info["descriptions"] if d]
@@ -340,7 +345,7 @@ def _check_bands(path: Path, info: dict[str, Any], bands: list[str]) -> None:
         wanted = [b.upper().replace("B0", "B") for b in bands]
         if set(normal) == set(wanted) and normal != wanted:
             raise RegionError(
-                f"{path}: inputs.imagery bands {bands} are not in the file's order {described}; "
+                f"{path}: inputs.{key} bands {bands} are not in the file's order {described}; "
                 "list `bands` in the file's order"
             )
 
