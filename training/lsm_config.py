@@ -43,7 +43,8 @@ class LsmConfig(BaseModel):
     max_samples: int | None = Field(None, ge=50, description="cap on landslide + non-landslide samples")
     neg_ratio: float = Field(1.0, gt=0, description="non-landslide samples per landslide sample")
     negatives: Literal["terrain", "anywhere"] = "terrain"
-    compare_anywhere: bool = Field(True, description="also train and score every model with negatives from anywhere")
+    compare_anywhere: bool = Field(True, description="also train and score the models with negatives from anywhere")
+    anywhere_networks: bool = Field(True, description="the 3D-CNNs too in that comparison (else only the peers)")
     neg_buffer: float = Field(3.0, ge=0, description="cells between a sampled negative and any landslide cell")
     use_detected: bool = True
     # evaluation
@@ -114,8 +115,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         compare_anywhere=False,
     ),
     "demo": dict(
-        models=("multiscale", *BASELINES), max_samples=3000, epochs=20, patience=4, batch=64,
-        widths=(8, 16), dense_units=32, area_sample=5000, fast_steps=500, fast_cells=40000,
+        models=("multiscale", *BASELINES), max_samples=2400, epochs=12, patience=3, batch=64,
+        widths=(8, 16), dense_units=32, area_sample=4000, fast_steps=400, fast_cells=30000, fast_patch=32,
+        fast_width=16, fast_dense=32, agreement_cells=3000, anywhere_networks=False,
     ),
     "default": dict(
         models=ALL_MODELS, max_samples=None, epochs=60, patience=8, batch=64, widths=(16, 32),

@@ -188,9 +188,12 @@ def render_markdown(report: dict[str, Any]) -> str:
     for neg, info in data.get("samplings", {}).items():
         if neg == data["negatives"]:
             continue
+        left_out = [m for m, per in report["models"].items() if f"{neg}_blocked" not in per]
         lines += [f"## Beside it: negatives from `{neg}` ({info['rule']})", "",
                   "The same models trained and tested with these easier negatives; the gap to the tables "
-                  "above is how much such sampling flatters a model.", ""]
+                  "above is how much such sampling flatters a model."
+                  + (f" Not run in this preset: {', '.join(left_out)} (`--set anywhere_networks=true`)."
+                     if left_out else ""), ""]
         for split in ("random", "blocked"):
             lines += [f"### {split} split", ""] + _metric_table(report, f"{neg}_{split}") + [""]
     if data.get("cv"):
