@@ -111,10 +111,9 @@ def file_fingerprint(path: Path) -> str:
 
 
 def short_error(exc: BaseException, limit: int = 200) -> str:
-    """First line of an exception's message, cut at a word boundary (an OSError: its reason and
-    the file's name, not its full path)."""
+    """First line of an exception's message, cut at a word boundary (an OSError: its reason only)."""
     if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror + (f": {Path(str(exc.filename)).name}" if exc.filename else "")
+        return exc.strerror  # the caller names the file or folder; the full path would leak it
     text = (str(exc).splitlines() or [""])[0] or type(exc).__name__
     if len(text) <= limit:
         return text
