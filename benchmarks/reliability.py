@@ -197,7 +197,7 @@ def fuzz(region: Path, work: Path, examples: int, seconds: int) -> dict:
     with serve(region, work / "cache-fuzz", log=work / "fuzz-server.log") as server:
         load_models(server)
         cmd = [str(exe), "run", f"{server.base}/openapi.json", "--checks", "all", "-n", str(examples),
-               "--phases", "examples,coverage,fuzzing", "--seed", "1", "--workers", "2",
+               "--phases", "examples,coverage,fuzzing", "--seed", "1", "--workers", "1",
                "--request-timeout", "60", "--max-response-time", "60", "--max-time", str(seconds),
                "--report", "har,json", "--report-dir", str(report), "--no-color"]
         t0 = time.perf_counter()
@@ -313,7 +313,8 @@ def load(region: Path, work: Path, warm_seconds: float, cold_seconds: float) -> 
             res.server_cpu_s = server.cpu_seconds() - cpu0
             res.peak_rss_mb = server.peak_rss_mb()
             h = httpx.get(f"{server.base}/health", timeout=30).json()
-            res.name += f"; server: {h['inference']['refused_blocks']} blocks refused, {h['inference']['dropped_blocks']} dropped"
+            res.name += (f"; server: {h['inference']['refused_requests']} requests and {h['inference']['refused_blocks']} "
+                         f"blocks refused, {h['inference']['dropped_blocks']} dropped")
             results.append(res)
     return results
 
@@ -542,8 +543,9 @@ def write(out: Path, args, started: dt.datetime, seconds: float, region_note: st
             "",
             "Check failures reported by schemathesis: "
             + (", ".join(f"{k}: {v}" for k, v in fz["failures"].items()) or "none") + ".",
-            "(ST202 \"schema-valid request rejected\" counts 404/409-free 4xx answers to schema-valid requests; the "
-            "stateful phase is not run because TileJSON/`/layers` tile URLs are templates, not links.)",
+            "One fuzzing client (requests one after the other): the fuzz tests what each request gets; overload "
+            "is the load section's job. The stateful phase is not run: the `tiles` of TileJSON and `/layers` are URL "
+            "templates (`{z}/{x}/{y}`), which schemathesis would follow as links.",
         ]
     lines += ["", "## Load (loopback)", "",
               "| run | clients | seconds | requests | req/s | answers by kind | p50 / p95 / p99 of 200 (s) | "

@@ -181,6 +181,7 @@ def susceptibility_runner(model, band_indexes: Sequence[int]) -> ModelRunner:
 class _Job:
     key: Hashable
     future: Future
+    cost_key: Hashable = None  # which model: blocks of one model cost about the same
     waiters: int = 0
     started: bool = False
 
@@ -203,10 +204,13 @@ class Ticket:
 class InferenceExecutor:
     """One bounded worker pool for all model inference, with single flight per block key.
 
-    Admission: a new block is accepted while the queue holds fewer than ``max_pending`` blocks and
-    the expected wait (queued blocks x measured seconds per block / workers) stays within
-    ``max_wait_s``; an idle executor always accepts one. Blocks already in flight are joined
-    for free. ``prior_block_s`` stands in for the measured time until a block has run.
+    Admission by expected wait: every job's cost is the measured seconds per block of its model
+    (an exponential moving average; ``prior_block_s`` until a block of that model has run), and
+    the queue's expected wait is the cost of the queued jobs (half for running ones) over the
+    workers. A request's new blocks are accepted while that wait stays within ``max_wait_s`` and
+    the queue under ``max_pending`` (an idle executor always takes one); the rest come back as
+    rejected (a partial tile). A request that would wait longer than ``max_wait_s`` for the blocks
+    it joins, or that gets no block at all, is refused with :class:`QueueFull` at once.
     """
 
     def __init__(
@@ -215,25 +219,31 @@ class InferenceExecutor:
         max_pending: int = 64,
         retry_after: int = 2,
         max_wait_s: float = math.inf,
-        prior_block_s: float = 0.5,
+        prior_block_s: float = 2.0,
     ) -> None:
         self.workers = max(1, workers)
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="slidemap-infer")
         self._lock = threading.Lock()
-        self._jobs: dict[Hashable, _Job] = {}
+        self._jobs: dict[Hashable, _Job] = {}  # in submission order: the order the pool runs them
         self.max_pending = max_pending
         self.retry_after = retry_after
         self.max_wait_s = max_wait_s
         self.prior_block_s = prior_block_s
-        self.block_seconds: float | None = None  # exponential moving average of computed blocks
+        self.costs: dict[Hashable, float] = {}  # seconds per block by model (moving average)
         self.dropped = 0  # queued blocks dropped because nobody waited for them any more
         self.rejected = 0  # blocks refused by admission
+        self.refused = 0  # requests refused (QueueFull)
         self._closed = False
 
     @property
     def pending(self) -> int:
         with self._lock:
             return len(self._jobs)
+
+    @property
+    def block_seconds(self) -> float | None:
+        """The largest measured seconds per block over the models (None before any ran)."""
+        return max(self.costs.values()) if self.costs else None
 
     def waiting(self) -> int:
         """Requests waiting, summed over the blocks in flight (a request waiting on 3 blocks counts 3)."""
@@ -242,32 +252,26 @@ class InferenceExecutor:
 
     def estimated_wait(self) -> float:
         with self._lock:
-            return self._wait_locked(0)
+            return self._wait_locked()
 
-    def _wait_locked(self, extra: int) -> float:
-        per_block = self.block_seconds if self.block_seconds is not None else self.prior_block_s
-        queued = sum(1 for j in self._jobs.values() if not j.started)
-        running = len(self._jobs) - queued
-        return (queued + 0.5 * running + extra) * per_block / self.workers
+    def _cost(self, cost_key: Hashable) -> float:
+        return self.costs.get(cost_key, self.prior_block_s)
 
-    def _capacity_locked(self) -> int:
-        room = self.max_pending - len(self._jobs)
-        if math.isfinite(self.max_wait_s):
-            per_block = self.block_seconds if self.block_seconds is not None else self.prior_block_s
-            free = (self.max_wait_s - self._wait_locked(0)) * self.workers / max(per_block, 1e-6)
-            room = min(room, math.floor(free + 1e-9))
-        if not self._jobs:
-            room = max(room, 1)  # an idle executor always makes progress
-        return max(0, room)
+    def _wait_locked(self, until: _Job | None = None) -> float:
+        """Seconds until the queue has run (up to and including ``until``)."""
+        total = 0.0
+        for job in self._jobs.values():
+            total += self._cost(job.cost_key) * (0.5 if job.started else 1.0)
+            if job is until:
+                break
+        return total / self.workers
 
-    def submit(self, keys: Sequence[Hashable], compute: Callable[[list[Hashable]], dict[Hashable, object]]) -> Ticket:
-        """A ticket for ``keys``: keys already in flight are joined, new ones admitted while there
-        is room (the rest come back in ``ticket.rejected``). Raises QueueFull when nothing at all
-        could be admitted or joined. ``compute([key])`` runs on the pool and returns ``{key: result}``.
-        """
+    def submit(self, keys: Sequence[Hashable], compute: Callable[[list[Hashable]], dict[Hashable, object]],
+               cost_key: Hashable = None) -> Ticket:
+        """A ticket for ``keys`` (see the class docstring for admission). ``compute([key])`` runs on
+        the pool and returns ``{key: result}``; ``cost_key`` names the model the blocks are of."""
         jobs: dict[Hashable, _Job] = {}
         created: list[_Job] = []
-        rejected: list[Hashable] = []
         with self._lock:
             if self._closed:
                 raise QueueFull("the server is shutting down", self.retry_after)
@@ -275,25 +279,37 @@ class InferenceExecutor:
             for key in dict.fromkeys(keys):
                 job = self._jobs.get(key)
                 if job is not None:
-                    job.waiters += 1
                     jobs[key] = job
                 else:
                     new.append(key)
-            room = self._capacity_locked()
-            for key in new[:room]:
-                job = _Job(key, Future(), waiters=1)
+            wait = max((self._wait_locked(job) for job in jobs.values()), default=0.0)
+            room = self.max_pending - len(self._jobs)
+            per_block = self._cost(cost_key) / self.workers
+            if math.isfinite(self.max_wait_s):
+                queue = self._wait_locked()
+                room = min(room, math.floor((self.max_wait_s - queue) / max(per_block, 1e-9) + 1e-9))
+            if not self._jobs:
+                room = max(room, 1)  # an idle executor always makes progress
+            room = max(0, room)
+            accepted, rejected = new[:room], new[room:]
+            if accepted:
+                wait = max(wait, self._wait_locked() + len(accepted) * per_block)
+            if (new and not accepted and not jobs) or (jobs and wait > self.max_wait_s):
+                self.refused += 1
+                self.rejected += len(new)
+                raise QueueFull(
+                    f"inference queue full ({len(self._jobs)} blocks pending, about {max(wait, self._wait_locked()):.0f} s "
+                    f"of work; limits {self.max_pending} blocks, {self.max_wait_s:g} s); retry shortly",
+                    self._retry_after(max(wait, self._wait_locked())),
+                )
+            self.rejected += len(rejected)
+            for job in jobs.values():
+                job.waiters += 1
+            for key in accepted:
+                job = _Job(key, Future(), cost_key, waiters=1)
                 self._jobs[key] = job
                 jobs[key] = job
                 created.append(job)
-            rejected = new[room:]
-            self.rejected += len(rejected)
-            if rejected and not jobs:
-                wait = self._wait_locked(0)
-                raise QueueFull(
-                    f"inference queue full ({len(self._jobs)} blocks pending, about {wait:.0f} s of work; "
-                    f"limits {self.max_pending} blocks, {self.max_wait_s:g} s); retry shortly",
-                    self._retry_after(wait),
-                )
         for job in created:
             self._pool.submit(self._run, job, compute)
         return Ticket(self, jobs, rejected)
@@ -329,8 +345,8 @@ class InferenceExecutor:
             if self._jobs.get(job.key) is job:
                 del self._jobs[job.key]
             if error is None and isinstance(result, Timings) and result.blocks:
-                a = 0.3
-                self.block_seconds = elapsed if self.block_seconds is None else (1 - a) * self.block_seconds + a * elapsed
+                old = self.costs.get(job.cost_key)
+                self.costs[job.cost_key] = elapsed if old is None else 0.7 * old + 0.3 * elapsed
         if error is not None:
             job.future.set_exception(error)
         else:
@@ -616,7 +632,7 @@ class BlockEngine:
         if not todo:
             return result
         keys = [(str(self.store), r, c) for r, c in todo]
-        ticket = self.executor.submit(keys, self._compute)
+        ticket = self.executor.submit(keys, self._compute, cost_key=(self.name, self.runner.version))
         try:
             result.missing = [(r, c) for _, r, c in ticket.rejected] + result.missing
             futures = [job.future for job in ticket.jobs.values()]

@@ -429,8 +429,10 @@ def create_app(region_dir: Path, settings: ServerSettings | None = None) -> Fast
             "cache": stats,
             "inference": {"pending_blocks": executor.pending, "max_pending_blocks": executor.max_pending,
                           "max_queue_seconds": executor.max_wait_s, "workers": executor.workers,
-                          "seconds_per_block": executor.block_seconds, "dropped_blocks": executor.dropped,
-                          "refused_blocks": executor.rejected},
+                          "seconds_per_block": {f"{k[0]} {k[1]}" if isinstance(k, tuple) else str(k): round(v, 4)
+                                                for k, v in dict(executor.costs).items()},
+                          "dropped_blocks": executor.dropped, "refused_blocks": executor.rejected,
+                          "refused_requests": executor.refused},
         }
 
     @app.get("/models", response_model=ModelsResponse, tags=["Service"], responses=error_responses(400))

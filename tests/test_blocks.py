@@ -219,6 +219,26 @@ def test_admission_by_expected_wait(raster, tmp_path):
     ex.shutdown()
 
 
+def test_joining_a_queue_slower_than_measured_is_refused_at_once(raster, tmp_path):
+    """Admitted on the prior, then measured slower: a newcomer that would wait past the limit for
+    blocks already queued gets QueueFull at once instead of a timeout later."""
+    gate = threading.Event()
+    entered = threading.Event()
+    ex = InferenceExecutor(1, max_pending=64, max_wait_s=3.0, prior_block_s=1.0)
+    eng = make_engine(raster, tmp_path, gate=gate, executor=ex, entered=entered)
+    t = threading.Thread(target=eng.ensure, args=([(0, 0), (0, 1), (0, 2)],))
+    t.start()
+    assert entered.wait(10)
+    wait_for(lambda: ex.pending == 3)
+    ex.costs[("test", "v1")] = 2.0  # as if measured: 0.5 x 2 s running + 2 x 2 s queued = 5 s > 3 s
+    with pytest.raises(QueueFull) as info:
+        eng.ensure([(0, 2)])
+    assert info.value.retry_after >= 5 and ex.refused == 1
+    gate.set()
+    t.join(10)
+    ex.shutdown()
+
+
 def test_cancelled_request_drops_its_queued_blocks(raster, tmp_path):
     gate = threading.Event()
     entered = threading.Event()

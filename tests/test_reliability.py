@@ -54,6 +54,7 @@ def region(base_region, tmp_path) -> Path:
 def make_app(region: Path, cache: Path, calls: dict | None = None, gate=None, **kw):
     kw.setdefault("allowed_hosts", HOSTS)
     kw.setdefault("report_device", False)
+    kw.setdefault("max_queue_seconds", float("inf"))  # the overload tests set the default limit themselves
     return create_app(region, ServerSettings(cache_dir=cache, block_size=BS,
                                              loaders=make_loaders(calls if calls is not None else {}, gate), **kw))
 
@@ -284,7 +285,9 @@ def test_overload_answers_503_at_once_not_after_a_timeout(region, tmp_path):
     """Cold computed tiles at concurrency 16 against default queue limits while the model is stuck:
     every answer is 200 or 503 + Retry-After, and the 503s come within a second or two."""
     gate = threading.Event()
-    app = make_app(region, tmp_path / "c", {}, gate)  # defaults: 8 s expected wait, 0.5 s prior per block
+    defaults = ServerSettings()
+    app = make_app(region, tmp_path / "c", {}, gate, max_queue_seconds=defaults.max_queue_seconds)
+    assert defaults.max_queue_seconds == 8.0 and app.state.executor.prior_block_s == 2.0
     results: list[tuple[int, float, str | None]] = []
     with TestClient(app) as client:
         tj = client.get("/layers/detection/WebMercatorQuad/tilejson.json").json()

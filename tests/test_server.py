@@ -72,6 +72,8 @@ def region(prepared_region, tmp_path_factory) -> Path:
 def new_app(region: Path, tmp: Path, calls: dict | None = None, gate=None, **kw):
     kw.setdefault("allowed_hosts", TEST_HOSTS)
     kw.setdefault("report_device", False)
+    # Tests of what tiles contain take every block they need; admission has tests of its own.
+    kw.setdefault("max_queue_seconds", float("inf"))
     settings = ServerSettings(cache_dir=tmp, block_size=BS, loaders=make_loaders(calls if calls is not None else {}, gate), **kw)
     return create_app(region, settings)
 
