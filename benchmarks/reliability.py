@@ -140,7 +140,7 @@ def add_models(region: Path) -> None:
     import rasterio
     from sklearn.linear_model import LogisticRegression
 
-    from slidemap.compute.factors import load_normalisation, normalise
+    from slidemap.compute.factors import Encoding, load_normalisation
     from slidemap.compute.models.store import read_card, save_artefact
 
     shipped = REPO / "models" / "detector-demo-rgbn"
@@ -153,7 +153,8 @@ def add_models(region: Path) -> None:
     with rasterio.open(build / "factors.tif") as src:
         stack = src.read().astype(np.float32)
         names = list(src.descriptions)
-    x = normalise(stack, norm.subset(names)).reshape(len(names), -1).T
+    encoding = Encoding.build(norm.subset(names))
+    x = encoding.encode(stack).reshape(len(encoding), -1).T
     slope = stack[names.index("slope")].ravel()
     ok = np.flatnonzero(np.isfinite(stack).all(axis=0).ravel())
     pick = np.random.default_rng(0).choice(ok, size=min(5000, ok.size), replace=False)
@@ -164,7 +165,8 @@ def add_models(region: Path) -> None:
              "run_id": run_id}
     save_artefact(region / "models", "lsm", "logistic", {
         "synthetic": True, "factor_names": names, "normalisation": norm.subset(names).to_list(), "halo": 0,
-        "architecture": "logistic_regression", "run_id": run_id, "skill": skill,
+        "encoding": encoding.to_dict(), "centre_channels": list(range(len(encoding))),
+        "architecture": "centre-cell logistic_regression", "run_id": run_id, "skill": skill,
         "class_breaks": [0.2, 0.4, 0.6, 0.8, 1.0],
     }, lambda p: joblib.dump(model, p), weights_file="model.joblib")
 

@@ -98,14 +98,15 @@ def add_sklearn_lsm(region: Path, name: str = "logistic", seed: int = 0) -> str:
     import rasterio
     from sklearn.linear_model import LogisticRegression
 
-    from slidemap.compute.factors import load_normalisation, normalise
+    from slidemap.compute.factors import Encoding, load_normalisation
 
     build = region / "build"
     norm = load_normalisation(build)
     with rasterio.open(build / "factors.tif") as src:
         stack = src.read().astype(np.float32)
         names = list(src.descriptions)
-    x = normalise(stack, norm.subset(names)).reshape(len(names), -1).T
+    encoding = Encoding.build(norm.subset(names))
+    x = encoding.encode(stack).reshape(len(encoding), -1).T
     y = (stack[names.index("slope")].ravel() > np.nanmedian(stack[names.index("slope")])).astype(int)
     ok = np.isfinite(stack).all(axis=0).ravel()
     rng = np.random.default_rng(seed)
@@ -113,8 +114,9 @@ def add_sklearn_lsm(region: Path, name: str = "logistic", seed: int = 0) -> str:
     model = LogisticRegression(max_iter=200).fit(x[pick], y[pick])
     run_id = f"test-run-{next(_RUN):04d}"
     card = {"synthetic": True, "factor_names": names, "normalisation": norm.subset(names).to_list(), "halo": 0,
-            "architecture": "logistic_regression", "run_id": run_id, "class_breaks": [0.2, 0.4, 0.6, 0.8, 1.0],
-            "skill": {**skill_block(0.9), "run_id": run_id}}
+            "encoding": encoding.to_dict(), "centre_channels": list(range(len(encoding))),
+            "architecture": "centre-cell logistic_regression", "run_id": run_id,
+            "class_breaks": [0.2, 0.4, 0.6, 0.8, 1.0], "skill": {**skill_block(0.9), "run_id": run_id}}
     folder = save_artefact(region / "models", "lsm", name, card, lambda p: joblib.dump(model, p),
                            weights_file="model.joblib")
     return read_card(folder)["version"]
