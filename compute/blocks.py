@@ -9,30 +9,42 @@ inner block is stored as one float32 ``.npy`` under::
     STORE/L0/<row>_<col>.npy          native blocks
     STORE/L<k>/<row>_<col>.npy        overview blocks: 2^k x 2^k native blocks, NaN-mean pooled
 
-where ``STORE = REGION/cache/blocks/<layer>/<model_version>/<inputs fingerprint>``. Blocks never
-change once written (writes are atomic), so a new model version or re-prepared inputs get a new
-folder and never mix with old results. Overview blocks are persisted only when all the native
-blocks under them exist; a partial overview is assembled on the fly and marked as partial.
+where ``STORE = REGION/cache/blocks/<layer>/<model_version>/<input fingerprint>-b<block size>``:
+everything a block is made from names its folder, and ``STORE/store.json`` repeats it and is
+checked when an engine opens the store. Blocks never change once written (writes are atomic),
+so a new model version or re-prepared inputs get a new folder and never mix with old results.
+A block is computed from the input file the engine was opened for: if the file changes while a
+block is read (its fingerprint differs after the read), nothing is stored and
+:class:`InputChanged` is raised. Overview blocks are persisted only when all the native blocks
+under them exist; a partial overview is assembled on the fly and marked as partial. A store that
+cannot be written (read-only or full disk) keeps new blocks in a small in-memory LRU instead,
+logged once.
 
 rio-tiler's XarrayReader has no buffer/padding, so the halo is this module's job: tiles are
 rendered from :meth:`BlockEngine.mosaic`, an in-memory raster made of whole stored blocks.
 
 Inference runs in one bounded :class:`InferenceExecutor`: single flight per block (concurrent
-requests for the same block share one computation) and a pending-block limit beyond which
-:class:`QueueFull` is raised (the server answers 503 with Retry-After).
+requests for the same block share one computation), admission by the expected wait (the
+measured seconds per block times the queue length: beyond ``max_wait_s`` new blocks are refused
+and :class:`QueueFull` is raised, which the server answers with 503 + Retry-After at once), and
+queued blocks that nobody waits for any more (the client went away) are dropped before they run.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -41,10 +53,12 @@ from rasterio.windows import Window
 
 from slidemap.compute.grid import Grid
 from slidemap.compute.io import atomic_path
+from slidemap.errors import BuildError
 
 log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 256
+MEMORY_BLOCKS = 64  # blocks kept in memory when the store cannot be written (16 MiB at 256 x 256)
 
 
 class QueueFull(Exception):
@@ -61,6 +75,49 @@ class ComputeTimeout(Exception):
     def __init__(self, message: str, retry_after: int = 5) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class ComputeCancelled(Exception):
+    """Nobody waits for the blocks any more (the client went away); queued work was dropped."""
+
+
+class InputChanged(Exception):
+    """The input raster changed while a block was computed from it; nothing was stored."""
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class InputUnreadable(BuildError):
+    """An input raster the engine needs cannot be read (missing, truncated, corrupt)."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        super().__init__(f"{path}: unreadable ({detail}); re-run `slidemap prepare` on this region")
+        self.path = Path(path)
+        self.detail = detail
+
+
+def file_fingerprint(path: Path) -> str:
+    """Cheap identity of a file (name, size, mtime, inode): changes whenever it is rewritten.
+
+    ``prepare`` writes through a temporary file and a rename, so a rebuilt input is a new inode
+    even when its size and timestamp happen to match.
+    """
+    st = os.stat(path)
+    import hashlib
+
+    return hashlib.sha256(f"{Path(path).name}:{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode()).hexdigest()[:12]
+
+
+def short_error(exc: BaseException, limit: int = 200) -> str:
+    """First line of an exception's message, cut at a word boundary (an OSError: its reason only)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror  # the caller names the file or folder; the full path would leak it
+    text = (str(exc).splitlines() or [""])[0] or type(exc).__name__
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 @dataclass
@@ -117,72 +174,192 @@ def susceptibility_runner(model, band_indexes: Sequence[int]) -> ModelRunner:
     return ModelRunner(str(model.version), int(model.halo), tuple(band_indexes), run)
 
 
-class InferenceExecutor:
-    """One bounded worker pool for all model inference, with single flight per block key."""
+# ---- the executor -----------------------------------------------------------------------------
 
-    def __init__(self, workers: int = 1, max_pending: int = 64, retry_after: int = 2) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="slidemap-infer")
+
+@dataclass(eq=False)
+class _Job:
+    key: Hashable
+    future: Future
+    cost_key: Hashable = None  # which model: blocks of one model cost about the same
+    waiters: int = 0
+    started: bool = False
+
+
+@dataclass
+class Ticket:
+    """The blocks one request waits for. ``release()`` when done or gone (idempotent)."""
+
+    executor: InferenceExecutor
+    jobs: dict[Hashable, _Job]
+    rejected: list[Hashable]
+    _released: bool = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.executor._release(list(self.jobs.values()))
+
+
+class InferenceExecutor:
+    """One bounded worker pool for all model inference, with single flight per block key.
+
+    Admission by expected wait: every job's cost is the measured seconds per block of its model
+    (an exponential moving average; ``prior_block_s`` until a block of that model has run), and
+    the queue's expected wait is the cost of the queued jobs (half for running ones) over the
+    workers. A request's new blocks are accepted while that wait stays within ``max_wait_s`` and
+    the queue under ``max_pending`` (an idle executor always takes one); the rest come back as
+    rejected (a partial tile). A request that would wait longer than ``max_wait_s`` for the blocks
+    it joins, or that gets no block at all, is refused with :class:`QueueFull` at once.
+    """
+
+    def __init__(
+        self,
+        workers: int = 1,
+        max_pending: int = 64,
+        retry_after: int = 2,
+        max_wait_s: float = math.inf,
+        prior_block_s: float = 2.0,
+    ) -> None:
+        self.workers = max(1, workers)
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="slidemap-infer")
         self._lock = threading.Lock()
-        self._inflight: dict[Hashable, Future] = {}
+        self._jobs: dict[Hashable, _Job] = {}  # in submission order: the order the pool runs them
         self.max_pending = max_pending
         self.retry_after = retry_after
+        self.max_wait_s = max_wait_s
+        self.prior_block_s = prior_block_s
+        self.costs: dict[Hashable, float] = {}  # seconds per block by model (moving average)
+        self.dropped = 0  # queued blocks dropped because nobody waited for them any more
+        self.rejected = 0  # blocks refused by admission
+        self.refused = 0  # requests refused (QueueFull)
+        self._closed = False
 
     @property
     def pending(self) -> int:
         with self._lock:
-            return len(self._inflight)
+            return len(self._jobs)
 
-    def submit(
-        self, keys: Sequence[Hashable], compute: Callable[[list[Hashable]], dict[Hashable, object]]
-    ) -> dict[Hashable, Future]:
-        """Futures for ``keys``; keys already in flight share the running computation.
+    @property
+    def block_seconds(self) -> float | None:
+        """The largest measured seconds per block over the models (None before any ran)."""
+        return max(self.costs.values()) if self.costs else None
 
-        ``compute(new_keys)`` runs on the pool and returns ``{key: result}`` for the keys it was
-        given (one call per request, so the model can batch over them).
-        """
-        futures: dict[Hashable, Future] = {}
-        new: list[Hashable] = []
+    def waiting(self) -> int:
+        """Requests waiting, summed over the blocks in flight (a request waiting on 3 blocks counts 3)."""
         with self._lock:
-            for key in keys:
-                if key in self._inflight:
-                    futures[key] = self._inflight[key]
+            return sum(j.waiters for j in self._jobs.values())
+
+    def estimated_wait(self) -> float:
+        with self._lock:
+            return self._wait_locked()
+
+    def _cost(self, cost_key: Hashable) -> float:
+        return self.costs.get(cost_key, self.prior_block_s)
+
+    def _wait_locked(self, until: _Job | None = None) -> float:
+        """Seconds until the queue has run (up to and including ``until``)."""
+        total = 0.0
+        for job in self._jobs.values():
+            total += self._cost(job.cost_key) * (0.5 if job.started else 1.0)
+            if job is until:
+                break
+        return total / self.workers
+
+    def submit(self, keys: Sequence[Hashable], compute: Callable[[list[Hashable]], dict[Hashable, object]],
+               cost_key: Hashable = None) -> Ticket:
+        """A ticket for ``keys`` (see the class docstring for admission). ``compute([key])`` runs on
+        the pool and returns ``{key: result}``; ``cost_key`` names the model the blocks are of."""
+        jobs: dict[Hashable, _Job] = {}
+        created: list[_Job] = []
+        with self._lock:
+            if self._closed:
+                raise QueueFull("the server is shutting down", self.retry_after)
+            new = []
+            for key in dict.fromkeys(keys):
+                job = self._jobs.get(key)
+                if job is not None:
+                    jobs[key] = job
                 else:
                     new.append(key)
-            if new and len(self._inflight) + len(new) > self.max_pending:
+            wait = max((self._wait_locked(job) for job in jobs.values()), default=0.0)
+            room = self.max_pending - len(self._jobs)
+            per_block = self._cost(cost_key) / self.workers
+            if math.isfinite(self.max_wait_s):
+                queue = self._wait_locked()
+                room = min(room, math.floor((self.max_wait_s - queue) / max(per_block, 1e-9) + 1e-9))
+            if not self._jobs:
+                room = max(room, 1)  # an idle executor always makes progress
+            room = max(0, room)
+            accepted, rejected = new[:room], new[room:]
+            if accepted:
+                wait = max(wait, self._wait_locked() + len(accepted) * per_block)
+            if (new and not accepted and not jobs) or (jobs and wait > self.max_wait_s):
+                self.refused += 1
+                self.rejected += len(new)
                 raise QueueFull(
-                    f"inference queue full ({len(self._inflight)} blocks pending, limit {self.max_pending}); "
-                    f"retry in {self.retry_after} s",
-                    self.retry_after,
+                    f"inference queue full ({len(self._jobs)} blocks pending, about {max(wait, self._wait_locked()):.0f} s "
+                    f"of work; limits {self.max_pending} blocks, {self.max_wait_s:g} s); retry shortly",
+                    self._retry_after(max(wait, self._wait_locked())),
                 )
-            for key in new:
-                fut: Future = Future()
-                self._inflight[key] = fut
-                futures[key] = fut
-        if new:
-            self._pool.submit(self._run, new, compute)
-        return futures
+            self.rejected += len(rejected)
+            for job in jobs.values():
+                job.waiters += 1
+            for key in accepted:
+                job = _Job(key, Future(), cost_key, waiters=1)
+                self._jobs[key] = job
+                jobs[key] = job
+                created.append(job)
+        for job in created:
+            self._pool.submit(self._run, job, compute)
+        return Ticket(self, jobs, rejected)
 
-    def _run(self, keys: list[Hashable], compute: Callable[[list[Hashable]], dict[Hashable, object]]) -> None:
-        try:
-            results = compute(keys)
-            for key in keys:
-                self._resolve(key, result=results.get(key))
-        except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
-            log.exception("block computation failed")
-            for key in keys:
-                self._resolve(key, error=exc)
+    def _retry_after(self, wait: float) -> int:
+        return int(min(60, max(self.retry_after, math.ceil(wait))))
 
-    def _resolve(self, key: Hashable, result: object = None, error: BaseException | None = None) -> None:
+    def _release(self, jobs: Iterable[_Job]) -> None:
         with self._lock:
-            fut = self._inflight.pop(key, None)
-        if fut is None or fut.done():
-            return
+            for job in jobs:
+                job.waiters -= 1
+                if job.waiters <= 0 and not job.started and self._jobs.get(job.key) is job:
+                    del self._jobs[job.key]  # nobody waits: drop it before it runs
+                    job.future.cancel()
+                    self.dropped += 1
+
+    def _run(self, job: _Job, compute: Callable[[list[Hashable]], dict[Hashable, object]]) -> None:
+        with self._lock:
+            if self._jobs.get(job.key) is not job:
+                return  # dropped while queued
+            job.started = True
+        t0 = time.perf_counter()
+        result: object = None
+        error: BaseException | None = None
+        try:
+            result = compute([job.key]).get(job.key)
+        except BaseException as exc:  # noqa: BLE001 - handed to every waiting request
+            if not isinstance(exc, InputChanged):
+                log.exception("block computation failed")
+            error = exc
+        elapsed = time.perf_counter() - t0
+        with self._lock:
+            if self._jobs.get(job.key) is job:
+                del self._jobs[job.key]
+            if error is None and isinstance(result, Timings) and result.blocks:
+                old = self.costs.get(job.cost_key)
+                self.costs[job.cost_key] = elapsed if old is None else 0.7 * old + 0.3 * elapsed
         if error is not None:
-            fut.set_exception(error)
+            job.future.set_exception(error)
         else:
-            fut.set_result(result)
+            job.future.set_result(result)
 
     def shutdown(self) -> None:
+        with self._lock:
+            self._closed = True
+            jobs = list(self._jobs.values())
+            self._jobs.clear()
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(ComputeCancelled("the server is shutting down"))
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -219,6 +396,7 @@ class BlockEngine:
         executor: InferenceExecutor,
         block_size: int = BLOCK_SIZE,
         wait_timeout: float = 300.0,
+        fingerprint: str | None = None,
     ) -> None:
         self.name = name
         self.source = Path(source)
@@ -228,12 +406,56 @@ class BlockEngine:
         self.executor = executor
         self.block_size = block_size
         self.wait_timeout = wait_timeout
+        # The input file this engine's blocks are made from; None: whatever is there (tests).
+        self.fingerprint = fingerprint
         self.n_rows = math.ceil(grid.height / block_size)
         self.n_cols = math.ceil(grid.width / block_size)
         self.max_level = max(0, math.ceil(math.log2(max(self.n_rows, self.n_cols, 1))))
         self.model_calls = 0  # blocks the model actually ran on (tests count it)
         self.timings = Timings()
         self._read_lock = threading.Lock()
+        self._memory: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
+        self._memory_lock = threading.Lock()
+        self.store_error: str | None = None  # set when the store cannot be written
+        self._check_store()
+
+    # ---- identity ---------------------------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        return {
+            "layer": self.name, "model_version": self.runner.version, "source": self.source.name,
+            "source_fingerprint": self.fingerprint, "block_size": self.block_size, "halo": self.runner.halo,
+            "band_indexes": list(self.runner.band_indexes), "grid": [self.grid.width, self.grid.height,
+                                                                     list(self.grid.transform)[:6]],
+        }
+
+    def _check_store(self) -> None:
+        """The store's ``store.json`` must describe this engine; a store that does not is cleared."""
+        meta = self.store / "store.json"
+        want = json.loads(json.dumps(self.identity()))
+        try:
+            have = json.loads(meta.read_text())
+        except FileNotFoundError:
+            have = None
+        except (OSError, ValueError):
+            have = {}
+        if have == want:
+            return
+        if have is not None:
+            import shutil
+
+            log.warning("%s: block store does not match its engine (%s); clearing it", self.store, meta.name)
+            for sub in self.store.glob("L*"):
+                shutil.rmtree(sub, ignore_errors=True)
+        try:
+            with atomic_path(meta) as tmp:
+                tmp.write_text(json.dumps(want, indent=1))
+        except OSError as exc:
+            self._store_failed(exc)
+
+    def _store_failed(self, exc: OSError) -> None:
+        if self.store_error is None:
+            self.store_error = f"block store not writable ({short_error(exc)}); blocks are kept in memory only"
+            log.warning("%s: %s", self.store, self.store_error)
 
     # ---- geometry ---------------------------------------------------------------------------
     def level_grid(self, level: int) -> Grid:
@@ -275,15 +497,48 @@ class BlockEngine:
         return self.store / f"L{level}" / f"{row}_{col}.npy"
 
     def has(self, level: int, row: int, col: int) -> bool:
+        with self._memory_lock:
+            if (level, row, col) in self._memory:
+                return True
         return self.path(level, row, col).is_file()
 
     def _save(self, level: int, row: int, col: int, data: np.ndarray) -> None:
-        with atomic_path(self.path(level, row, col), suffix=".npy") as tmp:
-            with open(tmp, "wb") as fh:
-                np.save(fh, data.astype(np.float32, copy=False))
+        data = data.astype(np.float32, copy=False)
+        if self.store_error is None:
+            try:
+                with atomic_path(self.path(level, row, col), suffix=".npy") as tmp:
+                    with open(tmp, "wb") as fh:
+                        np.save(fh, data)
+                return
+            except OSError as exc:
+                self._store_failed(exc)
+        with self._memory_lock:
+            self._memory[(level, row, col)] = data
+            self._memory.move_to_end((level, row, col))
+            while len(self._memory) > MEMORY_BLOCKS:
+                self._memory.popitem(last=False)
 
-    def load(self, level: int, row: int, col: int) -> np.ndarray:
-        return np.load(self.path(level, row, col))
+    def load(self, level: int, row: int, col: int) -> np.ndarray | None:
+        """A stored block, or None when it is absent or unusable (a corrupt file is removed)."""
+        with self._memory_lock:
+            arr = self._memory.get((level, row, col))
+            if arr is not None:
+                return arr
+        path = self.path(level, row, col)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("%s: unusable block (%s); computing it again", path, short_error(exc))
+            arr = None
+        if arr is None or arr.shape != (self.block_size, self.block_size) or arr.dtype != np.float32:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+            return None
+        return arr
 
     def missing_native(self, blocks: Iterable[tuple[int, int]], level: int) -> list[tuple[int, int]]:
         """Native blocks still to compute before ``blocks`` at ``level`` can be rendered complete."""
@@ -301,11 +556,21 @@ class BlockEngine:
         b = self.block_size
         t0 = time.perf_counter()
         window = Window(col * b - h, row * b - h, b + 2 * h, b + 2 * h)
-        with self._read_lock, rasterio.open(self.source) as src:
-            inner = Window(col * b, row * b, b, b).intersection(Window(0, 0, src.width, src.height))
-            stack = src.read(list(self.runner.band_indexes), window=window, boundless=True,
-                             fill_value=np.nan, out_dtype="float32")
-            nodata = src.nodata
+        try:
+            with self._read_lock, rasterio.open(self.source) as src:
+                inner = Window(col * b, row * b, b, b).intersection(Window(0, 0, src.width, src.height))
+                stack = src.read(list(self.runner.band_indexes), window=window, boundless=True,
+                                 fill_value=np.nan, out_dtype="float32")
+                nodata = src.nodata
+        except (rasterio.errors.RasterioError, OSError) as exc:
+            raise InputUnreadable(self.source, short_error(exc)) from exc
+        if self.fingerprint is not None:
+            try:
+                now = file_fingerprint(self.source)
+            except OSError as exc:
+                raise InputUnreadable(self.source, short_error(exc)) from exc
+            if now != self.fingerprint:
+                raise InputChanged(f"{self.source.name} changed while block {row},{col} was computed; retry")
         t1 = time.perf_counter()
         if nodata is not None and not np.isnan(nodata):
             stack[stack == nodata] = np.nan
@@ -347,8 +612,18 @@ class BlockEngine:
             self.timings.add(total)
         return done
 
-    def ensure(self, blocks: Sequence[tuple[int, int]], budget: int | None = None) -> EnsureResult:
-        """Compute the native ``blocks`` not yet stored (at most ``budget`` of them); wait for them."""
+    def ensure(
+        self,
+        blocks: Sequence[tuple[int, int]],
+        budget: int | None = None,
+        cancel: threading.Event | None = None,
+    ) -> EnsureResult:
+        """Compute the native ``blocks`` not yet stored (at most ``budget`` of them, and no more than
+        the executor admits); wait for them. Blocks not computed come back in ``missing``.
+
+        ``cancel`` set while waiting (the client went away) releases the blocks: queued ones that
+        nobody else waits for are dropped, and :class:`ComputeCancelled` is raised.
+        """
         todo = [k for k in dict.fromkeys(blocks) if not self.has(0, *k)]
         result = EnsureResult(requested=len(todo))
         if budget is not None and len(todo) > budget:
@@ -357,25 +632,43 @@ class BlockEngine:
         if not todo:
             return result
         keys = [(str(self.store), r, c) for r, c in todo]
-        futures = self.executor.submit(keys, self._compute)
-        deadline = time.monotonic() + self.wait_timeout
-        for key, fut in futures.items():
-            try:
-                t = fut.result(timeout=max(0.0, deadline - time.monotonic()))
-            except FutureTimeout as exc:
-                raise ComputeTimeout(
-                    f"{self.name}: blocks still computing after {self.wait_timeout:.0f} s; retry shortly"
-                ) from exc
-            if isinstance(t, Timings):
-                result.timings.add(t)
-        result.computed = len(todo)
+        ticket = self.executor.submit(keys, self._compute, cost_key=(self.name, self.runner.version))
+        try:
+            result.missing = [(r, c) for _, r, c in ticket.rejected] + result.missing
+            futures = [job.future for job in ticket.jobs.values()]
+            deadline = time.monotonic() + self.wait_timeout
+            pending = set(futures)
+            while pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ComputeTimeout(
+                        f"{self.name}: blocks still computing after {self.wait_timeout:.0f} s; retry shortly"
+                    )
+                if cancel is not None and cancel.is_set():
+                    raise ComputeCancelled(f"{self.name}: request cancelled")
+                done, pending = wait_futures(pending, timeout=min(left, 0.1 if cancel is not None else left),
+                                             return_when=FIRST_EXCEPTION)
+                for fut in done:
+                    if fut.cancelled():
+                        raise ComputeCancelled(f"{self.name}: block computation was dropped")
+                    exc = fut.exception()
+                    if exc is not None:
+                        raise exc
+            for fut in futures:
+                t = fut.result()
+                if isinstance(t, Timings):
+                    result.timings.add(t)
+            result.computed = len(futures)
+        finally:
+            ticket.release()
         return result
 
     # ---- overviews and mosaics --------------------------------------------------------------
     def block(self, level: int, row: int, col: int) -> tuple[np.ndarray, bool]:
         """Block array at ``level`` (NaN where not computed) and whether it is complete."""
-        if self.has(level, row, col):
-            return self.load(level, row, col), True
+        stored = self.load(level, row, col)
+        if stored is not None:
+            return stored, True
         b = self.block_size
         if level == 0:
             return np.full((b, b), np.nan, dtype=np.float32), False
@@ -413,10 +706,13 @@ class BlockEngine:
             out[(r - r0) * b : (r - r0 + 1) * b, (c - c0) * b : (c - c0 + 1) * b] = arr
         return out, g.window_grid(r0 * b, c0 * b, out.shape[0], out.shape[1]), complete
 
-    def value_at(self, row: int, col: int, budget: int | None = 1) -> float:
+    def value_at(self, row: int, col: int, budget: int | None = 1, cancel: threading.Event | None = None) -> float:
         """The model output at native cell (row, col), computing its block if needed."""
         b = self.block_size
         key = (row // b, col // b)
-        self.ensure([key], budget=budget)
+        result = self.ensure([key], budget=budget, cancel=cancel)
+        if result.missing:
+            raise QueueFull(f"{self.name}: no room in the inference queue for this point; retry shortly",
+                            self.executor.retry_after)
         arr, _ = self.block(0, *key)
         return float(arr[row % b, col % b])

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -733,6 +734,18 @@ def prepare_region(region_dir: str | Path, show_progress: bool = True) -> Prepar
     """Validate the region and build (or reuse) every part of its analysis stack."""
     started = time.perf_counter()
     region = load_region(region_dir)
+    fresh_build = not region.build_dir.exists()
+    try:
+        return _prepare(region, show_progress, started)
+    except RegionError:
+        # A refused input (e.g. a DEM whose cells are all nodata once on the grid) leaves no
+        # half-made build folder behind; an earlier build is never touched.
+        if fresh_build:
+            shutil.rmtree(region.build_dir, ignore_errors=True)
+        raise
+
+
+def _prepare(region: Region, show_progress: bool, started: float) -> PrepareResult:
     builder = _Builder(region, show_progress)
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("terrain factors", builder.terrain),

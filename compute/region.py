@@ -7,6 +7,7 @@ becomes one :class:`~slidemap.errors.RegionError` line naming the file and the f
 
 from __future__ import annotations
 
+import re
 import tomllib
 import warnings
 from pathlib import Path
@@ -118,6 +119,9 @@ class RegionMeta(_Strict):
     synthetic: bool = False
     resolution: float | Literal["dem"] = "dem"
     crs: str | None = None
+    # Input paths must stay inside the region folder unless the manifest says otherwise (a
+    # shared data folder, say): a manifest from elsewhere must not make prepare open any file.
+    allow_outside: bool = False
 
     @field_validator("resolution")
     @classmethod
@@ -164,14 +168,24 @@ class Region:
 
 
 def _format_validation_error(exc: ValidationError, manifest_path: Path) -> str:
-    first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key (check the spelling against the README's region.toml example)"
-    elif first["type"] == "missing":
-        msg = "required key missing"
-    return f"{manifest_path}: [{loc}] {msg}"
+    """Every problem of the manifest in one line: all unknown keys at once, then the others."""
+    unknown: list[str] = []
+    others: list[str] = []
+    for err in exc.errors():
+        # pydantic puts a union's member (e.g. "float") into the location; users know the key only
+        loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("float", "literal['dem']")))
+        if err["type"] == "extra_forbidden":
+            unknown.append(f"[{loc}]")
+        elif err["type"] == "missing":
+            others.append(f"[{loc}] required key missing")
+        else:
+            others.append(f"[{loc}] {err['msg']}")
+    parts = []
+    if unknown:
+        noun = "unknown key" if len(unknown) == 1 else "unknown keys"
+        parts.append(f"{', '.join(unknown)} {noun} (check the spelling against the README's region.toml example)")
+    parts.extend(dict.fromkeys(others))
+    return f"{manifest_path}: " + "; ".join(parts)
 
 
 def load_manifest(region_dir: str | Path) -> tuple[Path, Manifest]:
@@ -195,8 +209,10 @@ def load_region(region_dir: str | Path, check_files: bool = True) -> Region:
     """Load and validate ``region.toml`` and (by default) every input file it names."""
     root, manifest = load_manifest(region_dir)
     inputs = manifest.inputs
+    _check_containment(root, manifest)
     dem_path = _existing(root, "dem", inputs.dem.path)
     dem_info = _check_raster(dem_path, "dem", band=inputs.dem.band)
+    _check_has_data(dem_path, "dem", band=inputs.dem.band)
     if manifest.region.crs:
         try:
             analysis_crs = CRS.from_user_input(manifest.region.crs)
@@ -236,6 +252,7 @@ def load_region(region_dir: str | Path, check_files: bool = True) -> Region:
             continue
         path = _existing(root, name, spec.path)
         info = _check_raster(path, name, band=getattr(spec, "band", 1))
+        _check_has_data(path, name, band=getattr(spec, "band", 1))
         overlaps(name, path, info["crs"], info["bounds"])
         if name in CATEGORICAL_THEMES and spec.classes:
             read_classes(_existing(root, f"{name}.classes", spec.classes), name)
@@ -245,6 +262,8 @@ def load_region(region_dir: str | Path, check_files: bool = True) -> Region:
             path = _existing(root, key, spec.path)
             info = _check_raster(path, key)
             _check_bands(path, info, spec.bands, key)
+            # prepare treats 0 as nodata in imagery without one (as it does here)
+            _check_has_data(path, key, band=1, nodata=spec.nodata, default_nodata=0.0)
             overlaps(key, path, info["crs"], info["bounds"])
     for name in VECTOR_THEMES:
         spec = getattr(inputs, name)
@@ -261,8 +280,12 @@ def load_region(region_dir: str | Path, check_files: bool = True) -> Region:
         else:
             crs, bounds = _check_vector(path, key, spec.layer)
             _check_vector_labels(path, key, spec)
-        if bounds is not None:
-            overlaps(key, path, crs, bounds)
+        if bounds is None:  # an inventory without a single landslide is a mistake, not a region
+            raise RegionError(
+                f"{path}: inputs.{key} has no {'rows (only a header)' if path.suffix.lower() in ('.csv', '.txt') else 'features'}; "
+                "add the landslides (points or polygons) or remove the inventory entry"
+            )
+        overlaps(key, path, crs, bounds)
     return region
 
 
@@ -292,6 +315,55 @@ def _check_metric(crs: CRS, where: Path) -> None:
 
 def _fmt_bounds(b: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{v:.0f}" for v in b) + ")"
+
+
+def _input_paths(manifest: Manifest) -> list[tuple[str, str]]:
+    """(key, relative path) of every file the manifest names, classes tables included."""
+    inputs = manifest.inputs
+    out: list[tuple[str, str]] = []
+    for name in ("dem", "imagery", "imagery_pre", *RASTER_THEMES, *CATEGORICAL_THEMES, *VECTOR_THEMES):
+        spec = getattr(inputs, name)
+        if spec is None:
+            continue
+        out.append((name, spec.path))
+        if getattr(spec, "classes", None):
+            out.append((f"{name}.classes", spec.classes))
+    for i, spec in enumerate(inputs.inventory):
+        out.append(("inventory" if len(inputs.inventory) == 1 else f"inventory[{i}]", spec.path))
+    return out
+
+
+def _check_containment(root: Path, manifest: Manifest) -> None:
+    """Every input path stays inside the region folder (links resolved), unless ``allow_outside``."""
+    if manifest.region.allow_outside:
+        return
+    for key, relative in _input_paths(manifest):
+        path = (root / relative).resolve()
+        if not path.is_relative_to(root):
+            raise RegionError(
+                f"{root / MANIFEST}: inputs.{key} = {relative!r} points outside the region folder; move the file "
+                "into the folder, or set `allow_outside = true` under [region] if that is intended"
+            )
+
+
+def _check_has_data(path: Path, key: str, band: int = 1, nodata: float | None = None,
+                    default_nodata: float | None = None) -> None:
+    """Refuse a raster without a single valid cell (all nodata), block by block: a usual raster
+    stops at its first block, and memory stays one block whatever the raster's size."""
+    with rasterio.open(path) as src:
+        nd = nodata if nodata is not None else (src.nodata if src.nodata is not None else default_nodata)
+        for _, window in src.block_windows(band):
+            data = src.read(band, window=window, masked=True)
+            values = data.compressed()
+            valid = np.isfinite(values) if values.dtype.kind == "f" else np.ones(values.shape, bool)
+            if nd is not None and np.isfinite(nd):
+                valid &= values != nd
+            if valid.any():
+                return
+    raise RegionError(
+        f"{path}: inputs.{key} has no valid cells (all nodata{'' if nd is None else f' = {nd:g}'}); "
+        "check the file and its nodata value"
+    )
 
 
 def _existing(root: Path, key: str, relative: str) -> Path:
@@ -329,8 +401,14 @@ def _check_raster(path: Path, key: str, band: int = 1) -> dict[str, Any]:
         raise RegionError(f"{path}: inputs.{key} is unreadable ({_short(exc)}); re-export it as a GeoTIFF") from exc
 
 
-def _short(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+def _short(exc: Exception, limit: int = 160) -> str:
+    """The first line of an error, without a leading file path (the message names the file), cut
+    at a word boundary."""
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    text = re.sub(r"^'?/[^\s']*'?:?\s*", "", text) or type(exc).__name__
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(".,;:") + " ..."
 
 
 def _check_bands(path: Path, info: dict[str, Any], bands: list[str], key: str = "imagery") -> None:
@@ -353,6 +431,8 @@ def _check_bands(path: Path, info: dict[str, Any], bands: list[str], key: str = 
 def _check_vector(path: Path, key: str, layer: str | None) -> tuple[CRS, tuple[float, ...] | None]:
     import pyogrio
 
+    if path.stat().st_size == 0:
+        raise RegionError(f"{path}: inputs.{key} is an empty file (0 bytes); re-export it (GeoPackage, Shapefile, GeoJSON)")
     try:
         info = pyogrio.read_info(path, layer=layer)
     except Exception as exc:  # pyogrio raises DataSourceError / DataLayerError

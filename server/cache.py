@@ -6,6 +6,10 @@ format. A new model version is a new key, so old tiles are never served for it; 
 through LRU eviction. Writes go to a temporary file and are renamed into place, so a reader (or a
 crash) never sees half a tile. The ETag is the SHA-256 of the tile bytes, stored beside nothing:
 it is recomputed on read (tiles are small, hashing them costs microseconds).
+
+A cache that cannot be written (read-only folder, full disk) never fails a request: the tile
+that was just rendered is served uncached, the first failure is logged and reported by
+``stats()["problem"]`` (``/health`` shows it), and writes are retried after a minute.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from slidemap.compute.blocks import short_error
 from slidemap.compute.io import write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -57,7 +63,13 @@ class TileCache:
         self._total = 0
         self.hits = 0
         self.misses = 0
-        self._scan()
+        self.write_errors = 0
+        self.problem: str | None = None  # why writes fail, while they do
+        self._retry_at = 0.0
+        try:
+            self._scan()
+        except OSError as exc:  # an unreadable cache folder: start empty, serve uncached
+            self._write_failed(exc)
 
     @property
     def enabled(self) -> bool:
@@ -77,7 +89,10 @@ class TileCache:
                 st = path.stat()
                 entries.append((st.st_mtime_ns, path.relative_to(self.root).as_posix(), st.st_size))
             elif path.is_file() and path.name.startswith("."):
-                path.unlink(missing_ok=True)  # a temp file left by a crash
+                try:
+                    path.unlink(missing_ok=True)  # a temp file left by a crash
+                except OSError:
+                    pass
         for _, rel, size in sorted(entries):
             self._index[rel] = size
             self._total += size
@@ -90,7 +105,7 @@ class TileCache:
         path = self.root / rel
         try:
             data = path.read_bytes()
-        except FileNotFoundError:
+        except OSError:
             with self._lock:
                 self.misses += 1
                 if rel in self._index:  # removed behind our back
@@ -106,17 +121,35 @@ class TileCache:
             pass
         return data
 
-    def put(self, key: TileKey, content: bytes) -> None:
+    def put(self, key: TileKey, content: bytes) -> bool:
+        """Store a tile; False (and the tile is simply not cached) when the cache cannot be written."""
         if not self.enabled or len(content) > self.max_bytes:
-            return
+            return False
+        if self.problem is not None and time.monotonic() < self._retry_at:
+            return False
         rel = key.relpath()
-        write_bytes_atomic(self.root / rel, content)
+        try:
+            write_bytes_atomic(self.root / rel, content)
+        except OSError as exc:
+            self._write_failed(exc)
+            return False
+        if self.problem is not None:
+            log.warning("tile cache %s is writable again", self.root)
+            self.problem = None
         with self._lock:
             if rel in self._index:
                 self._total -= self._index.pop(rel)
             self._index[rel] = len(content)
             self._total += len(content)
         self._evict()
+        return True
+
+    def _write_failed(self, exc: OSError) -> None:
+        self.write_errors += 1
+        self._retry_at = time.monotonic() + 60.0
+        if self.problem is None:  # logged once per outage
+            self.problem = f"tile cache not writable ({short_error(exc)}); tiles are served uncached"
+            log.warning("%s: %s", self.root, self.problem)
 
     def _evict(self) -> None:
         with self._lock:
@@ -126,16 +159,20 @@ class TileCache:
                 self._total -= size
                 victims.append(rel)
         for rel in victims:
-            (self.root / rel).unlink(missing_ok=True)
+            try:
+                (self.root / rel).unlink(missing_ok=True)
+            except OSError:
+                pass  # a read-only cache keeps its files; the index no longer counts them
         if victims:
             log.debug("tile cache evicted %d tiles", len(victims))
 
-    def stats(self) -> dict[str, int | str]:
+    def stats(self) -> dict[str, int | str | None]:
         return {
-            "path": str(self.root),
             "tiles": len(self._index),
             "bytes": self._total,
             "max_bytes": self.max_bytes,
             "hits": self.hits,
             "misses": self.misses,
+            "write_errors": self.write_errors,
+            "problem": self.problem,
         }

@@ -20,15 +20,21 @@ travels to them), so the region and cache folders must be visible to every worke
 
 from __future__ import annotations
 
+import math
+import os
+import socket
 import sqlite3
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import morecantile
 
+from slidemap.compute.blocks import BLOCK_SIZE
 from slidemap.compute.io import atomic_path
 from slidemap.errors import InputError
 
@@ -51,12 +57,13 @@ def parse_zoom(zoom: str | None, default: tuple[int, int]) -> tuple[int, int]:
     return lo, hi
 
 
-def _settings_dict(cache_dir: Path | None) -> dict[str, Any]:
+def _settings_dict(cache_dir: Path | None, block_size: int = BLOCK_SIZE) -> dict[str, Any]:
     from slidemap.server.app import ServerSettings
 
-    # Seeding has no per-request budget and keeps every tile it makes.
+    # Seeding has no per-request budget or queue limit and keeps every tile it makes.
     s = ServerSettings(cache_dir=cache_dir, max_blocks_per_request=10**9, cache_size_mb=10**7,
-                       max_pending_blocks=10**9, compute_timeout_s=24 * 3600)
+                       max_pending_blocks=10**9, max_queue_seconds=math.inf, compute_timeout_s=24 * 3600,
+                       block_size=block_size, report_device=False)
     d = asdict(s)
     d.pop("loaders")
     return d
@@ -75,12 +82,21 @@ def _service(region: str, settings: dict[str, Any]):
     return _SERVICES[key]
 
 
+@dataclass(frozen=True)
+class BlockTaskResult:
+    """What one block task did: model runs (blocks computed, not found already stored), by whom."""
+
+    ran: int
+    worker: str
+
+
 def compute_blocks_task(region: str, settings: dict[str, Any], layer_id: str, model: str | None,
-                        blocks: list[tuple[int, int]]) -> int:
+                        blocks: list[tuple[int, int]]) -> BlockTaskResult:
     service = _service(region, settings)
     layer = service.registry.get(layer_id)
-    engine = service.registry.engine(layer, model)
-    return engine.ensure(blocks).computed
+    engine = service.registry.engine(layer, service.registry.model_info(layer, model))
+    ran = engine.ensure(blocks).timings.blocks
+    return BlockTaskResult(ran, f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}")
 
 
 def render_tiles_task(region: str, settings: dict[str, Any], layer_id: str, model: str | None, tms_id: str,
@@ -113,6 +129,7 @@ class _Runner:
                 self.cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                             dashboard_address=None)
                 self.client = Client(self.cluster)
+                self.client.wait_for_workers(2, timeout=300)  # share the work from the first task on
             elif dask.startswith("tcp://"):
                 self.client = Client(dask)
             else:
@@ -151,8 +168,9 @@ def seed(
     cache_dir: Path | None = None,
     dask: str | None = None,
     model: str | None = None,
-) -> str:
-    """Seed ``layers``; return a one-paragraph report."""
+    block_size: int = BLOCK_SIZE,
+) -> SeedReport:
+    """Seed ``layers``; return what was done (``str(report)`` is a one-paragraph summary)."""
     from slidemap.server.app import ServerSettings, build_service
     from slidemap.server.tiles import get_tms, zoom_range
 
@@ -168,22 +186,28 @@ def seed(
             raise InputError(f"--format {out_format}: one archive holds one layer; seed one --layer at a time")
         if tile_format not in ("png", "webp"):
             raise InputError(f"--format {out_format}: --tile-format must be png or webp")
-    settings = _settings_dict(cache_dir)
+    settings = _settings_dict(cache_dir, block_size)
     service = build_service(region, ServerSettings(**settings))
     tms = get_tms(tms_id)
     runner = _Runner(dask)
     t0 = time.perf_counter()
-    lines = []
+    report = SeedReport(service.registry.region_name, service.registry.synthetic)
     try:
         for layer_id in layers:
             layer = service.registry.get(layer_id)
             zooms = parse_zoom(zoom, zoom_range(service.registry, layer, tms))
-            computed = 0
+            stats = LayerSeed(layer_id, zooms)
             if layer.computed:
-                engine = service.registry.engine(layer, model)
+                info = service.registry.model_info(layer, model)
+                model = info.version  # every worker uses the same version, whatever becomes the default
+                engine = service.registry.engine(layer, info)
+                stats.blocks_total = engine.n_rows * engine.n_cols
                 missing = engine.missing_native([(r, c) for r in range(engine.n_rows) for c in range(engine.n_cols)], 0)
                 tasks = [(str(region), settings, layer_id, model, chunk) for chunk in _chunks(missing, BLOCKS_PER_TASK)]
-                computed = sum(runner.map(compute_blocks_task, tasks, f"{layer_id}: blocks"))
+                stats.block_tasks = len(tasks)
+                for res in runner.map(compute_blocks_task, tasks, f"{layer_id}: blocks"):
+                    stats.blocks_computed += res.ran
+                    stats.blocks_by_worker[res.worker] += res.ran
             w, s, e, n = service.registry.grid_of(layer).bounds_in("EPSG:4326")
             tiles = [(t.z, t.x, t.y) for z in range(zooms[1], zooms[0] - 1, -1) for t in tms.tiles(w, s, e, n, [z])]
             keep = out_format != "tree"
@@ -198,47 +222,88 @@ def seed(
             if out_format != "tree":
                 assert out is not None
                 _write_archive(Path(out), out_format, results, service, layer, zooms, tile_format)
-            where = str(out) if out_format != "tree" else str(service.cache.root)
-            lines.append(
-                f"{layer_id}: {len(tiles)} tiles, zoom {zooms[0]}-{zooms[1]}, {computed} model blocks computed -> {where}"
-            )
+            stats.tiles = len(tiles)
+            stats.where = str(out) if out_format != "tree" else str(service.cache.root)
+            report.layers.append(stats)
     finally:
         runner.close()
-    synthetic = " (SYNTHETIC data)" if service.registry.synthetic else ""
-    return f"seeded {service.registry.region_name}{synthetic} in {time.perf_counter() - t0:.1f} s\n  " + "\n  ".join(lines)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+@dataclass
+class LayerSeed:
+    layer: str
+    zooms: tuple[int, int]
+    tiles: int = 0
+    blocks_total: int = 0
+    blocks_computed: int = 0  # model runs; 0 on a second run over a filled store
+    block_tasks: int = 0
+    blocks_by_worker: Counter = field(default_factory=Counter)
+    where: str = ""
+
+
+@dataclass
+class SeedReport:
+    region: str
+    synthetic: bool
+    layers: list[LayerSeed] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        lines = []
+        for s in self.layers:
+            workers = f" by {len(s.blocks_by_worker)} workers" if len(s.blocks_by_worker) > 1 else ""
+            lines.append(f"{s.layer}: {s.tiles} tiles, zoom {s.zooms[0]}-{s.zooms[1]}, "
+                         f"{s.blocks_computed} model blocks computed{workers} -> {s.where}")
+        synthetic = " (SYNTHETIC data)" if self.synthetic else ""
+        return f"seeded {self.region}{synthetic} in {self.seconds:.1f} s\n  " + "\n  ".join(lines)
 
 
 def _write_archive(out: Path, kind: str, tiles: list[tuple[int, int, int, bytes]], service, layer, zooms, fmt: str) -> None:
+    """One archive of ``tiles`` (XYZ z, x, y): MBTiles 1.3 (rows counted from the south, every
+    metadata value text, as the spec says) or PMTiles v3 (typed JSON metadata), atomically."""
     w, s, e, n = service.registry.grid_of(layer).bounds_in("EPSG:4326")
-    desc = layer.description + (" SYNTHETIC data: generated, not observed." if service.registry.synthetic else "")
-    meta = {
+    synthetic = service.registry.synthetic
+    desc = layer.description + (" SYNTHETIC data: generated, not observed." if synthetic else "")
+    meta: dict[str, Any] = {
         "name": layer.title, "format": fmt, "type": "overlay", "version": "1.3",
-        "description": desc, "attribution": "slidemap" + (" (SYNTHETIC)" if service.registry.synthetic else ""),
-        "bounds": f"{w},{s},{e},{n}", "center": f"{(w + e) / 2},{(s + n) / 2},{zooms[1]}",
-        "minzoom": str(zooms[0]), "maxzoom": str(zooms[1]),
+        "description": desc, "attribution": "slidemap" + (" (SYNTHETIC)" if synthetic else ""),
+        "bounds": [w, s, e, n], "center": [(w + e) / 2, (s + n) / 2, zooms[1]],
+        "minzoom": int(zooms[0]), "maxzoom": int(zooms[1]),
     }
     with atomic_path(out, suffix=".mbtiles" if kind == "mbtiles" else ".pmtiles") as tmp:
-        mb = tmp if kind == "mbtiles" else tmp.with_suffix(".work.mbtiles")
-        mb.unlink(missing_ok=True)
-        try:
-            conn = sqlite3.connect(mb)
-            conn.execute("CREATE TABLE metadata (name text, value text)")
-            conn.execute("CREATE TABLE tiles (zoom_level integer, tile_column integer, tile_row integer, tile_data blob)")
-            conn.execute("CREATE UNIQUE INDEX tile_index ON tiles (zoom_level, tile_column, tile_row)")
-            conn.executemany("INSERT INTO metadata VALUES (?, ?)", list(meta.items()))
-            # MBTiles rows count from the south (TMS scheme).
-            conn.executemany("INSERT INTO tiles VALUES (?, ?, ?, ?)",
-                             [(z, x, (2**z - 1) - y, sqlite3.Binary(data)) for z, x, y, data in tiles])
-            conn.commit()
-            conn.close()
-            if kind == "pmtiles":
-                from pmtiles.convert import mbtiles_to_pmtiles
+        if kind == "mbtiles":
+            text = {k: ",".join(str(x) for x in v) if isinstance(v, list) else str(v) for k, v in meta.items()}
+            conn = sqlite3.connect(tmp)
+            try:
+                conn.execute("CREATE TABLE metadata (name text, value text)")
+                conn.execute("CREATE TABLE tiles (zoom_level integer, tile_column integer, tile_row integer, tile_data blob)")
+                conn.execute("CREATE UNIQUE INDEX tile_index ON tiles (zoom_level, tile_column, tile_row)")
+                conn.executemany("INSERT INTO metadata VALUES (?, ?)", list(text.items()))
+                conn.executemany("INSERT INTO tiles VALUES (?, ?, ?, ?)",
+                                 [(z, x, (2**z - 1) - y, sqlite3.Binary(data)) for z, x, y, data in tiles])
+                conn.commit()
+            finally:
+                conn.close()
+        else:
+            from pmtiles.tile import Compression, TileType, zxy_to_tileid
+            from pmtiles.writer import write
 
-                mbtiles_to_pmtiles(str(mb), str(tmp), zooms[1])
-            tmp.chmod(0o644)  # an archive to hand out, not a private temp file
-        finally:
-            if kind == "pmtiles":
-                mb.unlink(missing_ok=True)
+            with write(str(tmp)) as writer:
+                for tileid, data in sorted((zxy_to_tileid(z, x, y), data) for z, x, y, data in tiles):
+                    writer.write_tile(tileid, data)
+                header = {
+                    "tile_type": TileType.PNG if fmt == "png" else TileType.WEBP,
+                    "tile_compression": Compression.NONE,
+                    "min_zoom": int(zooms[0]), "max_zoom": int(zooms[1]),
+                    "min_lon_e7": int(w * 1e7), "min_lat_e7": int(s * 1e7),
+                    "max_lon_e7": int(e * 1e7), "max_lat_e7": int(n * 1e7),
+                    "center_zoom": int(zooms[1]),
+                    "center_lon_e7": int((w + e) / 2 * 1e7), "center_lat_e7": int((s + n) / 2 * 1e7),
+                }
+                writer.finalize(header, meta)
+        tmp.chmod(0o644)  # an archive to hand out, not a private temp file
 
 
 def tiles_count(bounds: tuple[float, float, float, float], zooms: tuple[int, int]) -> int:

@@ -14,16 +14,21 @@ cached), so a map fills in while the user stays; with ``over_budget="error"`` it
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import json
 import math
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import morecantile
 import numpy as np
 from morecantile import Tile
+from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
 from rasterio.warp import transform_bounds
 from rio_tiler.errors import TileOutsideBounds
@@ -33,10 +38,13 @@ from rio_tiler.utils import render as rt_render
 from titiler.core.resources.enums import ImageType
 from titiler.core.utils import render_image
 
-from slidemap.compute.blocks import BlockEngine
-from slidemap.server.errors import BadTileRequest, NotFound, OverBudget
+from slidemap.compute.blocks import BlockEngine, InputChanged, QueueFull, file_fingerprint
+from slidemap.compute.grid import Grid
+from slidemap.compute.blocks import InputUnreadable as BlockInputUnreadable
+from slidemap.compute.models.store import ModelInfo
 from slidemap.server.cache import TileCache, TileKey, etag_for
-from slidemap.server.layers import Layer, LayerRegistry
+from slidemap.server.errors import BadTileRequest, NotFound, OverBudget
+from slidemap.server.layers import Catalog, InputState, Layer, LayerRegistry
 
 FORMATS: dict[str, str] = {
     "png": "image/png",
@@ -58,7 +66,8 @@ class RenderParams:
 
 
 def parse_rescale(values: list[str] | None) -> tuple[tuple[float, float], ...] | None:
-    """``rescale=min,max`` (once per band) -> ((min, max), ...); 400 on anything else."""
+    """``rescale=min,max`` (once per band, or once for all) -> ((min, max), ...); 400 on anything
+    else. ``max < min`` reverses the colour ramp, ``min == max`` draws a step at that value."""
     if not values:
         return None
     out = []
@@ -68,8 +77,8 @@ def parse_rescale(values: list[str] | None) -> tuple[tuple[float, float], ...] |
             lo, hi = (float(p) for p in parts)
         except ValueError:
             raise BadTileRequest(f"rescale={v!r}: expected two numbers 'min,max', e.g. rescale=0,1") from None
-        if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
-            raise BadTileRequest(f"rescale={v!r}: needs finite min < max")
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise BadTileRequest(f"rescale={v!r}: needs finite numbers")
         out.append((lo, hi))
     if len(out) > 4:
         raise BadTileRequest("rescale: at most one min,max pair per band (4)")
@@ -89,22 +98,34 @@ class TileResult:
 def get_tms(tms_id: str) -> morecantile.TileMatrixSet:
     if tms_id not in SUPPORTED_TMS:
         raise NotFound(f"unknown tile matrix set {tms_id!r}; use one of {', '.join(SUPPORTED_TMS)}")
-    return morecantile.tms.get(tms_id)
+    return _tms(tms_id)
+
+
+@functools.lru_cache(maxsize=None)
+def _tms(tms_id: str) -> morecantile.TileMatrixSet:
+    return morecantile.tms.get(tms_id)  # a deep copy per call: made once, never changed
 
 
 def check_tile(tms: morecantile.TileMatrixSet, z: int, x: int, y: int) -> None:
+    """404 for a tile the tile matrix set does not have (zoom, column or row out of range)."""
     if not (tms.minzoom <= z <= tms.maxzoom):
-        raise BadTileRequest(f"zoom {z} out of range {tms.minzoom}..{tms.maxzoom} for {tms.id}")
+        raise NotFound(f"zoom {z} out of range {tms.minzoom}..{tms.maxzoom} for {tms.id}")
     m = tms.matrix(z)
     if not (0 <= x < m.matrixWidth and 0 <= y < m.matrixHeight):
-        raise BadTileRequest(
+        raise NotFound(
             f"tile {z}/{x}/{y} out of range for {tms.id}: x < {m.matrixWidth} and y < {m.matrixHeight} at zoom {z}"
         )
 
 
-def zoom_range(registry: LayerRegistry, layer: Layer, tms: morecantile.TileMatrixSet) -> tuple[int, int]:
+def zoom_range(registry: LayerRegistry, layer: Layer, tms: morecantile.TileMatrixSet,
+               catalog: Catalog | None = None) -> tuple[int, int]:
     """Zooms at which the layer's native cells span from the whole region down to ~1 tile pixel."""
-    grid = registry.grid_of(layer)
+    return _zoom_range(registry.grid_of(layer, catalog), tms.id)
+
+
+@functools.lru_cache(maxsize=64)
+def _zoom_range(grid: Grid, tms_id: str) -> tuple[int, int]:
+    tms = _tms(tms_id)
     res = grid.res[0]
     left, bottom, right, top = grid.bounds
     # The native cell size expressed in the TMS's units at the region centre.
@@ -117,6 +138,17 @@ def zoom_range(registry: LayerRegistry, layer: Layer, tms: morecantile.TileMatri
     bb = transform_bounds(grid.crs, tms.rasterio_crs, cx - span / 2, cy - span / 2, cx + span / 2, cy + span / 2)
     minzoom = tms.zoom_for_res(max(abs(bb[2] - bb[0]), 1e-12) / 256)
     return int(max(tms.minzoom, min(minzoom, maxzoom))), maxzoom
+
+
+@functools.lru_cache(maxsize=64)
+def _bounds_in_tms(grid: Grid, tms_id: str) -> tuple[float, float, float, float]:
+    return tuple(grid.bounds_in(_tms(tms_id).rasterio_crs))  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=64)
+def wgs84_bounds(grid: Grid) -> tuple[float, float, float, float]:
+    """A grid's bounds in WGS84 (west, south, east, north), computed once per grid."""
+    return tuple(grid.bounds_in("EPSG:4326"))  # type: ignore[return-value]
 
 
 def _image_to_bytes(img: ImageData, layer: Layer, fmt: str, params: RenderParams) -> bytes:
@@ -144,8 +176,31 @@ def _image_to_bytes(img: ImageData, layer: Layer, fmt: str, params: RenderParams
 
         rescale = params.rescale or layer.rescale
         colormap = cmap.get(params.colormap_name or layer.colormap_name) if (params.colormap_name or layer.colormap_name) else None
+        if rescale:
+            img, rescale = _orient(img, rescale)
         content, _ = render_image(img, colormap=colormap, output_format=output, rescale=rescale)
         return content
+
+
+def _orient(img: ImageData, rescale: tuple[tuple[float, float], ...]) -> tuple[ImageData, tuple[tuple[float, float], ...]]:
+    """rio-tiler rescales ``min < max`` only: ``max < min`` (a reversed ramp) becomes the negated
+    band over the negated range, ``min == max`` a step at that value (below: 0, from it on: 255)."""
+    n = img.count
+    pairs = [rescale[i] if len(rescale) == n else rescale[0] for i in range(n)]  # rio-tiler's own rule
+    if all(lo < hi for lo, hi in pairs):
+        return img, rescale
+    data = img.array.astype(np.float64)
+    out = []
+    for b, (lo, hi) in enumerate(pairs):
+        if lo > hi:
+            data[b] = -data[b]
+            out.append((-lo, -hi))
+        elif lo == hi:
+            data[b] = (data[b] >= lo).astype(np.float64)
+            out.append((0.0, 1.0))
+        else:
+            out.append((lo, hi))
+    return ImageData(data, bounds=img.bounds, crs=img.crs), tuple(out)
 
 
 def _empty_image(tms: morecantile.TileMatrixSet, tile: Tile, size: int, bands: int, dtype: str) -> ImageData:
@@ -213,15 +268,28 @@ class TileService:
         self.max_age = max_age
 
     # ---- validation ---------------------------------------------------------------------------
-    def validate(self, layer: Layer, fmt: str, scale: int, params: RenderParams) -> None:
+    def validate(self, layer: Layer, fmt: str, scale: int, params: RenderParams) -> tuple[RenderParams, list[str]]:
+        """The render parameters that apply to ``layer``, and the names of those that do not (ignored:
+        ``colormap_name`` on RGB or categorical layers, ``rescale`` on categorical ones)."""
         if fmt not in FORMATS:
             raise BadTileRequest(f"unknown tile format {fmt!r}; use one of {', '.join(FORMATS)}")
         if not 1 <= scale <= self.max_scale:
             raise BadTileRequest(f"@{scale}x: scale must be 1..{self.max_scale}")
-        if params.colormap_name and (layer.colormap is not None or len(layer.indexes) > 1):
-            raise BadTileRequest(f"colormap_name applies to single-band continuous layers, not {layer.id!r}")
-        if params.rescale and layer.colormap is not None:
-            raise BadTileRequest(f"rescale does not apply to the categorical layer {layer.id!r}")
+        ignored = []
+        colormap_name, rescale = params.colormap_name, params.rescale
+        if colormap_name and (layer.colormap is not None or len(layer.indexes) > 1):
+            ignored.append("colormap_name")
+            colormap_name = None
+        if rescale and layer.colormap is not None:
+            ignored.append("rescale")
+            rescale = None
+        return RenderParams(rescale, colormap_name), ignored
+
+    def resolve(self, layer: Layer, model: str | None, catalog: Catalog | None = None) -> tuple[ModelInfo | None, str]:
+        """The model (computed layers; ``model`` is ignored by file-backed ones) and the data version
+        a tile of ``layer`` is made from now."""
+        info = self.registry.model_info(layer, model) if layer.computed else None
+        return info, self.registry.data_version(layer, info, catalog)
 
     # ---- main entry ---------------------------------------------------------------------------
     def tile(
@@ -235,35 +303,55 @@ class TileService:
         fmt: str = "png",
         params: RenderParams | None = None,
         model: str | None = None,
+        version: str | None = None,
+        cancel: threading.Event | None = None,
+        _retry: bool = True,
     ) -> TileResult:
+        """The tile's bytes. ``version`` is the URL's ``v=`` (the data tag TileJSON handed out): when
+        it matches the data the tile is made from now, the answer is immutable."""
         params = params or RenderParams()
-        layer = self.registry.get(layer_id)
-        self.validate(layer, fmt, scale, params)
+        catalog = self.registry.refresh()
+        layer = self.registry.get(layer_id, catalog)
+        params, ignored = self.validate(layer, fmt, scale, params)
+        if model and not layer.computed:
+            ignored.append("model")
         tms = get_tms(tms_id)
         check_tile(tms, z, x, y)
-        if model and not layer.computed:
-            raise BadTileRequest(f"model= applies to computed layers only, not {layer.id!r}")
-        breaks = None
-        if layer.output == "class":
-            breaks = self.registry.class_breaks(layer, model, budget=self.max_blocks)
-        data_version = self.registry.data_version(layer, model)
+        info, data_version = self.resolve(layer, model, catalog)
+        breaks = self.registry.class_breaks(info) if (info is not None and layer.output == "class") else None
+        state = self.registry.check_input(layer, catalog)
         key = TileKey(layer.id, data_version, params.canonical(), tms.id, z, x, y, scale, fmt)
+        pinned = version is not None and version == data_tag(data_version)
         cache_control = (
-            "public, max-age=31536000, immutable" if model else f"public, max-age={self.max_age}, must-revalidate"
+            "public, max-age=31536000, immutable" if pinned else f"public, max-age={self.max_age}, must-revalidate"
         )
         t0 = time.perf_counter()
         cached = self.cache.get(key)
         if cached is not None:
-            return TileResult(cached, FORMATS[fmt], etag_for(cached), cache_control, {"X-Cache": "HIT"}, True)
+            hit = {"X-Cache": "HIT", "X-Slidemap-Data-Version": data_version}
+            if ignored:
+                hit["X-Slidemap-Ignored"] = ", ".join(ignored)
+            return TileResult(cached, FORMATS[fmt], etag_for(cached), cache_control, hit, True)
         tilesize = 256 * scale
         timing: dict[str, float] = {}
         partial = None
-        if layer.computed:
-            img, partial, timing = self._computed(layer, model, tms, z, x, y, tilesize, breaks)
-        else:
-            t1 = time.perf_counter()
-            img = self._file(layer, tms, z, x, y, tilesize)
-            timing["read"] = time.perf_counter() - t1
+        try:
+            if layer.computed:
+                assert info is not None
+                img, partial, timing = self._computed(layer, info, tms, z, x, y, tilesize, breaks, cancel, catalog)
+            else:
+                t1 = time.perf_counter()
+                img = self._file(layer, state, tms, z, x, y, tilesize)
+                timing["read"] = time.perf_counter() - t1
+        except InputChanged:
+            if _retry:
+                return self.tile(layer_id, tms_id, z, x, y, scale, fmt, params, model, version, cancel, _retry=False)
+            raise
+        if _fingerprint_now(state.path) != state.fingerprint:
+            # The input was replaced while this tile was made: never cache (or serve) a mixture.
+            if _retry:
+                return self.tile(layer_id, tms_id, z, x, y, scale, fmt, params, model, version, cancel, _retry=False)
+            raise InputChanged(f"{state.rel} is changing; retry in a moment")
         t2 = time.perf_counter()
         if img is None:
             bands = 1 if (layer.colormap is not None or layer.colormap_name) else len(layer.indexes)
@@ -271,23 +359,29 @@ class TileService:
         content = _image_to_bytes(img, layer, fmt, params)
         timing["render"] = time.perf_counter() - t2
         headers = {"X-Cache": "MISS", "X-Slidemap-Data-Version": data_version}
+        if ignored:
+            headers["X-Slidemap-Ignored"] = ", ".join(ignored)
         if partial:
             headers["X-Slidemap-Partial"] = f"computed={partial[0]}; missing={partial[1]}"
             cache_control = "no-store"
         else:
             t3 = time.perf_counter()
-            self.cache.put(key, content)
+            if not self.cache.put(key, content) and self.cache.enabled:
+                headers["X-Cache"] = "MISS, NOT-STORED"
             timing["cache"] = time.perf_counter() - t3
         timing["total"] = time.perf_counter() - t0
         headers["Server-Timing"] = ", ".join(f"{k};dur={v * 1000:.2f}" for k, v in timing.items())
         return TileResult(content, FORMATS[fmt], etag_for(content), cache_control, headers)
 
     # ---- file-backed layers --------------------------------------------------------------------
-    def _file(self, layer: Layer, tms: morecantile.TileMatrixSet, z: int, x: int, y: int, size: int) -> ImageData | None:
-        assert layer.source is not None
-        with Reader(str(layer.source), tms=tms) as src:
-            img = read_tile(src, tms, Tile(x, y, z), size, indexes=layer.indexes,
-                            reproject_method=layer.resampling, resampling_method=layer.resampling)
+    def _file(self, layer: Layer, state: InputState, tms: morecantile.TileMatrixSet, z: int, x: int, y: int,
+              size: int) -> ImageData | None:
+        try:
+            with Reader(str(state.path), tms=tms) as src:
+                img = read_tile(src, tms, Tile(x, y, z), size, indexes=layer.indexes,
+                                reproject_method=layer.resampling, resampling_method=layer.resampling)
+        except (RasterioError, OSError) as exc:
+            raise self.registry.report_fault(state, exc) from exc
         if img is None:
             return None
         if layer.categorical:
@@ -295,15 +389,18 @@ class TileService:
         return img
 
     # ---- computed layers ----------------------------------------------------------------------
+    def _engine(self, layer: Layer, info: ModelInfo, catalog: Catalog | None) -> BlockEngine:
+        return self.registry.engine(layer, info, catalog)
+
     def _computed(
-        self, layer: Layer, model: str | None, tms: morecantile.TileMatrixSet, z: int, x: int, y: int, size: int,
-        breaks: list[float] | None,
+        self, layer: Layer, info: ModelInfo, tms: morecantile.TileMatrixSet, z: int, x: int, y: int, size: int,
+        breaks: list[float] | None, cancel: threading.Event | None = None, catalog: Catalog | None = None,
     ) -> tuple[ImageData | None, tuple[int, int] | None, dict[str, float]]:
-        engine = self.registry.engine(layer, model)
+        engine = self._engine(layer, info, catalog)
         tile = Tile(x, y, z)
         bbox = tms.xy_bounds(tile)
         # Test overlap in the TMS's CRS first: a zoom-0 tile transformed to a UTM grid is garbage.
-        rl, rb, rr, rt = engine.grid.bounds_in(tms.rasterio_crs)
+        rl, rb, rr, rt = _bounds_in_tms(engine.grid, tms.id)
         if bbox[2] <= rl or bbox[0] >= rr or bbox[3] <= rb or bbox[1] >= rt:
             return None, None, {}
         tile_res = (bbox[2] - bbox[0]) / size
@@ -330,9 +427,15 @@ class TileService:
             raise OverBudget(
                 f"tile {z}/{x}/{y} of {layer.id!r} needs {len(missing)} model blocks, more than the per-request "
                 f"budget of {self.max_blocks}; zoom in, or fill the cache first with "
-                f"`slidemap seed {self.registry.region_dir} --layer {layer.id}`"
+                f"`slidemap seed REGION --layer {layer.id}`"
             )
-        result = engine.ensure(missing, budget=self.max_blocks)
+        try:
+            result = engine.ensure(missing, budget=self.max_blocks, cancel=cancel)
+        except BlockInputUnreadable as exc:
+            raise self.registry.report_fault(self.registry.input_state(layer, catalog), RuntimeError(exc.detail)) from exc
+        if result.missing and self.over_budget == "error":
+            raise QueueFull(f"{layer.id}: the inference queue has no room for this tile's {len(missing)} blocks; "
+                            "retry shortly", self.registry.executor.retry_after)
         t0 = time.perf_counter()
         arr, grid, complete = engine.mosaic(eb, level)
         t1 = time.perf_counter()
@@ -367,14 +470,49 @@ class TileService:
                 return read_tile(src, tms, Tile(x, y, z), size, reproject_method="nearest", resampling_method="nearest")
 
     # ---- points -------------------------------------------------------------------------------
-    def computed_value(self, layer: Layer, lon: float, lat: float, model: str | None = None) -> float | None:
-        engine: BlockEngine = self.registry.engine(layer, model)
-        from rasterio.warp import transform as transform_xy
-
-        xs, ys = transform_xy("EPSG:4326", engine.grid.crs, [lon], [lat])
-        rows, cols = engine.grid.rowcol(np.array(xs), np.array(ys))
+    def computed_value(self, layer: Layer, lon: float, lat: float, info: ModelInfo | None = None,
+                       cancel: threading.Event | None = None) -> float | None:
+        info = info or self.registry.model_info(layer)
+        engine: BlockEngine = self.registry.engine(layer, info)
+        xy = lonlat_to(engine.grid.crs, lon, lat)
+        if xy is None:
+            return None
+        rows, cols = engine.grid.rowcol(np.array([xy[0]]), np.array([xy[1]]))
         if not engine.grid.contains(rows, cols)[0]:
             return None
-        value = engine.value_at(int(rows[0]), int(cols[0]), budget=None)
+        try:
+            value = engine.value_at(int(rows[0]), int(cols[0]), budget=None, cancel=cancel)
+        except BlockInputUnreadable as exc:
+            raise self.registry.report_fault(self.registry.input_state(layer), RuntimeError(exc.detail)) from exc
         return None if not math.isfinite(value) else value
 
+
+def data_tag(data_version: str) -> str:
+    """The short tag of a data version that tile URLs carry as ``v=`` (pins everything a tile is made of)."""
+    return hashlib.sha256(data_version.encode()).hexdigest()[:16]
+
+
+def _fingerprint_now(path: Path) -> str | None:
+    try:
+        return file_fingerprint(path)
+    except OSError:
+        return None
+
+
+def lonlat_to(crs, lon: float, lat: float) -> tuple[float, float] | None:
+    """``(x, y)`` of a WGS84 point in ``crs``, or None where the CRS cannot represent it (far
+    outside a projection's valid area PROJ answers inf, or an error, depending on the projection)."""
+    try:
+        x, y = _from_lonlat(crs.to_wkt()).transform(lon, lat, errcheck=False)
+    except Exception:  # noqa: BLE001 - any PROJ failure means: not representable here
+        return None
+    if not (math.isfinite(x) and math.isfinite(y)):
+        return None
+    return float(x), float(y)
+
+
+@functools.lru_cache(maxsize=16)
+def _from_lonlat(wkt: str):
+    from pyproj import Transformer
+
+    return Transformer.from_crs("EPSG:4326", wkt, always_xy=True)

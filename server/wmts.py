@@ -7,6 +7,7 @@ the capabilities URL we advertise) may carry a raw comma: query values are perce
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from urllib.parse import urlencode
 from xml.sax.saxutils import escape, quoteattr
@@ -15,7 +16,7 @@ import morecantile
 from titiler.core.utils import tms_limits, tms_to_xml
 
 from slidemap.server.layers import Layer, LayerRegistry
-from slidemap.server.tiles import zoom_range
+from slidemap.server.tiles import get_tms, wgs84_bounds, zoom_range
 
 
 def encode_query(params: Sequence[tuple[str, str]]) -> str:
@@ -34,24 +35,17 @@ def capabilities(
     mime = {"png": "image/png", "webp": "image/webp"}[fmt]
     layer_xml = []
     zooms: list[tuple[int, int]] = []
+    catalog = registry.refresh()
     for layer, query in entries:
         qs = encode_query(query)
-        grid = registry.grid_of(layer)
-        w, s, e, n = grid.bounds_in("EPSG:4326")
-        minzoom, maxzoom = zoom_range(registry, layer, tms)
+        w, s, e, n = wgs84_bounds(registry.grid_of(layer, catalog))
+        minzoom, maxzoom = zoom_range(registry, layer, tms, catalog)
         zooms.append((minzoom, maxzoom))
-        limits = tms_limits(tms, (w, s, e, n), zooms=(minzoom, maxzoom), geographic_crs=tms.rasterio_geographic_crs)
-        limits_xml = "".join(
-            f"<TileMatrixLimits><TileMatrix>{lim['tileMatrix']}</TileMatrix>"
-            f"<MinTileRow>{lim['minTileRow']}</MinTileRow><MaxTileRow>{lim['maxTileRow']}</MaxTileRow>"
-            f"<MinTileCol>{lim['minTileCol']}</MinTileCol><MaxTileCol>{lim['maxTileCol']}</MaxTileCol>"
-            "</TileMatrixLimits>"
-            for lim in limits
-        )
+        limits_xml = _limits_xml(tms.id, (w, s, e, n), minzoom, maxzoom)
         template = f"{base_url}/layers/{layer.id}/tiles/{tms.id}/{{TileMatrix}}/{{TileCol}}/{{TileRow}}.{fmt}"
         if qs:
             template += "?" + qs
-        abstract = layer.description + (" SYNTHETIC data." if registry.synthetic else "")
+        abstract = layer.description + (" SYNTHETIC data." if catalog.synthetic else "")
         layer_xml.append(
             f"""
     <Layer>
@@ -73,7 +67,7 @@ def capabilities(
         )
     minzoom = min((z[0] for z in zooms), default=tms.minzoom)
     maxzoom = max((z[1] for z in zooms), default=tms.maxzoom)
-    matrices = "".join(tms_to_xml(tms, minzoom, maxzoom))
+    matrices = _matrices_xml(tms.id, minzoom, maxzoom)
     crs = tms.crs.srs if hasattr(tms.crs, "srs") else str(tms.crs)
     epsg = tms.rasterio_crs.to_epsg()
     supported = f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else escape(crs)
@@ -96,3 +90,22 @@ def capabilities(
   <ServiceMetadataURL xlink:href={quoteattr(base_url + '/WMTSCapabilities.xml')}/>
 </Capabilities>
 """
+
+
+@functools.lru_cache(maxsize=256)
+def _limits_xml(tms_id: str, bounds: tuple[float, float, float, float], minzoom: int, maxzoom: int) -> str:
+    """TileMatrixLimits of a layer (computed once per bounds and zoom range: it costs milliseconds)."""
+    tms = get_tms(tms_id)
+    limits = tms_limits(tms, bounds, zooms=(minzoom, maxzoom), geographic_crs=tms.rasterio_geographic_crs)
+    return "".join(
+        f"<TileMatrixLimits><TileMatrix>{lim['tileMatrix']}</TileMatrix>"
+        f"<MinTileRow>{lim['minTileRow']}</MinTileRow><MaxTileRow>{lim['maxTileRow']}</MaxTileRow>"
+        f"<MinTileCol>{lim['minTileCol']}</MinTileCol><MaxTileCol>{lim['maxTileCol']}</MaxTileCol>"
+        "</TileMatrixLimits>"
+        for lim in limits
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _matrices_xml(tms_id: str, minzoom: int, maxzoom: int) -> str:
+    return "".join(tms_to_xml(get_tms(tms_id), minzoom, maxzoom))

@@ -7,11 +7,8 @@ artefacts in the region's registry so versions, hashes and ``?model=`` work as w
 
 from __future__ import annotations
 
-import contextlib
-
 import io
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -26,16 +23,15 @@ import rasterio
 from fastapi.testclient import TestClient
 from PIL import Image
 from rasterio.warp import transform_bounds
-from scipy.ndimage import uniform_filter
 
-from slidemap.compute.blocks import _pool2
 from slidemap.compute.grid import Grid
-from slidemap.server.app import ServerSettings, create_app
-from slidemap.server.tiles import TileService
 from slidemap.compute.models.store import read_card, save_artefact
+from slidemap.server.app import ServerSettings, create_app
+from server_models import FakeDetector, add_fake_model, make_loaders, served
 
 WMQ = morecantile.tms.get("WebMercatorQuad")
 BS = 64
+TEST_HOSTS = ("testserver", "127.0.0.1", "localhost", "::1")
 
 # TileJSON 3.0.0 (https://github.com/mapbox/tilejson-spec/tree/master/3.0.0), the fields it defines.
 TILEJSON_SCHEMA = {
@@ -64,74 +60,20 @@ TILEJSON_SCHEMA = {
 }
 
 
-# ---- fake models (the interfaces of compute.detection / compute.susceptibility) ----------------
-def _nan_mean(x: np.ndarray, size: int) -> np.ndarray:
-    out = uniform_filter(np.nan_to_num(x, nan=0.0), size=size, mode="constant")
-    bad = uniform_filter(np.isnan(x).astype(float), size=size, mode="constant") > 0
-    out[bad] = np.nan
-    return out
-
-
-class FakeDetector:
-    bands = ["B2", "B3", "B4", "B8"]
-    halo = 4
-
-    def __init__(self, card, calls, gate):
-        self.version = card["version"]
-        self.shift = float(card["hyperparameters"]["shift"])
-        self.calls, self.gate = calls, gate
-
-    def predict(self, image: np.ndarray) -> np.ndarray:
-        self.calls.append(image.shape)
-        if self.gate is not None:
-            self.gate.wait(20)
-        ndvi = (image[3] - image[2]) / (image[3] + image[2] + 1e-6)
-        smooth = _nan_mean(ndvi, 2 * self.halo + 1)
-        return (1 / (1 + np.exp(-10 * (smooth - self.shift)))).astype(np.float32)
-
-
-class FakeSusceptibility:
-    factor_names = ["slope", "altitude"]
-    halo = 2
-
-    def __init__(self, card, calls):
-        self.version = card["version"]
-        self.calls = calls
-
-    def predict_block(self, stack: np.ndarray) -> np.ndarray:
-        self.calls.append(stack.shape)
-        h = self.halo
-        out = np.clip(_nan_mean(stack[0], 2 * h + 1) / 45.0, 0, 1)
-        return out[h:-h, h:-h].astype(np.float32)
-
-
-def add_fake_model(region: Path, kind: str, name: str, shift: float = 0.3) -> str:
-    def write(path: Path) -> None:
-        path.write_bytes(f"fake {kind} {name} {shift}".encode())
-
-    card = {"synthetic": True, "hyperparameters": {"shift": shift}, "halo": 4, "inputs": {}}
-    folder = save_artefact(region / "models", kind, name, card, write)
-    time.sleep(0.01)  # distinct `created` order
-    return read_card(folder)["version"]
-
-
-def make_loaders(calls: dict, gate: threading.Event | None = None) -> dict:
-    return {
-        "unet": lambda path: FakeDetector(read_card(path), calls.setdefault("unet", []), gate),
-        "lsm": lambda path: FakeSusceptibility(read_card(path), calls.setdefault("lsm", [])),
-    }
-
-
 @pytest.fixture(scope="module")
 def region(prepared_region, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("server") / "region"
     shutil.copytree(prepared_region, out, ignore=shutil.ignore_patterns("cache", "models"))
     add_fake_model(out, "unet", "attention_unet", 0.3)
-    add_fake_model(out, "lsm", "multiscale_dense", 0.0)
+    add_fake_model(out, "lsm", "multiscale", 0.0)
     return out
 
 
 def new_app(region: Path, tmp: Path, calls: dict | None = None, gate=None, **kw):
+    kw.setdefault("allowed_hosts", TEST_HOSTS)
+    kw.setdefault("report_device", False)
+    # Tests of what tiles contain take every block they need; admission has tests of its own.
+    kw.setdefault("max_queue_seconds", float("inf"))
     settings = ServerSettings(cache_dir=tmp, block_size=BS, loaders=make_loaders(calls if calls is not None else {}, gate), **kw)
     return create_app(region, settings)
 
@@ -144,11 +86,18 @@ def server(region, tmp_path_factory):
         yield client, app, calls
 
 
-def tile_url(client, layer: str, fmt: str = "png", zoom_offset: int = 0, **q) -> tuple[str, morecantile.Tile]:
-    tj = client.get(f"/layers/{layer}/WebMercatorQuad/tilejson.json", params={"format": fmt, **q}).json()
+def tile_url(client, layer: str, fmt: str = "png", zoom_offset: int = 0, tms: str = "WebMercatorQuad",
+             **q) -> tuple[str, morecantile.Tile]:
+    tj = client.get(f"/layers/{layer}/{tms}/tilejson.json", params={"format": fmt, **q}).json()
     lon, lat, _ = tj["center"]
-    t = WMQ.tile(lon, lat, tj["maxzoom"] + zoom_offset)
+    t = morecantile.tms.get(tms).tile(lon, lat, tj["maxzoom"] + zoom_offset)
     return tj["tiles"][0].replace("{z}", str(t.z)).replace("{x}", str(t.x)).replace("{y}", str(t.y)), t
+
+
+def engine_of(app, layer_id: str, model: str | None = None):
+    reg = app.state.registry
+    layer = reg.get(layer_id)
+    return reg.engine(layer, reg.model_info(layer, model))
 
 
 # ---- discovery ----------------------------------------------------------------------------------
@@ -173,7 +122,10 @@ def test_health_layers_and_legends(server):
     lc = client.get("/layers/factors/landcover/legend").json()
     assert lc["type"] == "categorical" and all(c["color"].startswith("#") for c in lc["classes"])
     det = next(lyr for lyr in body["layers"] if lyr["id"] == "detection")
-    assert det["computed"] and det["model"] and det["model"] in det["tiles"]
+    assert det["computed"] and det["model"] and det["model"] in det["tiles"] and "v=" in det["tiles"]
+    assert det["model_name"] == "attention_unet" and det["has_skill"] is True
+    assert det["skill"].startswith("F1 0.800") and det["skill"] in det["title"]
+    assert all(lyr["available"] and lyr["problem"] is None for lyr in body["layers"])
 
 
 def test_tilejson_matches_schema(server):
@@ -189,7 +141,8 @@ def test_tilejson_matches_schema(server):
             assert "SYNTHETIC" in tj["attribution"] and "SYNTHETIC" in tj["description"]
             assert tj["tiles"][0].startswith("http://testserver/") and f"@2x.{fmt}" in tj["tiles"][0]
     tj = client.get("/layers/detection/WebMercatorQuad/tilejson.json").json()
-    assert "model=" in tj["tiles"][0]  # computed layers pin the model version
+    assert "model=" in tj["tiles"][0] and "v=" in tj["tiles"][0]  # computed layers pin model and data
+    assert "attention_unet" in tj["name"] and "F1" in tj["name"]
 
 
 def test_openapi_and_docs(server):
@@ -201,6 +154,10 @@ def test_openapi_and_docs(server):
     docs = client.get("/docs")
     assert docs.status_code == 200
     assert "cdn" not in docs.text.lower()
+    import re
+
+    for ref in re.findall(r"""(?:url|src|href)\s*[:=]\s*['"]([^'"]+)['"]""", docs.text):
+        assert not ref.startswith("http"), ref  # relative: nothing built from the Host header
 
 
 def test_map_page_is_offline(server):
@@ -210,7 +167,7 @@ def test_map_page_is_offline(server):
     import re
 
     refs = re.findall(r'(?:src|href)="([^"]+)"', page.text)
-    assert refs and all(r.startswith("http://testserver/") or not r.startswith("http") for r in refs), refs
+    assert refs and not any(r.startswith("http") for r in refs), refs  # relative: no Host header echoed
     for r in refs:
         if r.endswith((".js", ".css")):
             assert client.get(r).status_code == 200, r
@@ -247,7 +204,7 @@ def test_every_layer_every_format(server, layer):
 
 def test_outside_region_is_empty_transparent_tile(server):
     client, app, calls = server
-    engine = app.state.registry.engine(app.state.registry.get("detection"))
+    engine = engine_of(app, "detection")
     before = engine.model_calls
     for layer in ("imagery", "detection", "susceptibility"):
         for z, x, y in ((10, 0, 0), (1, 0, 0), (1, 0, 1)):
@@ -272,29 +229,39 @@ def test_cache_hit_etag_and_304(server):
     assert other.status_code == 200
     files = list((app.state.cache.root).rglob("*.png"))
     assert files and not any(f.name.startswith(".") for f in files)  # atomic writes leave no temp files
-    # A pinned model version is immutable.
+    # A URL that pins the data (v= from TileJSON) is immutable; without it, or with a stale v=, it is not.
     durl, _ = tile_url(client, "detection")
     assert "immutable" in client.get(durl).headers["cache-control"]
+    assert "immutable" not in client.get(durl.split("&v=")[0]).headers["cache-control"]
+    stale = client.get(durl.split("&v=")[0] + "&v=0123456789abcdef")
+    assert stale.status_code == 200 and "immutable" not in stale.headers["cache-control"]
 
 
-def test_new_model_version_never_serves_old_tiles(region, tmp_path):
+def test_new_model_version_never_serves_old_tiles(prepared_region, tmp_path):
+    # Self-contained: its own region copy, models and cache, so no other test's state matters.
     work = tmp_path / "r"
-    shutil.copytree(region, work, ignore=shutil.ignore_patterns("cache"))
+    shutil.copytree(prepared_region, work, ignore=shutil.ignore_patterns("cache", "models"))
+    old_version = add_fake_model(work, "unet", "attention_unet", 0.3)
     calls: dict = {}
     app = new_app(work, tmp_path / "cache", calls)
     client = TestClient(app)
     url, _ = tile_url(client, "detection", "npy")
-    old = client.get(url.split("?")[0])
-    assert old.headers["x-cache"] == "MISS"
-    assert client.get(url.split("?")[0]).headers["x-cache"] == "HIT"
+    plain = url.split("?")[0]  # no model, no v: the region's default model
+    old = client.get(plain)
+    assert old.headers["x-cache"] == "MISS" and old.headers["x-slidemap-data-version"].startswith(old_version)
+    assert client.get(plain).headers["x-cache"] == "HIT"
     new_version = add_fake_model(work, "unet", "attention_unet", 0.6)
-    fresh = client.get(url.split("?")[0])
+    assert new_version != old_version
+    fresh = client.get(plain)
     assert fresh.headers["x-cache"] == "MISS"
     assert fresh.headers["x-slidemap-data-version"].startswith(new_version)
     assert not np.array_equal(np.load(io.BytesIO(old.content)), np.load(io.BytesIO(fresh.content)), equal_nan=True)
-    # The old version stays reachable by name.
-    pinned = client.get(url)
+    # By name: the newest of that name; by version: exactly that one, still reachable.
+    by_name = client.get(plain + "?model=attention_unet")
+    assert by_name.headers["x-slidemap-data-version"].startswith(new_version)
+    pinned = client.get(plain + f"?model={old_version}")
     assert np.array_equal(np.load(io.BytesIO(pinned.content)), np.load(io.BytesIO(old.content)), equal_nan=True)
+    assert client.get(plain + f"?model={old_version[:7]}").headers["x-slidemap-data-version"].startswith(old_version)
 
 
 def test_lru_eviction_keeps_the_limit(region, tmp_path):
@@ -322,11 +289,34 @@ def _reference_detection(region: Path) -> tuple[np.ndarray, Grid]:
     return full, grid
 
 
+def _pool2_reference(a: np.ndarray) -> np.ndarray:
+    """2 x 2 NaN-mean, written independently of the engine's pyramid code."""
+    import warnings
+
+    h, w = a.shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells stay NaN
+        return np.nanmean(a.reshape(h // 2, 2, w // 2, 2), axis=(1, 3)).astype(np.float32)
+
+
+def _reference_tile(ref: np.ndarray, grid: Grid, tms, t: morecantile.Tile) -> np.ndarray:
+    """The tile as rio-tiler cuts it from a GeoTIFF of the reference (GDAL's warper, nearest)."""
+    from rio_tiler.io import Reader
+
+    with rasterio.MemoryFile() as mem:
+        with mem.open(driver="GTiff", width=grid.width, height=grid.height, count=1, dtype="float32",
+                      crs=grid.crs, transform=grid.transform, nodata=float("nan")) as ds:
+            ds.write(ref, 1)
+        with Reader(mem.name, tms=tms, options={"vrt_options": {"tolerance": 1e-6}}) as src:
+            img = src.tile(t.x, t.y, t.z, tilesize=256, reproject_method="nearest", resampling_method="nearest")
+    return img.array.astype(np.float32).filled(np.nan)[0]
+
+
 @pytest.mark.parametrize("zoom_offset", [0, -2])
 def test_adjacent_computed_tiles_have_no_seams(server, region, zoom_offset):
     client, app, _ = server
     full, grid = _reference_detection(region)
-    engine = app.state.registry.engine(app.state.registry.get("detection"))
+    engine = engine_of(app, "detection")
     url, t = tile_url(client, "detection", "npy", zoom_offset=zoom_offset)
     bbox = WMQ.xy_bounds(t)
     nb = transform_bounds(WMQ.rasterio_crs, grid.crs, *bbox)
@@ -337,48 +327,75 @@ def test_adjacent_computed_tiles_have_no_seams(server, region, zoom_offset):
     ref = np.full((size, size), np.nan, dtype=np.float32)
     ref[: grid.height, : grid.width] = full
     for _ in range(level):
-        ref = _pool2(ref)
-    ref_grid = engine.level_grid(level)
-    ref_grid = Grid(ref_grid.crs, ref_grid.transform, ref.shape[1], ref.shape[0])
+        ref = _pool2_reference(ref)
+    f = 2**level
+    ref_grid = Grid(grid.crs, grid.transform * rasterio.Affine.scale(f, f), ref.shape[1], ref.shape[0])
     tiles = []
     for dx in (0, 1):
         u = url.replace(f"/{t.x}/{t.y}.", f"/{t.x + dx}/{t.y}.")
         got = np.load(io.BytesIO(client.get(u).content))[0]
-        want = TileService._warp(ref, ref_grid, WMQ, t.x + dx, t.y, t.z, 256).array.filled(np.nan)[0]
+        want = _reference_tile(ref, ref_grid, WMQ, morecantile.Tile(t.x + dx, t.y, t.z))
         assert np.isfinite(got).sum() > 1000
         np.testing.assert_allclose(got, want, atol=1e-5, equal_nan=True)
         tiles.append(got)
     # Where both tiles have data at the shared edge the values continue smoothly (no seam).
     edge = np.isfinite(tiles[0][:, -1]) & np.isfinite(tiles[1][:, 0])
-    if edge.sum() > 10:
-        jump = np.abs(tiles[0][edge, -1] - tiles[1][edge, 0]).mean()
-        inner = np.abs(tiles[0][edge, -2] - tiles[0][edge, -1]).mean()
-        assert jump <= 3 * inner + 1e-3
+    assert edge.sum() > 10
+    jump = np.abs(tiles[0][edge, -1] - tiles[1][edge, 0]).mean()
+    inner = np.abs(tiles[0][edge, -2] - tiles[0][edge, -1]).mean()
+    assert jump <= 3 * inner + 1e-3
+
+
+@pytest.mark.parametrize("tms_id", ["WorldCRS84Quad", "WGS1984Quad"])
+def test_computed_tiles_in_other_tile_grids(server, region, tms_id):
+    """Tile grids other than WebMercatorQuad: the same model cells, placed by that grid's CRS."""
+    client, app, _ = server
+    full, grid = _reference_detection(region)
+    tms = morecantile.tms.get(tms_id)
+    url, t = tile_url(client, "detection", "npy", tms=tms_id)
+    r = client.get(url)
+    assert r.status_code == 200, r.text
+    got = np.load(io.BytesIO(r.content))[0]
+    tj = client.get(f"/layers/detection/{tms_id}/tilejson.json").json()
+    assert tj["maxzoom"] == t.z and f"/tiles/{tms_id}/" in tj["tiles"][0]
+    # At the layer's finest zoom the tile reads native blocks (level 0): the whole-region reference.
+    want = _reference_tile(full, grid, tms, t)
+    assert np.isfinite(got).sum() > 1000
+    np.testing.assert_allclose(got, want, atol=1e-5, equal_nan=True)
 
 
 # ---- compute: single flight, queue, budget -----------------------------------------------------------
+def _wait_for(condition, timeout: float = 20.0) -> None:
+    """Poll ``condition`` (a state of the server, not a guess at timing) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
 def test_concurrent_identical_requests_run_the_model_once(region, tmp_path):
     calls: dict = {}
     gate = threading.Event()
-    app = new_app(region, tmp_path, calls, gate)
+    # Five inference threads: without single flight, five requests would each run the model on
+    # the same blocks at once (every copy passes the "already stored?" check before the gate).
+    app = new_app(region, tmp_path, calls, gate, inference_workers=5)
     with TestClient(app) as client:
         url, _ = tile_url(client, "detection", "png")
         out = []
         threads = [threading.Thread(target=lambda: out.append(client.get(url))) for _ in range(5)]
         for th in threads:
             th.start()
-        deadline = time.time() + 20
-        while app.state.executor.pending == 0 and time.time() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.3)
+        ex = app.state.executor
+        # Every request is waiting on the blocks (five waiters per block) before any block finishes.
+        _wait_for(lambda: ex.pending > 0 and ex.waiting() == 5 * ex.pending)
         gate.set()
         for th in threads:
             th.join(30)
     assert len(out) == 5 and all(r.status_code == 200 for r in out)
-    engine = app.state.registry.engine(app.state.registry.get("detection"))
+    engine = engine_of(app, "detection")
     assert len(calls["unet"]) == engine.model_calls
     n_blocks = len(list((engine.store / "L0").glob("*.npy")))
-    assert len(calls["unet"]) == n_blocks  # one model run per block, however many requests
+    assert n_blocks >= 1 and len(calls["unet"]) == n_blocks  # one model run per block, however many requests
 
 
 def test_full_queue_answers_503_with_retry_after(region, tmp_path):
@@ -391,17 +408,28 @@ def test_full_queue_answers_503_with_retry_after(region, tmp_path):
         url, t = tile_url(client, "detection", "png")
         th = threading.Thread(target=lambda: first.append(client.get(url)))
         th.start()
-        deadline = time.time() + 20
-        while app.state.executor.pending == 0 and time.time() < deadline:
-            time.sleep(0.02)
+        _wait_for(lambda: app.state.executor.pending == 1)
         far = url.replace(f"/{t.x}/{t.y}.", f"/{t.x + 1}/{t.y + 1}.")
-        assert app.state.executor.pending == 1
+        t0 = time.monotonic()
         r = client.get(far)
+        answered_in = time.monotonic() - t0
         gate.set()
         th.join(30)
     assert first[0].status_code == 200 and "x-slidemap-partial" in first[0].headers
     assert r.status_code == 503 and r.headers["retry-after"] == "3"
     assert "queue" in r.json()["detail"]
+    assert answered_in < 5  # refused at once, not after waiting
+
+
+def test_compute_timeout_is_503_with_retry_after(region, tmp_path):
+    gate = threading.Event()
+    app = new_app(region, tmp_path, {}, gate, compute_timeout_s=0.5)
+    with TestClient(app) as client:
+        url, _ = tile_url(client, "detection", "png")
+        r = client.get(url)
+        gate.set()
+    assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+    assert "still computing" in r.json()["detail"]
 
 
 def test_over_budget_partial_tile_or_422(region, tmp_path):
@@ -438,27 +466,41 @@ def test_point_returns_factors_and_model_outputs(server):
         ("/layers/nope/tiles/WebMercatorQuad/1/0/0.png", 404),
         ("/layers/..%2F..%2Fetc%2Fpasswd/tiles/WebMercatorQuad/1/0/0.png", 404),
         ("/layers/factors/..%2F..%2Fbuild/legend", 404),
-        ("/layers/imagery/tiles/WebMercatorQuad/1/0/0.gif", 400),
-        ("/layers/imagery/tiles/WebMercatorQuad/1/0/0", 400),
-        ("/layers/imagery/tiles/WebMercatorQuad/1/2/0.png", 400),
-        ("/layers/imagery/tiles/WebMercatorQuad/1/0/5.png", 400),
+        # outside the schema (pattern, range, enum): 422; inside it but no such tile: 404
+        ("/layers/imagery/tiles/WebMercatorQuad/1/0/0.gif", 422),
+        ("/layers/imagery/tiles/WebMercatorQuad/1/0/0", 422),
+        ("/layers/imagery/tiles/WebMercatorQuad/1/0/0.png%0A", 422),
+        ("/layers/imagery/tiles/WebMercatorQuad/1/2/0.png", 404),
+        ("/layers/imagery/tiles/WebMercatorQuad/1/0/5.png", 404),
+        ("/layers/imagery/tiles/WebMercatorQuad/25/0/0.png", 404),
         ("/layers/imagery/tiles/WebMercatorQuad/99/0/0.png", 422),
         ("/layers/imagery/tiles/WebMercatorQuad/-1/0/0.png", 422),
         ("/layers/imagery/tiles/WebMercatorQuad/a/0/0.png", 422),
-        ("/layers/imagery/tiles/NoSuchTMS/1/0/0.png", 404),
-        ("/layers/imagery/tiles/WebMercatorQuad/1/0/0@64x.png", 400),
-        ("/layers/imagery/tiles/WebMercatorQuad/1/0/0@0x.png", 400),
-        ("/layers/factors/slope/tiles/WebMercatorQuad/1/0/0.png?rescale=abc", 400),
-        ("/layers/factors/slope/tiles/WebMercatorQuad/1/0/0.png?rescale=1,0", 400),
-        ("/layers/factors/slope/tiles/WebMercatorQuad/1/0/0.png?colormap_name=nope", 400),
-        ("/layers/factors/landcover/tiles/WebMercatorQuad/1/0/0.png?colormap_name=viridis", 400),
+        ("/layers/imagery/tiles/NoSuchTMS/1/0/0.png", 422),
+        ("/layers/imagery/tiles/WebMercatorQuad/1/0/0@64x.png", 422),
+        ("/layers/imagery/tiles/WebMercatorQuad/1/0/0@0x.png", 422),
+        ("/layers/factors/slope/tiles/WebMercatorQuad/1/0/0.png?rescale=abc", 422),
+        ("/layers/factors/slope/tiles/WebMercatorQuad/1/0/0.png?colormap_name=nope", 422),
         ("/layers/detection/tiles/WebMercatorQuad/1/0/0.png?model=../../x", 422),
+        ("/layers/detection/tiles/WebMercatorQuad/1/0/0.png?model=%2Ftmp%2Fx", 422),
         ("/layers/detection/tiles/WebMercatorQuad/1/0/0.png?model=abcdef123456", 404),
-        ("/layers/imagery/tiles/WebMercatorQuad/1/0/0.png?model=abcdef123456", 400),
+        ("/layers/detection/tiles/WebMercatorQuad/1/0/0.png?model=no_such_name", 404),
+        ("/layers/detection/tiles/WebMercatorQuad/1/0/0.png?v=xyz", 422),
+        ("/layers/factors/slope/tiles/WebMercatorQuad/1/0/0.png?rescale=1e400,2", 422),
+        ("/layers/factors/slope/tiles/WebMercatorQuad/1/0/0.png?rescale=0,1&rescale=0,1&rescale=0,1&rescale=0,1&rescale=0,1", 422),
         ("/layers/imagery/WebMercatorQuad/tilejson.json?format=gif", 422),
+        ("/layers/imagery/WebMercatorQuad/tilejson.json?scale=9", 422),
         ("/point?lon=500&lat=0", 422),
         ("/point?lon=abc&lat=0", 422),
+        ("/point?lon=nan&lat=0", 422),
+        ("/point?lon=0&lat=0&susceptibility_model=", 422),
+        ("/point?lon=0&lat=0&susceptibility_model=abcdef123456", 404),
         ("/point", 422),
+        ("/colorMaps/viridis?format=png&height=500000", 422),
+        ("/colorMaps/viridis?format=png&width=-5", 422),
+        ("/colorMaps/viridis?format=jpeg", 422),
+        ("/colorMaps/nope", 422),
+        ("/tileMatrixSets/nope", 422),
         ("/no/such/endpoint", 404),
     ],
 )
@@ -467,7 +509,45 @@ def test_bad_inputs_are_4xx_json(server, path, status):
     r = client.get(path)
     assert r.status_code == status, (path, r.status_code, r.text)
     body = r.json()
+    assert set(body) == {"detail", "status"} and body["status"] == status
     assert isinstance(body["detail"], str) and body["detail"] and "Traceback" not in body["detail"]
+
+
+def test_inapplicable_parameters_are_ignored_and_said_so(server):
+    client, _, _ = server
+    url, _ = tile_url(client, "factors/landcover", "png")
+    plain = client.get(url)
+    for q, names in (("&colormap_name=viridis", "colormap_name"), ("&rescale=0,1", "rescale"),
+                     ("&model=abcdef123456&rescale=0,1", "rescale, model")):
+        r = client.get(url + q)
+        assert r.status_code == 200 and r.headers["x-slidemap-ignored"] == names
+        assert r.content == plain.content
+    assert "x-slidemap-ignored" not in plain.headers
+    rgb, _ = tile_url(client, "imagery", "png")
+    assert client.get(rgb + "&colormap_name=viridis").headers["x-slidemap-ignored"] == "colormap_name"
+
+
+def test_rescale_reversed_and_step(server):
+    """max < min reverses the ramp; min == max draws a step; both on the same data values."""
+    client, _, _ = server
+    url, _ = tile_url(client, "factors/slope", "npy")
+    values = np.load(io.BytesIO(client.get(url).content))[0]
+    png = url.replace(".npy", ".png")
+
+    def grey(q: str) -> np.ndarray:
+        r = client.get(png + q + "&colormap_name=gray")
+        assert r.status_code == 200, r.text
+        return np.asarray(Image.open(io.BytesIO(r.content)).convert("L")).astype(int)
+
+    lo, hi = np.nanpercentile(values, [10, 90])
+    up, down = grey(f"&rescale={lo},{hi}"), grey(f"&rescale={hi},{lo}")
+    ok = np.isfinite(values)
+    # mirror images: up to 1 from each image's float-to-uint8 truncation and 1 from the grey LUT
+    assert np.abs(up[ok] + down[ok] - 255).max() <= 3
+    mid = float(np.nanmedian(values))
+    step = grey(f"&rescale={mid},{mid}")
+    assert set(np.unique(step[ok])) <= {0, 255}
+    assert (step[ok] == 255).mean() == pytest.approx((values[ok] >= mid).mean(), abs=0.01)
 
 
 def test_missing_model_is_409_json(prepared_region, tmp_path):
@@ -476,6 +556,34 @@ def test_missing_model_is_409_json(prepared_region, tmp_path):
     client = TestClient(new_app(work, tmp_path / "c"))
     r = client.get("/layers/detection/tiles/WebMercatorQuad/14/0/0.png")
     assert r.status_code == 409 and "slidemap train unet" in r.json()["detail"]
+    det = next(lyr for lyr in client.get("/layers").json()["layers"] if lyr["id"] == "detection")
+    assert det["available"] is False and "slidemap train unet" in det["problem"] and det["tiles"] is None
+
+
+def test_no_default_without_skill_and_models_route(prepared_region, tmp_path):
+    """A model without skill is flagged and never the default; it is still servable by name."""
+    work = tmp_path / "r"
+    shutil.copytree(prepared_region, work, ignore=shutil.ignore_patterns("cache", "models"))
+    weak = add_fake_model(work, "lsm", "random_forest", skill=False)
+    client = TestClient(new_app(work, tmp_path / "c"))
+    models = client.get("/models").json()["roles"]
+    assert models["susceptibility"]["default"] is None and models["detection"]["models"] == []
+    entry = models["susceptibility"]["models"][0]
+    assert entry["version"] == weak and entry["has_skill"] is False and entry["default"] is False
+    assert entry["skill"].startswith("NO SKILL")
+    layers = {lyr["id"]: lyr for lyr in client.get("/layers").json()["layers"]}
+    sus = layers["susceptibility"]
+    assert sus["available"] is False and sus["has_skill"] is False and "NO SKILL" in sus["title"]
+    assert "no susceptibility model has skill" in sus["problem"]
+    assert client.get("/layers/susceptibility/tiles/WebMercatorQuad/14/0/0.png").status_code == 409
+    tj = client.get("/layers/susceptibility/WebMercatorQuad/tilejson.json", params={"model": "random_forest"})
+    assert tj.status_code == 200 and "NO SKILL" in tj.json()["name"] and f"model={weak}" in tj.json()["tiles"][0]
+    # A skilled model trained later becomes the default; the weak one stays selectable.
+    strong = add_fake_model(work, "lsm", "multiscale")
+    models = client.get("/models").json()["roles"]["susceptibility"]
+    assert models["default"] == strong and [m["default"] for m in models["models"]] == [True, False]
+    h = client.get("/health").json()
+    assert h["models"]["susceptibility"]["default"]["version"] == strong
 
 
 # ---- WMTS ----------------------------------------------------------------------------------------
@@ -503,31 +611,6 @@ def test_wmts_capabilities_parse_and_have_no_raw_commas(server):
            .replace("{TileCol}", lim.find("w:MinTileCol", NS).text)
            .replace("{TileRow}", lim.find("w:MinTileRow", NS).text))
     assert client.get(url).status_code == 200
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def served(app):
-    """Run ``app`` under a real uvicorn server on a free loopback port; yield its base URL."""
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.time() + 20
-        while not server.started and time.time() < deadline:
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.mark.skipif(shutil.which("gdalinfo") is None, reason="gdalinfo not installed (apt-get install gdal-bin)")
@@ -585,6 +668,35 @@ def test_map_page_in_headless_chromium_loads_tiles_and_nothing_external(region, 
         assert any("/tiles/WebMercatorQuad/" in u for u in urls)
 
 
+def _amplified_copy(region: Path, kind: str, factor: float) -> str:
+    """Re-save the newest trained ``kind`` artefact with its output layer's kernel scaled by ``factor``.
+
+    A tiny model trained for a test is close to constant over the region, and a constant map agrees
+    with itself however the blocks are placed; scaling the last layer's kernel spreads the
+    logits, so a misplaced or mis-haloed block differs from the whole-region run by far more
+    than the tolerance. The copy is an ordinary artefact (new version), loaded by the real loader.
+    """
+    import keras
+
+    from slidemap.compute.models.store import list_models
+
+    models = list_models(region, kind)
+    # Susceptibility tiles come from a window model's fast form (the distilled dense network):
+    # amplify that one and serve it directly.
+    info = next((m for m in models if m.card.get("architecture") == "dense_fcn"), models[0])
+    model = keras.saving.load_model(info.path / info.card["weights"], compile=False)
+    last = [layer for layer in model.layers if layer.get_weights()][-1]
+    weights = last.get_weights()
+    weights[0] = weights[0] * factor
+    last.set_weights(weights)
+    drop = ("name", "kind", "version", "created", "created_ns", "sequence", "weights", "libraries", "fast_form")
+    card = {k: v for k, v in info.card.items() if k not in drop}
+    if kind == "lsm" and "class_breaks" not in card:  # a fast form's classes are its window model's
+        card["class_breaks"] = next(m.card["class_breaks"] for m in models if m.card.get("class_breaks"))
+    folder = save_artefact(region / "models", kind, info.name + "_amplified", card, lambda p: model.save(p))
+    return read_card(folder)["version"]
+
+
 @pytest.mark.slow
 def test_real_tiny_models_blocks_match_whole_region_runs(prepared_region, tmp_path):
     """The real loaders (compute.detection / compute.susceptibility) behind the block engine."""
@@ -596,33 +708,51 @@ def test_real_tiny_models_blocks_match_whole_region_runs(prepared_region, tmp_pa
 
     work = tmp_path / "r"
     shutil.copytree(prepared_region, work, ignore=shutil.ignore_patterns("cache", "models", "reports"))
-    assert cli(["train", "lsm", str(work), "--preset", "quick", "--models", "multiscale_dense", "--quiet"]) == 0
+    assert cli(["train", "lsm", str(work), "--preset", "quick", "--models", "multiscale", "--quiet"]) == 0
     assert cli(["train", "unet", str(work), "--preset", "quick", "--splits", "random", "--search-iterations", "0",
                 "--no-compare", "--no-baselines", "--epochs", "1", "--no-progress"]) == 0
-    app = create_app(work, ServerSettings(cache_dir=tmp_path / "c"))  # default loaders, no fakes
+    versions = {"susceptibility": _amplified_copy(work, "lsm", 8.0), "detection": _amplified_copy(work, "unet", 8.0)}
+    # Blocks smaller than the region (100 x 100 analysis cells, 300 x 300 imagery cells), so the
+    # comparison below really stitches blocks; no queue limit, so every block is computed.
+    app = create_app(work, ServerSettings(cache_dir=tmp_path / "c", allowed_hosts=TEST_HOSTS, report_device=False,
+                                          block_size=BS, max_queue_seconds=float("inf"), compute_timeout_s=600))
     client = TestClient(app)
+    # Named explicitly: a model trained for one epoch may have no skill, and then it is nobody's default.
     for lid in ("detection", "susceptibility", "susceptibility/classes"):
-        url, _ = tile_url(client, lid, "npy")
-        arr = np.load(io.BytesIO(client.get(url).content))
+        url, _ = tile_url(client, lid, "npy", model=versions[lid.split("/")[0]])  # by the real loaders
+        r = client.get(url)
+        assert r.status_code == 200, r.text
+        arr = np.load(io.BytesIO(r.content))
         vals = arr[np.isfinite(arr)]
         assert vals.size and ((vals >= 0) & (vals <= (5 if "classes" in lid else 1))).all()
-    tj = client.get("/layers/susceptibility/WebMercatorQuad/tilejson.json").json()
-    p = client.get("/point", params={"lon": tj["center"][0], "lat": tj["center"][1]}).json()
-    assert p["detection_probability"] is not None and p["susceptibility_class"] in range(1, 6)
-    reg = app.state.registry
-    for lid, tol in (("susceptibility", 0.0), ("detection", 0.05)):
-        eng = reg.engine(reg.get(lid))
-        eng.ensure([(r, c) for r in range(eng.n_rows) for c in range(eng.n_cols)])
-        mosaic = eng.mosaic(eng.grid.bounds, 0)[0][: eng.grid.height, : eng.grid.width]
+    tj = client.get("/layers/susceptibility/WebMercatorQuad/tilejson.json", params={"model": versions["susceptibility"]}).json()
+    p = client.get("/point", params={"lon": tj["center"][0], "lat": tj["center"][1],
+                                     "detection_model": versions["detection"],
+                                     "susceptibility_model": versions["susceptibility"]}).json()
+    assert p["detection_probability"] is not None and p["susceptibility_class"] in range(1, 6), p
+    # Tolerances sized to the arithmetic: the dense susceptibility model (the multiscale 3D-CNN's fast
+    # form) computes each cell from the
+    # same inputs block by block or whole, so only float32 (or TF32 on a GPU: 10-bit mantissa)
+    # rounding of the convolutions may differ. The U-Net tiles and blends its input internally, and
+    # where tiles fall follows the input window, so cells near its tile borders see other context;
+    # measured on this model: mean |block - whole| 0.003, max 0.19 (the kernel x8 magnifies it).
+    for lid, tol_max, tol_mean in (("susceptibility", 5e-3, 5e-4), ("detection", 0.3, 0.01)):
+        eng = engine_of(app, lid, versions[lid])
+        assert eng.n_rows >= 2 and eng.n_cols >= 2
+        done = eng.ensure([(r, c) for r in range(eng.n_rows) for c in range(eng.n_cols)])
+        assert done.missing == []
+        mosaic, _, complete = eng.mosaic(eng.grid.bounds, 0)
+        assert complete
+        mosaic = mosaic[: eng.grid.height, : eng.grid.width]
         with rasterio.open(eng.source) as src:
             stack = src.read(list(eng.runner.band_indexes)).astype(np.float32)
         h = eng.runner.halo
         whole = eng.runner.run(np.pad(stack, ((0, 0), (h, h), (h, h)), constant_values=np.nan))
         assert (np.isnan(mosaic) == np.isnan(whole)).all()
-        # The susceptibility model is exact block by block; the U-Net blends overlapping tiles whose
-        # placement depends on the input window, so it agrees within the blending's own tolerance.
-        assert np.nanmax(np.abs(mosaic - whole)) <= tol + 1e-6
-        assert np.nanmean(np.abs(mosaic - whole)) <= 1e-3
+        # The output varies: blocks stitched one cell off would miss the tolerance many times over.
+        assert np.nanmean(np.abs(whole[:, 1:] - whole[:, :-1])) > 5 * tol_mean, lid
+        assert np.nanmax(np.abs(mosaic - whole)) <= tol_max, lid
+        assert np.nanmean(np.abs(mosaic - whole)) <= tol_mean, lid
 
 
 def test_unloadable_model_is_409_json(region, tmp_path):
@@ -631,5 +761,9 @@ def test_unloadable_model_is_409_json(region, tmp_path):
 
     app = new_app(region, tmp_path)
     app.state.registry.loaders = {"unet": broken, "lsm": broken}
-    r = TestClient(app).get("/layers/detection/tiles/WebMercatorQuad/14/0/0.png")
+    client = TestClient(app)
+    r = client.get("/layers/detection/tiles/WebMercatorQuad/14/0/0.png")
     assert r.status_code == 409 and "cannot load the unet model" in r.json()["detail"]
+    h = client.get("/health").json()
+    assert h["status"] == "degraded" and any("cannot load the unet model" in p for p in h["problems"])
+    assert client.get("/layers/factors/slope/legend").status_code == 200  # the rest keeps working

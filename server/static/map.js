@@ -25,6 +25,7 @@
   fetch(root + "/layers").then(function (r) { return r.json(); }).then(function (data) {
     var first = null, bounds = null;
     data.layers.forEach(function (lyr) {
+      if (lyr.available === false || !lyr.tiles) { return; }  // e.g. no trained model, unreadable input
       var t = L.tileLayer(lyr.tiles, {
         minZoom: 0, maxZoom: Math.max(lyr.maxzoom + 3, 18), maxNativeZoom: lyr.maxzoom,
         attribution: data.synthetic ? "SYNTHETIC data" : "slidemap", opacity: lyr.kind === "imagery" ? 1 : 0.75

@@ -18,7 +18,23 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     p.add_argument("--over-budget", choices=("partial", "error"), default="partial",
                    help="beyond --max-blocks: a marked partial tile, or HTTP 422")
     p.add_argument("--workers", type=int, default=1, help="inference threads (one model call at a time per thread)")
-    p.add_argument("--max-pending", type=int, default=64, help="queued blocks before answering 503")
+    p.add_argument("--max-pending", type=int, default=64, help="queued model blocks before answering 503")
+    p.add_argument("--max-queue-seconds", type=float, default=8.0,
+                   help="expected queue wait (measured seconds per block x queued blocks) beyond which new "
+                        "work gets 503 + Retry-After at once (default 8)")
+    p.add_argument("--compute-timeout", type=float, default=30.0,
+                   help="seconds a request waits for its model blocks before answering 503 (default 30)")
+    p.add_argument("--block-size", type=int, default=256, help="model block size in native cells (default 256)")
+    p.add_argument("--public-url", default=None,
+                   help="base URL clients reach this server at (e.g. https://maps.example.org/slidemap); "
+                        "default: the request's Host header, if it is an allowed host")
+    p.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+                   help="Host header name to accept (repeatable; '*' = any); default 127.0.0.1, localhost, ::1 "
+                        "and the --public-url host. Other hosts get 400, which also stops DNS rebinding")
+    p.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
+                   help="browser origin allowed to read answers (repeatable; '*' = any); default: none (CORS off)")
+    p.add_argument("--limit-concurrency", type=int, default=256,
+                   help="open connections beyond which uvicorn answers 503 (default 256)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.set_defaults(handler=_serve)
 
@@ -33,21 +49,36 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     s.add_argument("--out", type=Path, default=None, help="archive path for mbtiles/pmtiles")
     s.add_argument("--cache-dir", type=Path, default=None)
     s.add_argument("--dask", default=None, help="'local' (LocalCluster) or tcp://scheduler:8786; default: in process")
-    s.add_argument("--model", default=None, help="model version (default: the newest)")
+    s.add_argument("--model", default=None, help="model name or version (default: the region's default model)")
+    s.add_argument("--block-size", type=int, default=256, help="model block size; use the server's (default 256)")
     s.set_defaults(handler=_seed)
 
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from slidemap.server.app import ServerSettings, create_app
+    from slidemap.errors import InputError
+    from slidemap.server.app import LOOPBACK, ServerSettings, create_app
 
+    if args.public_url and not args.public_url.startswith(("http://", "https://")):
+        raise InputError(f"--public-url {args.public_url!r}: give an http:// or https:// URL")
+    for name, value, low in (("--max-pending", args.max_pending, 1), ("--max-blocks", args.max_blocks, 1),
+                             ("--block-size", args.block_size, 16), ("--workers", args.workers, 1),
+                             ("--limit-concurrency", args.limit_concurrency, 1)):
+        if value < low:
+            raise InputError(f"{name} {value}: must be at least {low}")
+    if not (args.max_queue_seconds > 0 and args.compute_timeout > 0):
+        raise InputError("--max-queue-seconds and --compute-timeout must be positive")
     settings = ServerSettings(
         cache_dir=args.cache_dir, cache_size_mb=args.cache_size_mb, max_blocks_per_request=args.max_blocks,
         over_budget=args.over_budget, inference_workers=args.workers, max_pending_blocks=args.max_pending,
+        max_queue_seconds=args.max_queue_seconds, compute_timeout_s=args.compute_timeout, block_size=args.block_size,
+        public_url=args.public_url, allowed_hosts=tuple(args.allowed_host or LOOPBACK),
+        cors_origins=tuple(args.cors_origin or ()),
     )
     app = create_app(args.region, settings)
-    url = f"http://{args.host if args.host not in ('0.0.0.0', '::') else '127.0.0.1'}:{args.port}"
+    url = args.public_url.rstrip("/") if args.public_url else \
+        f"http://{args.host if args.host not in ('0.0.0.0', '::') else '127.0.0.1'}:{args.port}"
     registry = app.state.registry
     print(f"slidemap: serving {registry.label} ({len(registry.layers)} layers)")
     print(f"  map        {url}/")
@@ -55,8 +86,10 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"  WMTS       {url}/WMTSCapabilities.xml")
     print(f"  API docs   {url}/docs")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"  note: bound to {args.host}; other machines can reach this server")
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        print(f"  note: bound to {args.host}; other machines can reach this server "
+              f"(Host headers accepted: {', '.join(settings.allowed_hosts)}; add names with --allowed-host or --public-url)")
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                limit_concurrency=args.limit_concurrency, timeout_graceful_shutdown=5)
     return 0
 
 
@@ -66,6 +99,7 @@ def _seed(args: argparse.Namespace) -> int:
     report = seed(
         args.region, layers=args.layer, zoom=args.zoom, tms_id=args.tms, tile_format=args.tile_format,
         out_format=args.out_format, out=args.out, cache_dir=args.cache_dir, dask=args.dask, model=args.model,
+        block_size=args.block_size,
     )
     print(report)
     return 0
