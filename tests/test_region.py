@@ -218,8 +218,7 @@ def test_console_script_error_is_one_line_exit_2(tmp_path):
     import sys
 
     exe = shutil.which("slidemap", path=str(Path(sys.executable).parent))
-    if exe is None:
-        pytest.skip("the slidemap console script is not installed next to this Python")
+    assert exe is not None, "the slidemap console script is not installed next to this Python (pip install -e .)"
     _raster(tmp_path / "dem.tif", crs=None)
     _region(tmp_path, 'dem = "dem.tif"')
     proc = subprocess.run([exe, "prepare", str(tmp_path)], capture_output=True, text=True, timeout=120)
