@@ -50,6 +50,7 @@ MEMORY_SHARE = 0.5
 _lock = threading.RLock()
 _state: _Configured | None = None
 _keras_auto_jit: Callable[[Any], bool] | None = None
+_growth_from_env = False
 
 
 class TensorflowSetupError(SlidemapError):
@@ -109,12 +110,14 @@ class _Configured:
 
 def configure_tensorflow() -> Any:
     """Import and configure TensorFlow once per process (see the module docstring); return the module."""
-    global _state
+    global _state, _growth_from_env
     with _lock:
         if _state is not None:
             return _state.tf
         settings = TensorflowSettings.from_env()
         # Both must be in the environment before TensorFlow's C++ runtime starts; children inherit them.
+        # Growth from the environment counts only if TensorFlow cannot have started before it was set.
+        _growth_from_env = os.environ.get("TF_FORCE_GPU_ALLOW_GROWTH") == "true" or "tensorflow" not in sys.modules
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         if settings.gpu_memory_mb is None:
             os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
@@ -157,7 +160,7 @@ def _modify_devices(tf: Any, change: Callable[[], None], what: str) -> None:
     try:
         change()
     except RuntimeError as exc:
-        if os.environ.get("TF_FORCE_GPU_ALLOW_GROWTH") == "true" and "memory growth" in what:
+        if _growth_from_env and os.environ.get("TF_FORCE_GPU_ALLOW_GROWTH") == "true" and "memory growth" in what:
             return  # the runtime started with growth from the environment: the goal is met
         raise RuntimeError(
             f"slidemap could not {what}: TensorFlow had already initialised its devices ({exc}). "
@@ -234,13 +237,22 @@ def _install_xla_policy(settings: TensorflowSettings) -> None:
 # ---- mixed precision -------------------------------------------------------------------------------
 
 
+def _mixed_policy_name(setting: str | None, on_gpu: bool) -> str | None:
+    if setting == "auto":
+        # float16 is what GPU tensor cores run; CPUs have bfloat16 units (AVX512-BF16/AMX) and no fast float16
+        return "mixed_float16" if on_gpu else "mixed_bfloat16"
+    if setting == "mixed_float16" and not on_gpu:
+        raise TensorflowSetupError(
+            "SLIDEMAP_MIXED_PRECISION=mixed_float16 on a CPU: TensorFlow has no float16 CPU kernel for the "
+            "susceptibility models' 3-D pooling; use SLIDEMAP_MIXED_PRECISION=1 (bfloat16 on a CPU)"
+        )
+    return setting
+
+
 def _set_mixed_precision(settings: TensorflowSettings, on_gpu: bool) -> str:
     import keras
 
-    name = settings.mixed_precision
-    if name == "auto":
-        # float16 is what GPU tensor cores run; CPUs have bfloat16 units (AVX512-BF16/AMX) and no fast float16
-        name = "mixed_float16" if on_gpu else "mixed_bfloat16"
+    name = _mixed_policy_name(settings.mixed_precision, on_gpu)
     if name:
         keras.mixed_precision.set_global_policy(name)
     return keras.mixed_precision.global_policy().name

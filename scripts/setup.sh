@@ -26,9 +26,12 @@ if [ ! -x .venv/bin/python ]; then
     echo "==> creating .venv"
     "$PYTHON" -m venv .venv
 fi
-pip_quiet() {  # pip's notes about this machine's optional local indexes are filtered out
-    .venv/bin/python -m pip "$@" 2>&1 | { grep -v "WARNING: Location" || true; }
-    return "${PIPESTATUS[0]}"
+pip_quiet() {  # pip's and the build backend's chatter goes to a log, shown only when pip fails
+    if ! .venv/bin/python -m pip "$@" > .venv/pip.log 2>&1; then
+        grep -v "WARNING: Location" .venv/pip.log | tail -40 >&2
+        echo "pip $1 failed; the whole log: .venv/pip.log" >&2
+        return 1
+    fi
 }
 installed() { .venv/bin/python -m pip show -q "$1" >/dev/null 2>&1; }
 
