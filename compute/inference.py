@@ -128,7 +128,7 @@ def configure_tensorflow() -> Any:
                 f"TensorFlow cannot be imported ({exc}); install a flavour: "
                 "`SLIDEMAP_TF=cpu bash scripts/setup.sh` (or gpu), or `pip install -e .[cpu]` / `.[gpu]`"
             ) from exc
-        _silence(tf)
+        _silence()
         gpus = list(tf.config.list_physical_devices("GPU"))
         if settings.device == "gpu" and not gpus:
             raise TensorflowSetupError(
@@ -168,9 +168,11 @@ def _modify_devices(tf: Any, change: Callable[[], None], what: str) -> None:
         ) from exc
 
 
-def _silence(tf: Any) -> None:
-    """Warnings stay visible, start-up INFO lines (oneDNN notice, absl's pre-init warning) do not."""
-    tf.get_logger().setLevel(logging.ERROR)
+def _silence() -> None:
+    """TensorFlow's C++ start-up lines (oneDNN and CPU-feature notices, absl's pre-init warning) are
+    kept out by TF_CPP_MIN_LOG_LEVEL=2, set before the import; absl's Python logger, through which
+    Keras reports e.g. "compiled metrics have yet to be built" on every model load, is quieted to
+    errors. TensorFlow's own Python warnings (retracing) stay visible."""
     try:
         import absl.logging
 

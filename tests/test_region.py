@@ -190,8 +190,9 @@ def test_south_up_dem_gives_a_north_up_grid(tmp_path):
     assert result.grid.transform.e < 0
     with rasterio.open(tmp_path / "build" / "factors.tif") as src:
         altitude = src.read(1)
-    # North-up: the highest ground (the south-up file's last row) is now at the top.
-    assert np.nanmean(altitude[:5]) > np.nanmean(altitude[-5:])
+    # North-up: the highest ground (the south-up file's last row) is now at the top, cell for cell.
+    assert result.grid.transform == Affine(30, 0, 500000.0, 0, -30, 3200000.0 + 40 * 30)
+    np.testing.assert_allclose(altitude, np.flipud(data), rtol=1e-6)
 
 
 @pytest.mark.parametrize(("value", "expected"), [("TRUE", True), ("false", False), (1, True), ("0", False), (True, True), (0.0, False)])
