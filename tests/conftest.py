@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")  # before TensorFlow starts, here and in children
 os.environ["SLIDEMAP_MIXED_PRECISION"] = "0"
 
-from ci_rules import ci_mode, pytest_runtest_makereport  # noqa: E402,F401  (the hook is registered from here)
+from ci_rules import pytest_runtest_makereport  # noqa: E402,F401  (the hook is registered from here)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -151,5 +151,6 @@ def test_status_json_reports_the_device(region, lsm_model):
     assert device["tensorflow"] == here["tensorflow"] and device["distributions"] == here["distributions"]
     assert device["xla"]["setting"] == "auto" and device["mixed_precision"] == "float32"
     assert str(lsm_model.resolve()) in [m["path"] for m in status["models"]]
-    text = subprocess.run([exe, "status", str(region)], capture_output=True, text=True, timeout=300).stdout
-    assert f"TensorFlow {here['tensorflow']} on {here['device']}" in text
+    from slidemap.compute.status import format_status
+
+    assert f"TensorFlow {here['tensorflow']} on {here['device']}" in format_status(status)

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 from contextlib import contextmanager
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -34,8 +33,6 @@ from slidemap.compute.inference import (
     is_out_of_memory,
     run_in_batches,
 )
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_model(seed: int = 0, width: int = 8) -> keras.Model:
