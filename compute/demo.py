@@ -48,6 +48,9 @@ from slidemap.compute.demo_world import (
     DEM_RES,
     GAMMA_SOIL,
     GAMMA_WATER,
+    HOLLOW_CLIP,
+    HOLLOW_GAIN,
+    HOLLOW_RADIUS_M,
     IMG_RES,
     LANDCOVER,
     LITHOLOGY,
@@ -66,6 +69,7 @@ from slidemap.compute.demo_world import (
     _factor_of_safety,
     _flow,
     _geo_transform,
+    _hollow_depth,
     _imagery,
     _landcover,
     _lithology,
@@ -80,6 +84,7 @@ from slidemap.compute.demo_world import (
     _soil,
     _terrain,
     _water,
+    soil_depth_multiplier,
 )
 
 __all__ = ["generate_demo_region", "DEMO_FILES", "is_demo_region"]
@@ -91,6 +96,7 @@ DEMO_FILES = (
     "dem.tif",
     "rain_mm_yr.tif",
     "s2.tif",
+    "s2_pre.tif",
     "lc.tif",
     "lc_classes.csv",
     "soil.tif",
@@ -171,6 +177,8 @@ def _region_toml(name: str) -> str:
         'dem = "dem.tif"\n'
         'rainfall = "rain_mm_yr.tif"\n'
         'imagery = { path = "s2.tif", bands = ["B2", "B3", "B4", "B8"], scale = 10000 }\n'
+        "# the same area before the landslides: NDVI comes from this scene, never from the scars\n"
+        'imagery_pre = { path = "s2_pre.tif", bands = ["B2", "B3", "B4", "B8"], scale = 10000 }\n'
         'landcover = { path = "lc.tif", classes = "lc_classes.csv" }\n'
         'soil = { path = "soil.tif", classes = "soil_classes.csv" }\n'
         'lithology = { path = "lithology.tif", classes = "lithology_classes.csv" }\n'
@@ -194,7 +202,10 @@ Files
   region.toml            the manifest (synthetic = true)
   dem.tif                elevation (m), float32, 30 m, nodata -9999 (declared; no cell uses it)
   rain_mm_yr.tif         annual rainfall (mm/yr), float32, 1 km cells, nodata -9999
-  s2.tif                 Sentinel-2-like B2, B3, B4, B8 at 10 m, uint16 reflectance x 10000, nodata 0
+  s2.tif                 Sentinel-2-like B2, B3, B4, B8 at 10 m, uint16 reflectance x 10000, nodata 0:
+                         the post-event scene, with the landslide scars (input of detection)
+  s2_pre.tif             the same area before the landslides (no scars, another season and noise):
+                         the source of NDVI (inputs.imagery_pre), so no factor carries the scars
   lc.tif, lc_classes.csv             land cover (code,name), uint8, 30 m, nodata 0
   soil.tif, soil_classes.csv         soil texture (code,name), uint8, 30 m, nodata 0
   lithology.tif, lithology_classes.csv  lithology (code,name), uint8, 30 m, nodata 0
@@ -212,12 +223,18 @@ Files
   truth.json             the landslide rule, its parameters, per-landslide factor of safety,
                          counts and summary statistics
 
-Landslide rule: infinite-slope factor of safety
+Landslide rule: infinite-slope factor of safety with hillslope-scale soil depth
   FS = C / (gamma * z * sin(b) * cos(b)) + (1 - w * gamma_w / gamma) * tan(phi) / tan(b)
   C = lithology cohesion + root cohesion (land cover), phi = lithology friction angle,
   w = min(1, (R/T) * a / sin(b)) (a = specific catchment area from D8 flow accumulation,
-  R/T rising with rainfall), z calibrated so ~7 % of hillslopes have FS < 1;
-  triggering probability 1 / (1 + exp((FS - 1) / 0.05)).
+  R/T rising with rainfall);
+  z = z0 * exp({gain:g} * clip(D / sd(D), -{clip:g}, {clip:g})): colluvium is deeper in hollows and
+  thinner on noses and ridges, with D = (mean elevation within {radius:g} m) - (the cell's elevation)
+  and sd(D) its standard deviation over hillslope cells. D is a hillslope-scale (context) term:
+  no single-cell factor shows it, a model that sees the neighbourhood can.
+  z0 is calibrated so ~7 % of hillslopes have FS < 1; triggering probability
+  1 / (1 + exp((FS - 1) / 0.05)), seeds drawn on hillslope cells (not water, settlements, roads,
+  rivers; slope > 5 deg), each growing a downslope-elongated polygon.
 """
 
 
@@ -398,18 +415,20 @@ def _build(d: Path, size_km: float, seed: int) -> None:
     cohesion = lith_c[lith] + root[lc]
     phi = lith_phi[lith]
     hill = (lc != 5) & (lc != 6) & ~road30 & ~river30 & (slope_deg > 5.0)
+    hollow = _hollow_depth(dem)
+    depth_mult, hollow_sd = soil_depth_multiplier(hollow, hill)
     # calibrate soil depth so that TARGET_UNSTABLE of hillslope cells have FS < 1
-    lo_z, hi_z = 0.3, 6.0
+    lo_z, hi_z = 0.1, 6.0
     for _ in range(30):
         z = 0.5 * (lo_z + hi_z)
-        fs, _w = _factor_of_safety(tanb, acc, rain30, cohesion, phi, z)
+        fs, _w = _factor_of_safety(tanb, acc, rain30, cohesion, phi, z * depth_mult)
         frac = float((fs[hill] < 1.0).mean()) if hill.any() else 0.0
         if frac < TARGET_UNSTABLE:
             lo_z = z
         else:
             hi_z = z
     z = round(0.5 * (lo_z + hi_z), 4)
-    fs, wet = _factor_of_safety(tanb, acc, rain30, cohesion, phi, z)
+    fs, wet = _factor_of_safety(tanb, acc, rain30, cohesion, phi, z * depth_mult)
     unstable_frac = float((fs[hill] < 1.0).mean()) if hill.any() else 0.0
     keep_out = (lc == 5) | (lc == 6) | road30 | water30 | settle30
     slides, target_share = _plant_landslides(rng["slides"], fs, de, dn, hill, keep_out, t30, area_m2, n)
@@ -428,7 +447,7 @@ def _build(d: Path, size_km: float, seed: int) -> None:
     negy = np.round(negy + rn.uniform(-10, 10, negy.size), 2)
 
     # imagery --------------------------------------------------------------------
-    img, _water10, _scar10 = _imagery(
+    img_pre, img, _water10, _scar10 = _imagery(
         rng["img"],
         n,
         lc,
@@ -441,7 +460,8 @@ def _build(d: Path, size_km: float, seed: int) -> None:
         list(settlements.geometry),
     )
     dn_img = np.clip(np.rint(img * 10000.0), 1, 65535).astype(np.uint16)
-    del img
+    dn_pre = np.clip(np.rint(img_pre * 10000.0), 1, 65535).astype(np.uint16)
+    del img, img_pre
     t10 = _geo_transform(ORIGIN_X, ORIGIN_Y, IMG_RES)
 
     # write ------------------------------------------------------------------------
@@ -449,6 +469,9 @@ def _build(d: Path, size_km: float, seed: int) -> None:
     _write_tif(d / "rain_mm_yr.tif", rain1k, t1k, DEM_NODATA, ["rainfall_mm_yr"], {**tags, "UNITS": "mm/yr"})
     _write_tif(d / "s2.tif", dn_img, t10, 0, ["B2", "B3", "B4", "B8"], {**tags, "SCALE": 10000})
     del dn_img
+    _write_tif(d / "s2_pre.tif", dn_pre, t10, 0, ["B2", "B3", "B4", "B8"],
+               {**tags, "SCALE": 10000, "SCENE": "pre-event (no landslide scars)"})
+    del dn_pre
     _write_tif(d / "lc.tif", lc, t30, 0, ["landcover"], tags)
     _write_tif(d / "soil.tif", soil, t30, 0, ["soil_texture"], tags)
     _write_tif(d / "lithology.tif", lith, t30, 0, ["lithology"], tags)
@@ -502,8 +525,14 @@ def _build(d: Path, size_km: float, seed: int) -> None:
         "rivers": {"threshold_km2": round(river_thr_km2, 4), "segments": len(rivers)},
         "lithology_strike_deg": round(strike, 3),
         "rule": {
-            "name": "infinite-slope factor of safety with SINMAP-like wetness",
+            "name": "infinite-slope factor of safety with SINMAP-like wetness and hillslope-scale soil depth",
             "formula": "FS = C / (gamma*z*sin(b)*cos(b)) + (1 - w*gamma_w/gamma) * tan(phi)/tan(b)",
+            "soil_depth": f"z = z0 * exp({HOLLOW_GAIN} * clip(D / sd(D), -{HOLLOW_CLIP}, {HOLLOW_CLIP})), "
+            f"D = mean elevation within {HOLLOW_RADIUS_M:g} m (disk) - the cell's elevation (m), "
+            "sd(D) over hillslope cells; deeper colluvium in hollows, thinner on noses and ridges",
+            "context_term": f"D needs the neighbourhood within {HOLLOW_RADIUS_M:g} m "
+            f"({int(round(HOLLOW_RADIUS_M / DEM_RES))} cells of {DEM_RES:g} m); no single-cell factor measures it",
+            "hollow_sd_m": round(hollow_sd, 3),
             "slope": "b = arctan(|numpy.gradient(dem, 30 m)|)",
             "wetness": "w = min(1, (R/T) * a / sin(b)), a = D8 flow accumulation (cells, pyflwdir) * 30 m, "
             "R/T = r_over_t_per_1000mm * rainfall_mm_yr / 1000",
@@ -512,6 +541,7 @@ def _build(d: Path, size_km: float, seed: int) -> None:
             "gamma_w_kn_m3": GAMMA_WATER,
             "r_over_t_per_1000mm": R_OVER_T_PER_1000MM,
             "soil_depth_m": z,
+            "soil_depth_z0_m": z,
             "target_unstable_fraction": TARGET_UNSTABLE,
             "unstable_fraction": round(unstable_frac, 5),
             "trigger": f"p = 1 / (1 + exp((FS - {TRIGGER_FS}) / {TRIGGER_WIDTH})), seeds drawn without "
@@ -552,6 +582,7 @@ def _build(d: Path, size_km: float, seed: int) -> None:
                 "landcover": int(lc[s["row"], s["col"]]),
                 "slope_deg": round(float(slope_deg[s["row"], s["col"]]), 3),
                 "wetness": round(float(wet[s["row"], s["col"]]), 4),
+                "hollow_m": round(float(hollow[s["row"], s["col"]]), 3),
             }
             for i, s in enumerate(slides)
         ],
@@ -560,4 +591,8 @@ def _build(d: Path, size_km: float, seed: int) -> None:
     (d / "truth.json").write_text(json.dumps(truth, indent=1) + "\n", encoding="utf-8")
     name = f"synthetic-demo-seed{seed}-{size_km:g}km"
     (d / "region.toml").write_text(_region_toml(name), encoding="utf-8")
-    (d / "README.txt").write_text(README.format(seed=seed, size_km=size_km, crs=CRS_STR), encoding="utf-8")
+    (d / "README.txt").write_text(
+        README.format(seed=seed, size_km=size_km, crs=CRS_STR, gain=HOLLOW_GAIN, clip=HOLLOW_CLIP,
+                      radius=HOLLOW_RADIUS_M),
+        encoding="utf-8",
+    )

@@ -79,6 +79,12 @@ TARGET_MEAN_SLOPE_DEG = 22.0  # the composed terrain is scaled vertically to thi
 TARGET_UNSTABLE = 0.07  # soil depth is calibrated so ~7 % of hillslope cells have FS < 1
 TRIGGER_FS = 1.0
 TRIGGER_WIDTH = 0.05  # p(trigger) = 1 / (1 + exp((FS - 1.0) / 0.05))
+# Hillslope-scale colluvium: soil is deeper in hollows (cells below the mean of their 300 m
+# neighbourhood) and thinner on noses and ridges. Only the neighbourhood shows it: no single-cell
+# factor (slope, curvature from 3x3 cells, TWI) measures a cell's depth below its surroundings.
+HOLLOW_RADIUS_M = 300.0
+HOLLOW_GAIN = 0.6  # z = z0 * exp(HOLLOW_GAIN * clip(D / sd(D), -2, 2))
+HOLLOW_CLIP = 2.0
 
 # --------------------------------------------------------------------------- helpers
 
@@ -532,6 +538,29 @@ def _landcover(rng, dem_rel, slope_deg, twi, water30, settle30, road30, lake_dis
 # --------------------------------------------------------------------------- landslides
 
 
+def _hollow_depth(dem: np.ndarray, radius_m: float = HOLLOW_RADIUS_M) -> np.ndarray:
+    """D = mean elevation within ``radius_m`` (a disk) minus the cell's elevation (m).
+
+    Positive in hollows and on lower hillslopes, negative on noses and ridges. Near the region's
+    edge the mean is taken over the part of the disk inside the region.
+    """
+    from scipy.signal import fftconvolve
+
+    r = int(round(radius_m / DEM_RES))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    disk = ((yy * yy + xx * xx) <= r * r).astype(np.float64)
+    total = fftconvolve(dem.astype(np.float64), disk, mode="same")
+    count = fftconvolve(np.ones(dem.shape), disk, mode="same")
+    return total / np.maximum(count, 1.0) - dem
+
+
+def soil_depth_multiplier(hollow: np.ndarray, hill: np.ndarray) -> tuple[np.ndarray, float]:
+    """exp(HOLLOW_GAIN * clip(D / sd(D on hillslopes), -2, 2)) and that sd (m)."""
+    sd = float(np.std(hollow[hill])) if hill.any() else float(np.std(hollow))
+    sd = max(sd, 1e-6)
+    return np.exp(HOLLOW_GAIN * np.clip(hollow / sd, -HOLLOW_CLIP, HOLLOW_CLIP)), sd
+
+
 def _factor_of_safety(tanb, acc, rain30, cohesion, phi_deg, z):
     sinb = np.sin(np.arctan(tanb))
     cosb = np.cos(np.arctan(tanb))
@@ -630,7 +659,12 @@ def _plant_landslides(rng, fs, de, dn, hill, keep_out, transform, area_m2, n_cel
 
 
 def _imagery(rng, n, lc, dem, slide_polys, slide_fresh, water_gdf, rivers_gdf, road_geoms, settle_geoms):
-    """Sentinel-2-like reflectance (float32, [4, H, W]) at 10 m."""
+    """Two Sentinel-2-like scenes (float32, [4, H, W]) at 10 m: before the landslides and after.
+
+    Both share the land surface (land cover, fields, water, settlements, roads) and the sun; the
+    pre-event scene has no scars, its own vegetation-vigour season and its own sensor noise, so a
+    factor computed from it (NDVI) cannot carry the landslides.
+    """
     f = int(round(DEM_RES / IMG_RES))
     N = n * f
     t10 = _geo_transform(ORIGIN_X, ORIGIN_Y, IMG_RES)
@@ -700,6 +734,12 @@ def _imagery(rng, n, lc, dem, slide_polys, slide_fresh, water_gdf, rivers_gdf, r
         r10 = _rasterize(road_geoms, shape, t10, all_touched=True).astype(bool) & ~water10
         for b in range(4):
             img[b][r10] = S["road"][b]
+    pre = img.copy()
+    # another season: vigour shifts smoothly (+-3 %) between the two dates
+    season = 1.0 + 0.03 * _smooth_noise(rng, shape, IMG_RES, 500.0).astype(np.float32)
+    pre[3][veg] *= season[veg]
+    pre[2][veg] /= season[veg]
+    del season
     # landslide scars: fresh soil / rock, brighter than bare fields on average,
     # partly revegetated (freshness), with an internal head-to-toe pattern
     scar_mask = np.zeros(shape, dtype=bool)
@@ -722,10 +762,12 @@ def _imagery(rng, n, lc, dem, slide_polys, slide_fresh, water_gdf, rivers_gdf, r
     illum = np.clip(0.45 + 0.55 * cosi / np.cos(zen), 0.35, 1.35).astype(np.float32)
     del dem10, gy, gx, slope, aspect, cosi
     illum[water10] = 1.0
-    for b in range(4):
-        img[b] *= illum
-        img[b] *= 1.0 + 0.03 * rng.standard_normal(shape).astype(np.float32)
-        img[b] += 0.002 * rng.standard_normal(shape).astype(np.float32)
-    return np.clip(img, 0.0001, 1.0), water10, scar_mask
+    for scene in (pre, img):
+        for b in range(4):
+            scene[b] *= illum
+            scene[b] *= 1.0 + 0.03 * rng.standard_normal(shape).astype(np.float32)
+            scene[b] += 0.002 * rng.standard_normal(shape).astype(np.float32)
+        np.clip(scene, 0.0001, 1.0, out=scene)
+    return pre, img, water10, scar_mask
 
 

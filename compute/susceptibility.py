@@ -1,18 +1,24 @@
 """Susceptibility inference: the model interface the block engine uses, and whole-region maps.
 
-``load_susceptibility(model_dir)`` returns a :class:`SusceptibilityModel` for any ``lsm`` artefact:
+``load_susceptibility(model_dir, mode)`` returns a :class:`SusceptibilityModel` for any ``lsm``
+artefact:
 
-* window models (``small``/``medium``/``large``/``multiscale``): every inner cell's windows are cut
-  by the numba extractor in batches and run through the 3D-CNN -- the reference path;
-* the dense model (``multiscale_dense``): one fully convolutional pass over the halo-padded block;
-* scikit-learn baselines: the centre cell's factor values (halo 0).
+* window 3D-CNNs (``small``/``medium``/``large``/``multiscale``): every inner cell's windows are cut
+  by the numba extractor in batches and run through the network with the cell's own values -- the
+  reference path (``mode="window"``);
+* their fast form (``mode="dense"``): the dense network distilled from the window model, one pass
+  over the halo-padded block. By default (``mode=None``) a window model is served by its fast form
+  when the card records that the two agree (``fast_form.use``: Pearson r >= 0.97 on cells the fast
+  form was not trained on), else by the window path;
+* scikit-learn peers: the centre cell's encoded values (halo 0).
 
-``predict_block(stack)`` takes float32 ``[c, H + 2*halo, W + 2*halo]`` in physical units (NaN =
-nodata), normalises it with the card's recorded ranges (``compute.factors.normalise``, so training
-and serving agree), and returns float32 ``[H, W]``; a cell with any factor missing gives NaN.
+``predict_block(stack)`` takes float32 ``[factors, H + 2*halo, W + 2*halo]`` in physical units
+(NaN = nodata), encodes it with the card's recorded encoding (``compute.factors.Encoding``, so
+training and serving agree), and returns float32 ``[H, W]``; a cell with any factor missing gives NaN.
 
-``map_region`` writes the whole-region probability COG (with overviews), the 5-class Jenks map and a
-JSON of class breaks, class areas and the share of known landslides per class.
+``map_region`` writes the whole-region probability COG (with overviews), the 5-class map (class
+breaks from the model card, the one place they are decided) and a JSON of class areas and the share
+of known landslides per class.
 """
 
 from __future__ import annotations
@@ -25,28 +31,32 @@ from typing import Any
 
 import numpy as np
 
-from slidemap.compute.factors import Normalisation, normalise
+from slidemap.compute.factors import Encoding
 from slidemap.compute.windows import block_centres, iter_windows
 from slidemap.errors import BuildError, InputError, ModelError
 
 log = logging.getLogger(__name__)
 
 WINDOW_BATCH = 2048
+MODES = ("auto", "window", "dense")
 
 
 @dataclass
 class SusceptibilityModel:
     name: str
-    version: str
+    version: str  # the model's version (a fast form serves under its window model's version)
     factor_names: list[str]
     halo: int
     mode: str  # "window" | "dense" | "centre"
     card: dict[str, Any]
     model: Any = field(repr=False)
-    normalisation: Normalisation = field(repr=False)
+    encoding: Encoding = field(repr=False)
+    window_channels: tuple[int, ...] = ()
+    centre_channels: tuple[int, ...] = ()
     sizes: tuple[int, ...] = ()
     out_size: int = 12
     predict_fn: Any = field(default=None, repr=False)  # numpy -> numpy, traced once (Keras models)
+    computed_by: str = ""  # the artefact whose weights run: the fast form's version, or ``version``
 
     def predict_block(self, stack: np.ndarray) -> np.ndarray:
         stack = np.asarray(stack)
@@ -64,82 +74,106 @@ class SusceptibilityModel:
         out = np.full((height, width), np.nan, dtype=np.float32)
         if not known.any():
             return out
-        norm = normalise(stack, self.normalisation)
+        encoded = self.encoding.encode(stack)
         if self.mode == "dense":
-            x = np.ascontiguousarray(norm.transpose(1, 2, 0)[np.newaxis])
+            x = np.ascontiguousarray(encoded.transpose(1, 2, 0)[np.newaxis])
             prob = self.predict_fn(x)[0, :, :, 0]
             out[known] = prob[known]
         elif self.mode == "centre":
-            values = norm[:, h : h + height, h : h + width][:, known].T
+            values = encoded[list(self.centre_channels), h : h + height, h : h + width][:, known].T
             out[known] = self.model.predict_proba(values)[:, 1]
         else:
             rows, cols = block_centres(height, width, h)
             sel = known.ravel()
             rows, cols = rows[sel], cols[sel]
+            window_stack = np.ascontiguousarray(encoded[list(self.window_channels)])
+            centre = np.ascontiguousarray(encoded[:, rows, cols][list(self.centre_channels)].T)
             flat = np.empty(len(rows), dtype=np.float32)
-            for start, windows in iter_windows(norm, rows, cols, self.sizes, self.out_size, WINDOW_BATCH):
-                flat[start : start + len(windows)] = self.predict_fn(windows).reshape(-1)
+            for start, windows in iter_windows(window_stack, rows, cols, self.sizes, self.out_size, WINDOW_BATCH):
+                stop = start + len(windows)
+                flat[start:stop] = self.predict_fn([windows, centre[start:stop]]).reshape(-1)
             out[known] = flat
         return out
 
 
-def load_susceptibility(model_dir: str | Path) -> SusceptibilityModel:
-    from slidemap.compute.models.store import verify
-
-    model_dir = Path(model_dir)
-    card = verify(model_dir)
-    if card.get("kind") != "lsm":
-        raise ModelError(f"{model_dir}: a {card.get('kind')!r} model, not a susceptibility (lsm) model")
-    arch = card.get("architecture", "")
+def _load_weights(model_dir: Path, card: dict[str, Any]) -> Any:
     weights = model_dir / card["weights"]
     if card["weights"].endswith(".joblib"):
         import joblib
 
-        model, mode = joblib.load(weights), "centre"
-    else:
-        from slidemap.compute.inference import configure_tensorflow
+        return joblib.load(weights)
+    from slidemap.compute.inference import configure_tensorflow
 
-        configure_tensorflow()
-        import keras
+    configure_tensorflow()
+    import keras
 
-        # the artefact's own hash was just verified; safe_mode stays on (no lambdas in these models)
-        model = keras.models.load_model(weights, compile=False)
-        mode = "dense" if arch == "dense_fcn" else "window"
+    # the artefact's own hash was just verified; safe_mode stays on (no lambdas in these models)
+    return keras.models.load_model(weights, compile=False)
+
+
+def load_susceptibility(model_dir: str | Path, mode: str | None = None) -> SusceptibilityModel:
+    """Load an ``lsm`` artefact for inference; ``mode`` (None/"auto", "window", "dense") as in the
+    module docstring."""
+    from slidemap.compute.models.store import verify
+
+    if mode == "auto":
+        mode = None
+    if mode not in (None, "window", "dense"):
+        raise InputError(f"--mode {mode}: choose auto, window or dense")
+    model_dir = Path(model_dir)
+    card = verify(model_dir)
+    if card.get("kind") != "lsm":
+        raise ModelError(f"{model_dir.name}: a {card.get('kind')!r} model, not a susceptibility (lsm) model")
+    if "encoding" not in card:
+        raise ModelError(f"{model_dir.name}: trained by an older slidemap (no input encoding in its card); "
+                         "retrain with `slidemap train lsm`")
+    encoding = Encoding.from_dict(card["encoding"])
+    arch = card.get("architecture", "")
+    fast = card.get("fast_form") or {}
+    name, version = card["name"], card["version"]
+    run_dir, run_card = model_dir, card
+    if arch == "window_cnn" and (mode == "dense" or (mode is None and fast.get("use"))):
+        if not fast:
+            raise InputError(f"--mode dense: {name} has no fast form; use --mode window (or retrain with distillation)")
+        run_dir = model_dir.parent / f"{fast['name']}-{fast['version']}"
+        if not run_dir.is_dir():
+            raise ModelError(f"{model_dir.name}: its fast form {run_dir.name} is missing; retrain, or use --mode window")
+        run_card = verify(run_dir)
+    elif mode == "window" and arch == "dense_fcn":
+        of = card.get("fast_form_of") or {}
+        raise InputError(f"--mode window: {name} is a fast form; name its window model ({of.get('name', 'e.g. multiscale')})")
+    elif mode == "dense" and arch.startswith("centre"):
+        log.info("%s works on centre-cell values; --mode dense has no effect", name)
+    model = _load_weights(run_dir, run_card)
+    run_arch = run_card.get("architecture", "")
+    kind = "centre" if run_arch.startswith("centre") else "dense" if run_arch == "dense_fcn" else "window"
     from slidemap.training.lsm import compiled_predict
 
-    predict_fn = compiled_predict(model) if mode != "centre" else None
     windows = card.get("windows") or {}
+    n = len(encoding.channels)
     return SusceptibilityModel(
-        name=card["name"],
-        version=card["version"],
+        name=name,
+        version=version,
         factor_names=list(card["factor_names"]),
-        halo=int(card.get("halo", 0)),
-        mode=mode,
+        halo=int(run_card.get("halo", 0)) if kind != "centre" else 0,
+        mode=kind,
         card=card,
         model=model,
-        normalisation=Normalisation.from_list(card["normalisation"]),
+        encoding=encoding,
+        window_channels=tuple(windows.get("window_channels", range(n))),
+        centre_channels=tuple(card.get("centre_channels", range(n))),
         sizes=tuple(windows.get("sizes", ())),
         out_size=int(windows.get("out_size", 12)),
-        predict_fn=predict_fn,
+        predict_fn=compiled_predict(model) if kind != "centre" else None,
+        computed_by=run_card["version"],
     )
 
 
-DEFAULT_MODEL = {"window": "multiscale", "dense": "multiscale_dense"}
+def resolve_model(region_dir: str | Path, model: str | None) -> Path:
+    """A model folder from a name, a version hash, a folder, or the region's default."""
+    from slidemap.compute.models.select import resolve_model as resolve
 
-
-def resolve_model(region_dir: str | Path, model: str | None, mode: str) -> Path:
-    """A model folder from a path, an artefact name (newest version) or the mode's default name."""
-    from slidemap.compute.models.store import latest_model
-
-    if model and Path(model).is_dir():
-        return Path(model)
-    name = model or DEFAULT_MODEL[mode]
-    info = latest_model(region_dir, "lsm", (name,))
-    if info is None:
-        raise BuildError(
-            f"{Path(region_dir) / 'models' / 'lsm'}: no {name!r} model; run `slidemap train lsm {region_dir}` first"
-        )
-    return info.path
+    return resolve(region_dir, "susceptibility", model, allow_path=True).path
 
 
 def predict_region(
@@ -167,38 +201,28 @@ def predict_region(
 def map_region(
     region_dir: str | Path,
     model: str | None = None,
-    mode: str = "dense",
+    mode: str = "auto",
     out: str | Path | None = None,
     block: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Write the probability COG, the Jenks class COG and the classes JSON; return the summary."""
+    """Write the probability COG, the class COG and the classes JSON; return the summary."""
     import rasterio
 
     from slidemap.compute.grid import Grid
     from slidemap.compute.io import write_cog, write_json_atomic
     from slidemap.training.lsm_report import classify, jenks_classes
 
-    if mode not in DEFAULT_MODEL:
-        raise InputError(f"--mode {mode}: choose window or dense")
+    if mode not in MODES:
+        raise InputError(f"--mode {mode}: choose auto, window or dense")
     region_dir = Path(region_dir)
     factors_tif = region_dir / "build" / "factors.tif"
     if not factors_tif.is_file():
         raise BuildError(f"{factors_tif}: not built; run `slidemap prepare {region_dir}` first")
-    model_dir = resolve_model(region_dir, model, mode)
-    sm = load_susceptibility(model_dir)
     if block is not None and block <= 0:
         raise InputError(f"--block {block}: give a positive block side in cells, e.g. --block 256")
-    if mode == "dense" and sm.mode == "window":
-        raise InputError(
-            f"--mode dense: {sm.name} is a window model; use --mode window, or --model multiscale_dense"
-        )
-    if mode == "window" and sm.mode == "dense":
-        raise InputError(
-            f"--mode window: {sm.name} is the dense model; use --mode dense, or a window model such as --model multiscale"
-        )
-    if sm.mode == "centre":
-        log.info("%s works on centre-cell values; --mode %s has no effect", sm.name, mode)
+    model_dir = resolve_model(region_dir, model)
+    sm = load_susceptibility(model_dir, mode)
     with rasterio.open(factors_tif) as src:
         names = list(src.descriptions)
         stack = src.read().astype(np.float32)
@@ -211,7 +235,7 @@ def map_region(
     labels = rasterio.open(labels_tif).read(1) if labels_tif.is_file() else None
     synthetic = bool(sm.card.get("synthetic"))
     t0 = time.perf_counter()
-    prob = predict_region(sm, stack, block=block or (512 if sm.mode == "dense" else 128), progress=progress)
+    prob = predict_region(sm, stack, block=block or (128 if sm.mode == "window" else 512), progress=progress)
     seconds = time.perf_counter() - t0
     n_cells = int(np.isfinite(prob).sum())
     out = Path(out) if out else region_dir / "maps" / f"susceptibility_{sm.name}-{sm.version}.tif"
@@ -219,7 +243,9 @@ def map_region(
     write_cog(out, prob, grid, band_names=["susceptibility"], nodata=float("nan"), tags=tags)
     cell_km2 = grid.res[0] * grid.res[1] / 1e6
     slides = prob[labels == 1] if labels is not None else None
-    classes = jenks_classes(prob.ravel(), slides, cell_area_km2=cell_km2)
+    # the card's breaks: the tiles, the map and the report classify alike (one owner of the rule)
+    breaks = sm.card.get("class_breaks")
+    classes = jenks_classes(prob.ravel(), slides, breaks=breaks, cell_area_km2=cell_km2)
     class_map = classify(prob, classes["breaks"])
     classes_tif = out.with_name(out.stem + "_classes.tif")
     write_cog(classes_tif, class_map, grid, band_names=["susceptibility_class"], nodata=0, tags=tags,
@@ -230,13 +256,15 @@ def map_region(
         "model": sm.name,
         "model_versions": {sm.name: sm.version},
         "mode": sm.mode,
+        "computed_by": sm.computed_by,
         "probability": str(out),
         "classes_raster": str(classes_tif),
         "cells": n_cells,
         "seconds": round(seconds, 2),
         "cells_per_s": round(n_cells / seconds, 1) if seconds > 0 else None,
         "classes": {**classes, "landslides_from": "labels.tif == 1 (inventory cells)",
-                    "fitted_on": "a random sample of the map's values (Fisher-Jenks is O(k n^2))"},
+                    "breaks_from": "the model card (Jenks natural breaks of the training region's served probabilities)"
+                    if breaks else "this map (Jenks natural breaks on a random sample of its values)"},
     }
     write_json_atomic(out.with_name(out.stem + "_classes.json"), summary)
     return summary

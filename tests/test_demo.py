@@ -9,6 +9,7 @@ import tomllib
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 import pytest
 
 rasterio = pytest.importorskip("rasterio")
@@ -20,7 +21,7 @@ from rasterio.features import rasterize  # noqa: E402
 from slidemap.compute.demo import DEMO_FILES, generate_demo_region, is_demo_region  # noqa: E402
 from slidemap.errors import RegionError  # noqa: E402
 
-RASTERS = ("dem.tif", "rain_mm_yr.tif", "s2.tif", "lc.tif", "soil.tif", "lithology.tif")
+RASTERS = ("dem.tif", "rain_mm_yr.tif", "s2.tif", "s2_pre.tif", "lc.tif", "soil.tif", "lithology.tif")
 VECTORS = ("rivers.gpkg", "roads.gpkg", "settlements.gpkg", "water.gpkg", "landslides.gpkg")
 CRS = "EPSG:32649"
 
@@ -77,6 +78,7 @@ def test_region_toml(region):
     assert inputs["dem"] == "dem.tif"
     assert inputs["rainfall"] == "rain_mm_yr.tif"
     assert inputs["imagery"] == {"path": "s2.tif", "bands": ["B2", "B3", "B4", "B8"], "scale": 10000}
+    assert inputs["imagery_pre"] == {"path": "s2_pre.tif", "bands": ["B2", "B3", "B4", "B8"], "scale": 10000}
     for key, stem in (("landcover", "lc"), ("soil", "soil"), ("lithology", "lithology")):
         assert inputs[key] == {"path": f"{stem}.tif", "classes": f"{stem}_classes.csv"}
     for key in ("roads", "rivers", "settlements", "water"):
@@ -93,6 +95,7 @@ def test_rasters_grid_dtype_and_bands(region, truth):
         "dem.tif": ("float32", 1, 30.0, n),
         "rain_mm_yr.tif": ("float32", 1, 1000.0, truth["grid"]["rainfall"]["width"]),
         "s2.tif": ("uint16", 4, 10.0, 3 * n),
+        "s2_pre.tif": ("uint16", 4, 10.0, 3 * n),
         "lc.tif": ("uint8", 1, 30.0, n),
         "soil.tif": ("uint8", 1, 30.0, n),
         "lithology.tif": ("uint8", 1, 30.0, n),
@@ -250,7 +253,9 @@ def test_landslides_inventory_and_truth(region, truth):
     assert not negs.geometry.within(slides.union_all()).any()
 
 
-def test_landslides_on_steeper_ground(region, truth):
+def test_landslides_on_steeper_ground_and_in_hollows(region, truth):
+    from slidemap.compute.demo_world import _hollow_depth
+
     with rasterio.open(region / "dem.tif") as ds:
         dem = ds.read(1)
         tr = ds.transform
@@ -259,7 +264,16 @@ def test_landslides_on_steeper_ground(region, truth):
     slides = slides[slides["label"]]
     mask = rasterize(((g, 1) for g in slides.geometry), out_shape=dem.shape, transform=tr).astype(bool)
     inside, outside = slope[mask].mean(), slope[~mask].mean()
-    assert inside > outside + 3.0
+    assert inside > outside + 1.5
+    # the hillslope-scale term: on steep ground, landslides are more frequent in hollows (cells below
+    # their 300 m surroundings) than on noses and ridges
+    hollow = _hollow_depth(dem)
+    steep = slope > 15.0
+    lo, hi = np.quantile(hollow[steep], [1 / 3, 2 / 3])
+    in_hollows = mask[steep & (hollow >= hi)].mean()
+    on_noses = mask[steep & (hollow <= lo)].mean()
+    assert in_hollows > 1.5 * on_noses
+    assert "300 m" in truth["rule"]["context_term"] and "Landslide rule" in (region / "README.txt").read_text()
     assert truth["mean_slope_deg_inside_landslides"] == pytest.approx(inside, abs=0.01)
     assert truth["mean_slope_deg_outside_landslides"] == pytest.approx(outside, abs=0.01)
 
@@ -283,6 +297,25 @@ def test_scars_are_bright_bare_soil(region):
         wmask = rasterize(((g, 1) for g in water.geometry), out_shape=b8.shape, transform=tr).astype(bool)
         if wmask.sum() > 20:
             assert b8[wmask].mean() < 0.5 * b8[~wmask].mean()
+
+
+def test_pre_event_scene_has_no_scars(region):
+    """Same land surface, no scars: NDVI inside the landslides is what it is around them."""
+    with rasterio.open(region / "s2_pre.tif") as ds:
+        pre = ds.read().astype(np.float64) / 10000.0
+        tr = ds.transform
+    with rasterio.open(region / "s2.tif") as ds:
+        post = ds.read().astype(np.float64) / 10000.0
+    slides = gpd.read_file(region / "landslides.gpkg")
+    slides = slides[slides["label"]]
+    mask = rasterize(((g, 1) for g in slides.geometry), out_shape=pre.shape[1:], transform=tr).astype(bool)
+    ndvi_pre = (pre[3] - pre[2]) / (pre[3] + pre[2])
+    ndvi_post = (post[3] - post[2]) / (post[3] + post[2])
+    ring = ndimage.binary_dilation(mask, iterations=6) & ~ndimage.binary_dilation(mask, iterations=2)
+    assert abs(ndvi_pre[mask].mean() - ndvi_pre[ring].mean()) < 0.08  # no scar before the event
+    assert ndvi_post[mask].mean() < ndvi_post[ring].mean() - 0.15  # the scar after it
+    assert np.corrcoef(ndvi_pre[~mask].ravel(), ndvi_post[~mask].ravel())[0, 1] > 0.8  # one land surface
+    assert not np.array_equal(pre[:, ~mask], post[:, ~mask])  # but another date (season, noise)
 
 
 def test_points_csv(region, truth):

@@ -68,6 +68,27 @@ def test_normalisation_json_and_native_sources(prepared_region):
     assert np.isfinite(normed).all()
 
 
+def test_ndvi_comes_from_the_pre_event_scene(prepared_region, region_copy):
+    """With inputs.imagery_pre, NDVI is that scene's; without it, the post-event scene's, and
+    factors.json says so (the reports repeat it)."""
+    build = prepared_region / "build"
+    meta = json.loads((build / "factors.json").read_text())
+    by_name = {f["name"]: f for f in meta["factors"]}
+    assert by_name["ndvi"]["source"] == "imagery_pre" and meta["imagery_factors_from"].startswith("imagery_pre")
+    with rasterio.open(prepared_region / "s2_pre.tif") as src:
+        pre = src.read().astype(np.float64) / 10000.0
+    expected = (pre[3] - pre[2]) / (pre[3] + pre[2])
+    native = _read(build / "native" / "ndvi.tif", 1)
+    np.testing.assert_allclose(native, expected, atol=1e-5)
+    # the same region without the pre-event scene: NDVI from the post-event one, with the warning
+    toml = region_copy / "region.toml"
+    toml.write_text("\n".join(ln for ln in toml.read_text().splitlines() if not ln.startswith("imagery_pre")))
+    prepare_region(region_copy, show_progress=False)
+    meta2 = json.loads((region_copy / "build" / "factors.json").read_text())
+    assert "can carry the scars" in meta2["imagery_factors_from"]
+    assert not np.allclose(_read(region_copy / "build" / "native" / "ndvi.tif", 1), native)
+
+
 def test_imagery_and_labels(prepared_region):
     build = prepared_region / "build"
     with rasterio.open(build / "imagery.tif") as src:

@@ -125,53 +125,62 @@ def test_out_buffer_validation():
 
 
 # ---- the same function along every path -----------------------------------------------------
-def _card_model(tmp_path, name, model, factor_names, halo, windows, arch):
-    from slidemap.compute.factors import Normalisation
+def _card_model(tmp_path, name, model, encoding, halo, windows, arch, extra=None):
     from slidemap.compute.models.store import save_artefact
 
-    norm = Normalisation.from_list(
-        [{"name": n, "kind": "continuous", "units": "", "min": 0.0, "max": 2.0, "source": "t"} for n in factor_names]
-    )
-    card = {"synthetic": True, "architecture": arch, "factor_names": factor_names, "inputs": factor_names,
-            "normalisation": norm.to_list(), "windows": windows, "halo": halo}
-    return save_artefact(tmp_path, "lsm", name, card, model.save, out_dir=tmp_path / name), norm
+    names = encoding.factor_names
+    card = {"synthetic": True, "architecture": arch, "factor_names": names, "inputs": names,
+            "normalisation": encoding.normalisation.to_list(), "encoding": encoding.to_dict(),
+            "windows": windows, "halo": halo, **(extra or {})}
+    return save_artefact(tmp_path, "lsm", name, card, model.save, out_dir=tmp_path / name)
 
 
 def test_dense_block_equals_per_cell_patches_and_window_serving_equals_training(tmp_path):
-    """Dense model: one pass over a padded block == the same network on each cell's 23-cell patch
-    (the exact fully convolutional re-expression the model is built for). Window model: the
-    serving path (predict_block on a NaN-haloed block at the region edge) == the training path."""
+    """Fast form: one pass over a padded block == the same network on each cell's 23-cell patch
+    (the exact fully convolutional re-expression it is built for). Window model: the serving path
+    (predict_block on a NaN-haloed block at the region edge) == the training path."""
     import keras
 
-    from slidemap.compute.factors import normalise
+    from slidemap.compute.factors import Encoding, Normalisation
     from slidemap.compute.susceptibility import load_susceptibility
-    from slidemap.training.lsm import build_dense_fcn, build_window_cnn, patches_to_channels_last
-    from slidemap.training.lsm_train import predict_cells
+    from slidemap.training.lsm import build_dense_fcn, build_window_cnn
+    from slidemap.training.lsm_fit import FittedModel, ModelInputs, StackCache, predict_cells
+    from slidemap.training.samples import RegionData
 
     keras.utils.set_random_seed(0)
-    names = ["a", "b", "c"]
+    norm = Normalisation.from_list(
+        [{"name": n, "kind": "continuous", "units": "", "min": 0.0, "max": 2.0, "source": "t"} for n in "abc"]
+        + [{"name": "aspect", "kind": "continuous", "units": "", "min": -1.0, "max": 360.0, "source": "t"}]
+    )
+    enc = Encoding.build(norm)
     rng = np.random.default_rng(0)
-    region = (rng.random((3, 30, 26)) * 2).astype(np.float32)
+    region = (rng.random((4, 30, 26)) * 2).astype(np.float32)
+    region[3] = rng.uniform(-1, 360, (30, 26))
     region[1, 4, 5] = np.nan  # a nodata cell inside
-    dense = build_dense_fcn(3, width=4, dense=8)
-    path, norm = _card_model(tmp_path, "multiscale_dense", dense, names, 11, {"patch": 23}, "dense_fcn")
+    dense = build_dense_fcn(len(enc), width=4, dense=8)
+    path = _card_model(tmp_path, "m_fast", dense, enc, 11, {"patch": 23}, "dense_fcn")
     sm = load_susceptibility(path)
     h = sm.halo
-    block = np.full((3, 30 + 2 * h, 26 + 2 * h), np.nan, np.float32)
+    block = np.full((4, 30 + 2 * h, 26 + 2 * h), np.nan, np.float32)
     block[:, h:-h, h:-h] = region  # the block engine's halo beyond the region edge is NaN
     got = sm.predict_block(block)
     rows, cols = np.meshgrid(np.arange(30), np.arange(26), indexing="ij")
-    normed = normalise(region, norm)
-    patches = extract_windows(normed, rows.ravel(), cols.ravel(), sizes=(23,), out_size=23)
-    per_cell = np.asarray(dense(patches_to_channels_last(patches), training=False)).reshape(30, 26)
+    encoded = enc.encode(region)
+    patches = extract_windows(encoded, rows.ravel(), cols.ravel(), sizes=(23,), out_size=23)
+    per_cell = np.asarray(dense(np.ascontiguousarray(patches[..., 0].transpose(0, 2, 3, 1)), training=False)).reshape(30, 26)
     assert np.isnan(got[4, 5]) and np.isfinite(got).sum() == 30 * 26 - 1
     ok = np.isfinite(got)
     np.testing.assert_allclose(got[ok], per_cell[ok], atol=2e-5)
+    assert per_cell[ok].std() > 1e-4  # a constant output would make the comparison empty
 
-    window = build_window_cnn(3, 3, widths=(2, 4), dense=8)
-    wpath, _ = _card_model(tmp_path, "multiscale", window, names, 11,
-                           {"sizes": [12, 17, 22], "out_size": 12}, "window_cnn")
+    window = build_window_cnn(len(enc), 3, len(enc), widths=(2, 4), dense=8)
+    wpath = _card_model(tmp_path, "multiscale", window, enc, 11,
+                        {"sizes": [12, 17, 22], "out_size": 12}, "window_cnn")
     wm = load_susceptibility(wpath)
     served = wm.predict_block(block)
-    trained = predict_cells(window, "multiscale", normed, rows.ravel(), cols.ravel()).reshape(30, 26)
+    data = RegionData(tmp_path, None, region, enc, encoded, np.zeros((30, 26), np.uint8), True, "x")
+    inputs = ModelInputs(tuple(range(len(enc))), tuple(range(len(enc))), (None, None), (None, None))
+    trained = predict_cells(FittedModel("multiscale", window, "window", inputs, (12, 17, 22)), StackCache(data),
+                            rows.ravel(), cols.ravel()).reshape(30, 26)
     np.testing.assert_allclose(served[ok], trained[ok], atol=1e-5)
+    assert trained[ok].std() > 1e-4

@@ -1,4 +1,4 @@
-"""Baselines on the centre cell's normalised factor values (scikit-learn).
+"""Baselines on the centre cell's encoded factor values (scikit-learn).
 
 * ``gbdt_lr``: the paper's GBDT + logistic-regression stacking (He et al. 2014 style): gradient
   boosted trees are fitted on half of the training set, each sample is re-encoded as the one-hot
@@ -22,7 +22,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-BASELINES = ("gbdt_lr", "logreg", "random_forest")
+from slidemap.training.lsm_config import BASELINES
 
 
 class GBDTLR(ClassifierMixin, BaseEstimator):
@@ -80,8 +80,3 @@ def fit_baseline(model: Any, X: np.ndarray, y: np.ndarray, weight: np.ndarray) -
     if hasattr(model, "steps"):  # Pipeline: route the weights to the final estimator
         return model.fit(X, y, **{f"{model.steps[-1][0]}__sample_weight": weight})
     return model.fit(X, y, sample_weight=weight)
-
-
-def centre_values(normalised: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """``[N, factors]`` normalised factor values at the sample cells."""
-    return np.ascontiguousarray(normalised[:, rows, cols].T, dtype=np.float32)

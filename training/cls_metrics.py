@@ -1,9 +1,9 @@
 """Binary classification metrics for susceptibility, McNemar's test, and rate curves.
 
-Threshold rule: the cut-off that maximises Youden's J (TPR - FPR) on the model's predictions for its
-own TRAINING samples -- chosen without looking at the test set, and independent of the class ratio
-(with class-balanced training a well-calibrated model puts it near 0.5). Accuracy, precision, recall
-and F1 use it; ROC-AUC and PR-AUC (average precision) do not need one.
+Threshold rule: the cut-off that maximises Youden's J (TPR - FPR) on the model's predictions for a
+VALIDATION set carved from its training part (never its own training predictions, which an
+overfitted model makes look perfect, and never the test set); independent of the class ratio.
+Accuracy, precision, recall and F1 use it; ROC-AUC and PR-AUC (average precision) do not need one.
 """
 
 from __future__ import annotations
@@ -52,8 +52,12 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> di
     }
 
 
+EXACT_BELOW = 25  # discordant pairs: below this the chi-squared approximation is poor
+
+
 def mcnemar_test(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> dict[str, Any]:
-    """Continuity-corrected McNemar chi-squared of two classifiers' hard predictions on one test set.
+    """McNemar's test of two classifiers' hard predictions on one test set: the exact binomial test
+    when the discordant pairs are fewer than 25, else the continuity-corrected chi-squared.
 
     Table rows: A correct / wrong; columns: B correct / wrong. Only the discordant cells matter.
     """
@@ -63,10 +67,16 @@ def mcnemar_test(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> dict[
     ca = np.asarray(pred_a).astype(int) == y
     cb = np.asarray(pred_b).astype(int) == y
     table = np.array([[np.sum(ca & cb), np.sum(ca & ~cb)], [np.sum(~ca & cb), np.sum(~ca & ~cb)]])
-    if table[0, 1] + table[1, 0] == 0:  # identical decisions: no evidence of a difference
-        return {"chi2": 0.0, "p": 1.0, "table": table.tolist()}
+    discordant = int(table[0, 1] + table[1, 0])
+    if discordant == 0:  # identical decisions: no evidence of a difference
+        return {"chi2": 0.0, "p": 1.0, "table": table.tolist(), "method": "identical decisions"}
+    if discordant < EXACT_BELOW:
+        res = mcnemar(table, exact=True)
+        return {"chi2": None, "p": float(res.pvalue), "table": table.tolist(),
+                "method": f"exact binomial ({discordant} discordant pairs)"}
     res = mcnemar(table, exact=False, correction=True)
-    return {"chi2": float(res.statistic), "p": float(res.pvalue), "table": table.tolist()}
+    return {"chi2": float(res.statistic), "p": float(res.pvalue), "table": table.tolist(),
+            "method": "chi-squared, continuity-corrected"}
 
 
 def curves(y: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:

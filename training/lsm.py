@@ -1,27 +1,22 @@
-"""Susceptibility networks (Keras 3): the window 3D-CNNs and the dense fully convolutional model.
+"""Susceptibility networks (Keras 3): the window 3D-CNNs and their fast form, a dense network.
 
-**Window 3D-CNN** (the paper's). Input ``[factors, 12, 12, scales]``: the factors are the depth of
-the 3D volume and the scales (12, 17 and 22 windows resampled to 12 x 12 by
-:mod:`slidemap.compute.windows`) are its channels, so every 3 x 3 x 3 kernel sees all scales at once
-(fusion at the input, "channels of the 3D volume"). VGG-like: a block of two and a block of three
-3 x 3 x 3 convolutions (ReLU), each block followed by batch normalisation and 2 x 2 x 2 max pooling
-(``same`` padding so a stack of only a few factors still pools), then a dense layer of 64, dropout
-and a sigmoid output. Single-scale models (small = 12, medium = 17, large = 22) are the same network
-with one channel.
+**Window 3D-CNN** (the paper's). Input ``windows`` ``[channels, 12, 12, scales]``: the factor
+channels are the depth of the 3D volume and the scales (12, 17 and 22 windows resampled to 12 x 12
+by :mod:`slidemap.compute.windows`) are its channels, so every 3 x 3 x 3 kernel sees all scales at
+once. VGG-like: a block of two and a block of three 3 x 3 x 3 convolutions (ReLU), each block
+followed by batch normalisation and 2 x 2 x 2 max pooling (``same`` padding so a stack of only a
+few channels still pools), then a dense layer, dropout and a sigmoid output. Single-scale models
+(small = 12, medium = 17, large = 22) are the same network with one channel. Beside the
+convolutional features the dense head gets ``centre``: the sample cell's own encoded factor values
+(every channel, categorical one-hots included), which the pooled convolutions would otherwise blur.
 
-**Dense model** (``multiscale_dense``). Per-cell window inference recomputes the convolutions of
-every overlapping window. This network is fully convolutional with ``valid`` padding and no stride,
-so its receptive field is exactly 23 x 23 cells (the 22-cell window plus the centre row/column):
-
-* local features: 3 x 3 convolutions at dilations 1, 1, 2, 4, 3 (receptive field 3, 5, 9, 17, 23),
-* a pooled pyramid: the mean of every factor over 5 x 5, 11 x 11 and 23 x 23 cells around the cell
-  (the coarse context the 17 and 22 windows give the window model),
-* the centre cell's own factor values,
-
-concatenated and mixed by 1 x 1 convolutions (a dense layer of 64 applied per cell). It is trained
-on 23 x 23 patches (output 1 x 1) from the same extractor and samples as the window models; on a
-block padded by 11 cells it returns the whole H x W map in one pass, and cell for cell it equals
-what the patch gives (tested), so training and dense inference are the same function.
+**Fast form** (a dense, fully convolutional network). Per-cell window inference recomputes the
+convolutions of every overlapping window. The fast form is fully convolutional with ``valid``
+padding and no stride, so its receptive field is exactly 23 x 23 cells (a 22-cell window plus the
+centre row/column): 3 x 3 convolutions at dilations 1, 1, 2, 4, 3; the mean of every channel over 5,
+11 and 23 cells around the cell; the cell's own values; mixed by 1 x 1 convolutions. On a block padded
+by 11 cells it returns the whole map in one pass. It is trained to reproduce a window model on every
+valid cell of the region (distillation, :mod:`slidemap.training.lsm_distil`).
 """
 
 from __future__ import annotations
@@ -31,11 +26,10 @@ from typing import Any
 import numpy as np
 
 DENSE_PATCH = 23
-# Keras' default 0.99 leaves the moving statistics near their initial values after the few dozen
-# steps of the quick/demo presets, and inference (which uses them) is then garbage; 0.9 converges
-# in ~30 steps and is still smooth for the paper's long runs.
-BN_MOMENTUM = 0.9
 DENSE_HALO = DENSE_PATCH // 2
+# Keras' default 0.99 leaves the moving statistics near their initial values after a few hundred
+# steps, and inference (which uses them) is then garbage; 0.9 converges in ~30 steps.
+BN_MOMENTUM = 0.9
 
 
 def _keras() -> Any:
@@ -48,92 +42,84 @@ def _keras() -> Any:
 
 
 def build_window_cnn(
-    n_factors: int,
+    n_channels: int,
     n_scales: int,
+    n_centre: int,
     widths: tuple[int, int] = (32, 64),
     dense: int = 64,
     dropout: float = 0.3,
-    lr: float = 0.01,
     name: str = "multiscale",
+    seed: int = 0,
 ) -> Any:
     keras = _keras()
     from keras import layers
 
-    inp = keras.Input((n_factors, 12, 12, n_scales), name="windows")
-    x = inp
+    init = keras.initializers.HeUniform(seed=seed)
+    windows = keras.Input((n_channels, 12, 12, n_scales), name="windows")
+    centre = keras.Input((n_centre,), name="centre")
+    x = windows
     for n_convs, width in ((2, widths[0]), (3, widths[1])):
         for _ in range(n_convs):
-            x = layers.Conv3D(width, 3, padding="same", activation="relu")(x)
+            x = layers.Conv3D(width, 3, padding="same", activation="relu", kernel_initializer=init)(x)
         x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
         x = layers.MaxPooling3D(pool_size=2, padding="same")(x)
     x = layers.Flatten()(x)
-    x = layers.Dense(dense, activation="relu")(x)
-    x = layers.Dropout(dropout)(x)
+    x = layers.Concatenate()([x, centre])
+    x = layers.Dense(dense, activation="relu", kernel_initializer=init)(x)
+    x = layers.Dropout(dropout, seed=seed)(x)
     out = layers.Dense(1, activation="sigmoid", name="probability")(x)
-    model = keras.Model(inp, out, name=name)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=lr),
-        loss="binary_crossentropy",
-        weighted_metrics=[],
-    )
-    return model
+    return keras.Model([windows, centre], out, name=name)
 
 
-def build_dense_fcn(
-    n_factors: int, width: int = 16, dense: int = 64, lr: float = 0.01, name: str = "multiscale_dense"
-) -> Any:
+def build_dense_fcn(n_channels: int, width: int = 32, dense: int = 64, name: str = "fast", seed: int = 0) -> Any:
     keras = _keras()
     from keras import layers
 
-    inp = keras.Input((None, None, n_factors), name="factors")
+    init = keras.initializers.HeUniform(seed=seed)
+    inp = keras.Input((None, None, n_channels), name="channels")
     x = inp
     for dilation in (1, 1, 2, 4, 3):  # receptive field 3, 5, 9, 17, 23
-        x = layers.Conv2D(width, 3, dilation_rate=dilation, padding="valid", activation="relu")(x)
-        if dilation == 1:
-            continue
-        x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
+        x = layers.Conv2D(width, 3, dilation_rate=dilation, padding="valid", activation="relu", kernel_initializer=init)(x)
     branches = [x, layers.Cropping2D(DENSE_HALO)(inp)]
     for size in (5, 11, 23):
         pooled = layers.AveragePooling2D(pool_size=size, strides=1, padding="valid")(inp)
         crop = DENSE_HALO - size // 2
         branches.append(layers.Cropping2D(crop)(pooled) if crop else pooled)
     x = layers.Concatenate()(branches)
-    x = layers.Conv2D(dense, 1, activation="relu")(x)
-    x = layers.Dropout(0.2)(x)
+    x = layers.Conv2D(dense, 1, activation="relu", kernel_initializer=init)(x)
+    x = layers.Conv2D(dense, 1, activation="relu", kernel_initializer=init)(x)
     out = layers.Conv2D(1, 1, activation="sigmoid", name="probability")(x)
-    model = keras.Model(inp, out, name=name)
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=lr),
-        loss="binary_crossentropy",
-        weighted_metrics=[],
-    )
-    return model
+    return keras.Model(inp, out, name=name)
 
 
-def patches_to_channels_last(windows: np.ndarray) -> np.ndarray:
-    """Extractor output ``[N, c, 23, 23, 1]`` -> dense-model input ``[N, 23, 23, c]``."""
-    return np.ascontiguousarray(windows[..., 0].transpose(0, 2, 3, 1))
+def average_models(models: list[Any], name: str) -> Any:
+    """One Keras model whose output is the mean of ``models``' outputs (a seed ensemble), so an
+    ensemble is one weights file, one version and one call."""
+    if len(models) == 1:
+        return models[0]
+    keras = _keras()
+    inputs = [keras.Input(t.shape[1:], name=t.name.split(":")[0].split("/")[-1]) for t in models[0].inputs]
+    outs = [m(inputs) for m in models]
+    return keras.Model(inputs, keras.layers.Average(name="probability")(outs), name=name)
 
 
 def flops_window_cnn(model: Any) -> float:
     """Multiply-adds x 2 of one forward pass of a window model (convs and dense layers)."""
     total = 0.0
-    for layer in model.layers:
+    for layer in _leaf_layers(model):
         cls = type(layer).__name__
         if cls in ("Conv3D", "Conv2D"):
-            kernel = layer.kernel.shape
-            out_shape = layer.output.shape
-            spatial = float(np.prod([d for d in out_shape[1:-1] if d is not None]))
-            total += 2.0 * spatial * float(np.prod(kernel))
+            spatial = float(np.prod([d for d in layer.output.shape[1:-1] if d is not None]))
+            total += 2.0 * spatial * float(np.prod(layer.kernel.shape))
         elif cls == "Dense":
             total += 2.0 * float(np.prod(layer.kernel.shape))
     return total
 
 
 def flops_dense_per_cell(model: Any) -> float:
-    """Multiply-adds x 2 per output cell of the dense model (convolutions as if unpadded)."""
+    """Multiply-adds x 2 per output cell of the fast form (convolutions as if unpadded)."""
     total = 0.0
-    for layer in model.layers:
+    for layer in _leaf_layers(model):
         if type(layer).__name__ == "Conv2D":
             total += 2.0 * float(np.prod(layer.kernel.shape))
         elif type(layer).__name__ == "AveragePooling2D":
@@ -141,20 +127,34 @@ def flops_dense_per_cell(model: Any) -> float:
     return total
 
 
+def _leaf_layers(model: Any) -> list[Any]:
+    out = []
+    for layer in model.layers:
+        out.extend(_leaf_layers(layer) if hasattr(layer, "layers") and layer.layers else [layer])
+    return out
+
+
 def compiled_predict(model: Any) -> Any:
-    """``numpy -> numpy`` inference traced once for any batch (and, for the dense model, any block)
-    size: Keras' ``predict_on_batch`` retraces for every new input shape (e.g. the last batch)."""
+    """``numpy -> numpy`` inference traced once for any batch (and, for the fast form, any block)
+    size: Keras' ``predict_on_batch`` retraces for every new input shape (e.g. the last batch).
+    A model with several inputs takes a list of arrays."""
     cached = getattr(model, "_slidemap_predict", None)
     if cached is not None:
         return cached
     from slidemap.compute.inference import configure_tensorflow
 
     tf = configure_tensorflow()
-    spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
-    fn = tf.function(lambda x: model(x, training=False), input_signature=[spec], reduce_retracing=True)
+    specs = [tf.TensorSpec([None, *t.shape[1:]], tf.float32) for t in model.inputs]
+    if len(specs) == 1:
+        fn = tf.function(lambda x: model(x, training=False), input_signature=specs, reduce_retracing=True)
 
-    def predict(x: np.ndarray) -> np.ndarray:
-        return fn(tf.convert_to_tensor(x, tf.float32)).numpy()
+        def predict(x: Any) -> np.ndarray:
+            return fn(tf.convert_to_tensor(x, tf.float32)).numpy()
+    else:
+        fn = tf.function(lambda *xs: model(list(xs), training=False), input_signature=specs, reduce_retracing=True)
+
+        def predict(x: Any) -> np.ndarray:
+            return fn(*[tf.convert_to_tensor(a, tf.float32) for a in x]).numpy()
 
     model._slidemap_predict = predict
     return predict

@@ -77,57 +77,159 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _p(value: float | None) -> str:
+    """A p-value as people read it: 0.003, 2.1e-05, < 1e-10."""
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    if value < 1e-10:
+        return "< 1e-10"
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+
+
+def planted_rule(region_dir: str | Path) -> dict[str, Any] | None:
+    """The SYNTHETIC demo region's landslide rule (its ``truth.json``), for the report."""
+    import json
+
+    path = Path(region_dir) / "truth.json"
+    if not path.is_file():
+        return None
+    try:
+        rule = json.loads(path.read_text()).get("rule") or {}
+    except (OSError, ValueError):
+        return None
+    keys = ("name", "formula", "soil_depth", "context_term", "wetness", "cohesion", "trigger")
+    return {k: rule[k] for k in keys if k in rule}
+
+
+def single_factor_auc(data: Any, samples: Any) -> dict[str, float]:
+    """ROC-AUC of each factor alone (max(AUC, 1 - AUC), physical values) over all samples: a factor
+    near 1.0 on its own is a leak to look for (e.g. NDVI from a post-event scene)."""
+    from sklearn.metrics import roc_auc_score
+
+    out: dict[str, float] = {}
+    y = samples.y
+    if len(np.unique(y)) < 2:
+        return out
+    for i, name in enumerate(data.factor_names):
+        values = data.stack[i][samples.rows, samples.cols]
+        ok = np.isfinite(values)
+        if ok.sum() < 10 or len(np.unique(y[ok])) < 2:
+            continue
+        auc = float(roc_auc_score(y[ok], values[ok]))
+        out[name] = round(max(auc, 1.0 - auc), 4)
+    return out
+
+
+METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "threshold",
+           "success_rate_auc", "prediction_rate_auc")
+
+
+def _metric_table(report: dict[str, Any], key: str) -> list[str]:
+    lines = [
+        "| model | accuracy | precision | recall | F1 | ROC-AUC | PR-AUC | threshold | success-rate AUC | prediction-rate AUC | train / val |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, per in report["models"].items():
+        m = per.get(key)
+        if not m:
+            continue
+        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(k, float("nan"))) for k in METRICS)
+                     + f" | {m.get('n_train', '')} / {m.get('n_val', '')} |")
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     tag = "SYNTHETIC — " if report.get("synthetic") else ""
     data = report["data"]
     lines = [
         f"# {tag}Landslide susceptibility report ({report['run_id']})",
         "",
-        f"Region `{data['region']}`; factors ({len(data['factor_names'])}): {', '.join(data['factor_names'])}.",
-        f"Samples: {data['samples']} ({data['positives']} landslide), sources {data['sources']}; "
-        f"negatives: {data['negatives_rule']}. Preset `{report['preset']}`.",
-        f"Threshold: {report['threshold_rule']}. Metrics on each split's test samples; "
-        "precision/recall/F1 of the landslide class, `macro` = mean over both classes; PR-AUC = average precision.",
-        "",
+        f"Region `{data['region']}`; factors ({len(data['factor_names'])}): {', '.join(data['factor_names'])}; "
+        f"model input channels: {len(data['channels'])} (aspect as sine, cosine and a flat flag; classes one-hot), "
+        f"of which {len(data['window_channels'])} in the windows.",
+        f"Samples: {data['samples']} ({data['positives']} landslide; at most {data['per_polygon_cap']} cells per "
+        f"polygon), sources {data['sources']}. Negatives (`{data['negatives']}`): {data['negatives_rule']}.",
+        f"Preset `{report['preset']}`. Threshold: {report['threshold_rule']}.",
     ]
+    if data.get("imagery_factors_from"):
+        lines.append(f"Imagery-derived factors (NDVI) from: {data['imagery_factors_from']}.")
+    lines.append("")
+    rule = data.get("planted_rule")
+    if rule:
+        lines += ["## The planted rule (SYNTHETIC demo region)", ""]
+        lines += [f"- {k}: {v}" for k, v in rule.items()]
+        lines.append("")
+    lines += [
+        "## Ranking",
+        "",
+        f"By {report['ranking_rule']}. Default model of the region: "
+        f"**{report.get('default_model') or 'none (no model has skill)'}**.",
+        "",
+        "| rank | model | ROC-AUC | 95 % interval | skill | how |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in report["ranking"]:
+        lo, hi = e["ci95"]
+        lines.append(f"| {e['rank']} | {e['model']} | {e['value']:.3f} | [{lo:.3f}, {hi:.3f}] | "
+                     f"{'yes' if e['has_skill'] else '**NO SKILL**'} | {e['method']} |")
+    lines.append("")
     for split, info in data["splits"].items():
         extra = ""
         if split == "blocked":
-            extra = f" blocks of {info.get('block_cells')} cells ({info.get('n_test_blocks')} of {info.get('n_blocks')} to test)"
+            extra = (f"; blocks of {info.get('block_cells')} cells ({info.get('n_test_blocks')} of "
+                     f"{info.get('n_blocks')} to test), buffer {info.get('buffer_cells')} cells "
+                     f"({info.get('dropped_in_buffer')} training samples dropped in it)")
             if "variogram" in info:
                 extra += f"; variogram range {info['variogram']['range_cells']} cells"
-        lines += [
-            f"## Table 6 — {split} split (train {info['train']}, test {info['test']}){extra}",
-            "",
-            "| model | accuracy | precision | recall | F1 | F1 macro | ROC-AUC | PR-AUC | threshold | success-rate AUC | prediction-rate AUC |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for name, per_split in report["models"].items():
-            m = per_split.get(split)
-            if not m:
-                continue
-            lines.append(
-                f"| {name} | "
-                + " | ".join(
-                    _fmt(m[k])
-                    for k in ("accuracy", "precision", "recall", "f1", "f1_macro", "roc_auc", "pr_auc",
-                              "threshold", "success_rate_auc", "prediction_rate_auc")
-                )
-                + " |"
-            )
+        lines += [f"## Table 6 — {split} split, {data['negatives']} negatives (train {info['train']}, "
+                  f"test {info['test']}){extra}", ""]
+        lines += _metric_table(report, split)
         lines += ["", f"![ROC and PR, {split}](roc_pr_{split}.png) ![rates, {split}](rates_{split}.png)", ""]
+    for neg, info in data.get("samplings", {}).items():
+        if neg == data["negatives"]:
+            continue
+        lines += [f"## Beside it: negatives from `{neg}` ({info['rule']})", "",
+                  "The same models trained and tested with these easier negatives; the gap to the tables "
+                  "above is how much such sampling flatters a model.", ""]
+        for split in ("random", "blocked"):
+            lines += [f"### {split} split", ""] + _metric_table(report, f"{neg}_{split}") + [""]
+    if data.get("cv"):
+        cv = data["cv"]
+        lines += [f"## Spatial cross-validation ({cv['folds']} folds x {cv['repeats']} repeats; mean train "
+                  f"{cv['mean_train']:.0f}, test {cv['mean_test']:.0f} samples per fold)", "",
+                  "| model | mean ROC-AUC | 95 % interval (corrected resampled t) |", "|---|---|---|"]
+        for name, per in report["models"].items():
+            if "cv" in per:
+                lo, hi = per["cv"]["ci95"]
+                lines.append(f"| {name} | {per['cv']['roc_auc']:.3f} | [{lo:.3f}, {hi:.3f}] |")
+        lines.append("")
+    if report.get("fast_forms"):
+        lines += ["## Fast forms (dense networks distilled from the window models)", "",
+                  "| window model | Pearson r (cells not trained on) | ROC-AUC window / fast (blocked test) | "
+                  "cells/s window | cells/s fast | speed-up | tiles from |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, ff in report["fast_forms"].items():
+            lines.append(f"| {name} | {ff['pearson_r']:.3f} ({ff['agreement_cells']} cells) | {ff['auc_window']:.3f} / "
+                         f"{ff['auc_fast']:.3f} | {ff['cells_per_s_window']:.0f} | {ff['cells_per_s_fast']:.0f} | "
+                         f"{ff['speedup']:.0f}x | {'fast form' if ff['use'] else 'window path'} |")
+        lines += ["", "Cells per second measured in this process, start-up excluded.", ""]
     if report.get("mcnemar"):
         for split, tests in report["mcnemar"].items():
             lines += [
-                f"## Table 7 — McNemar, multiscale vs each model ({split} split, continuity-corrected)",
+                f"## Table 7 — McNemar, multiscale vs each model ({split} split)",
                 "",
-                "| other model | chi2 | p | both right | only multiscale right | only other right | both wrong |",
-                "|---|---|---|---|---|---|---|",
+                "| other model | chi2 | p | both right | only multiscale right | only other right | both wrong | test |",
+                "|---|---|---|---|---|---|---|---|",
             ]
             for other, t in tests.items():
                 (a, b), (c, d) = t["table"]
-                lines.append(f"| {other} | {t['chi2']:.3f} | {t['p']:.3g} | {a} | {b} | {c} | {d} |")
+                chi2 = "" if t.get("chi2") is None else f"{t['chi2']:.3f}"
+                lines.append(f"| {other} | {chi2} | {_p(t['p'])} | {a} | {b} | {c} | {d} | {t.get('method', '')} |")
             lines.append("")
+    sfa = data.get("single_factor_auc")
+    if sfa:
+        lines += ["## Each factor alone (ROC-AUC over all samples, either direction)", "",
+                  " ".join(f"{k} {v:.3f};" for k, v in sorted(sfa.items(), key=lambda kv: -kv[1])), ""]
     cls = report.get("classes")
     if cls:
         lines += [
@@ -172,6 +274,8 @@ def write_report(
         def roc_pr(plt, split=split, per_model=per_model):
             fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 5))
             for name, c in per_model.items():
+                if not report["models"][name].get(split):
+                    continue
                 auc = report["models"][name][split]["roc_auc"]
                 ap = report["models"][name][split]["pr_auc"]
                 ax1.plot(c["fpr"], c["tpr"], label=f"{name} ({auc:.3f})")

@@ -1,43 +1,44 @@
-"""``slidemap train lsm``: samples, two splits, eight models, statistics, artefacts, report.
+"""``slidemap train lsm``: samples, leak-free splits, every model beside its peers, artefacts, report.
 
-Every model is trained twice, once per split (random 80/20, the paper's; spatially blocked 80/20),
-and scored on that split's test samples. The artefact kept for each model is the one trained on the
-blocked split's training part (its card carries both splits' scores); maps use it.
-Window inputs stream through the numba extractor batch by batch (:class:`WindowBatches`), so a
-training set never sits in memory as windows.
+One run, for each negative sampling (``terrain``, the default, and ``anywhere`` beside it):
+
+1. samples (:mod:`~slidemap.training.samples`) and one spatial layout: blocks with every landslide
+   polygon whole on one side and a buffer of the largest window's reach around test blocks;
+2. every model trained and scored on the **random** split (the paper's, inflated by
+   autocorrelation) and on the **blocked** split; with fewer than ``cv_below`` samples (real point
+   inventories), also **repeated spatial k-fold CV** on the primary sampling, whose mean and
+   interval rank the models;
+3. inside each training part an inner blocked (or, for the random split, random) validation set:
+   early stopping of the networks and every model's threshold come from it, never from training
+   predictions or the test set (:mod:`~slidemap.training.lsm_fit`);
+
+then, on the primary sampling, the artefacts: the blocked split's models (or, where CV ran, each
+model refitted on all samples), each window model's fast form (:mod:`~slidemap.training.lsm_distil`),
+the ranking by blocked score, the skill of each model, and the region's default: the best model
+with skill (:func:`slidemap.compute.models.select.record_default`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import joblib
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
-from slidemap.compute.windows import MULTISCALE_SIZES, halo_for, iter_windows
-from slidemap.errors import InputError
-from slidemap.compute.models.store import save_artefact
-from slidemap.training.baselines import BASELINES, centre_values, fit_baseline, make_baseline
-from slidemap.training.cls_metrics import (
-    classification_metrics,
-    curves,
-    mcnemar_test,
-    rate_curve,
-    youden_threshold,
-)
-from slidemap.training.lsm import (
-    DENSE_PATCH,
-    build_dense_fcn,
-    build_window_cnn,
-    compiled_predict,
-    patches_to_channels_last,
-)
+from slidemap.compute.models.select import record_default
+from slidemap.compute.models.store import ModelInfo, read_card, save_artefact, update_card
+from slidemap.compute.windows import OUT_SIZE, halo_for
+from slidemap.training.cls_metrics import classification_metrics, curves, mcnemar_test, rate_curve
+from slidemap.training.lsm_config import REFERENCE, WINDOW_MODELS, LsmConfig, make_config
+from slidemap.training.lsm_eval import Score, bootstrap_auc, clusters_for, cv_score, rank
+from slidemap.training.lsm_fit import FittedModel, ModelInputs, StackCache, fit_model, predict_cells
 from slidemap.training.samples import (
     RegionData,
     SampleSet,
@@ -46,355 +47,382 @@ from slidemap.training.samples import (
     load_region_data,
     rasterise_detected,
 )
-from slidemap.training.splits import Split, blocked_split, random_split
+from slidemap.training.splits import Split, SpatialLayout, blocked_split, random_split, spatial_kfold, spatial_layout
 
 log = logging.getLogger(__name__)
-
-WINDOW_MODELS: dict[str, tuple[int, ...]] = {
-    "small": (12,),
-    "medium": (17,),
-    "large": (22,),
-    "multiscale": MULTISCALE_SIZES,
-}
-DENSE_MODEL = "multiscale_dense"
-ALL_MODELS: tuple[str, ...] = (*WINDOW_MODELS, DENSE_MODEL, *BASELINES)
-REFERENCE = "multiscale"
+THRESHOLD_RULE = "Youden's J on an inner validation split of the training part (never training or test predictions)"
 
 
-@dataclasses.dataclass
-class LsmConfig:
-    """Hyperparameters; the presets below fill them, ``--set key=value`` overrides any."""
+@dataclass
+class Scored:
+    """One model on one split: its test metrics, test probabilities and (when kept) the model."""
 
-    max_samples: int | None = None
-    neg_ratio: float = 1.0
-    buffer: float = 3.0
-    block_size: int | None = None  # cells; None = from the variogram
-    epochs: int = 25
-    dense_epochs: int = 25
-    batch: int = 64
-    lr: float = 0.01
-    widths: tuple[int, int] = (32, 64)
-    dense_units: int = 64
-    dense_width: int = 32
-    gbdt_trees: int = 100
-    rf_trees: int = 300
-    area_sample: int = 20000
-    seed: int = 0
-    use_detected: bool = True
-    top_up: bool = True  # sample extra negatives when known ones are fewer than neg_ratio x positives
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+    metrics: dict[str, Any]
+    p_test: np.ndarray
+    fitted: FittedModel | None = None
+    p_area: np.ndarray | None = None  # on the region's area sample (rate curves)
+    p_train_positives: np.ndarray | None = None  # on its training landslides (success rate)
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # tests and smoke runs. Short runs use lr 0.002 and small batches: with the paper's lr 0.01 a
-    # few dozen Adam steps leave the 3D-CNNs at chance (measured on the demo region).
-    "quick": dict(max_samples=1000, epochs=2, dense_epochs=3, batch=16, lr=0.002, widths=(4, 8),
-                  dense_units=16, dense_width=8, gbdt_trees=30, rf_trees=60, area_sample=1500),
-    # the README's main job: all eight models, both splits, a few minutes on 2 cores
-    "demo": dict(max_samples=2400, epochs=3, dense_epochs=8, batch=32, lr=0.002, widths=(8, 16),
-                 dense_units=32, dense_width=16, gbdt_trees=100, rf_trees=200, area_sample=4000),
-    # the paper's Table 5: Adam lr 0.01, batch 64, 25 epochs, 32/64 filters, dense 64
-    "paper": dict(max_samples=None, epochs=25, dense_epochs=25, batch=64, lr=0.01, widths=(32, 64),
-                  dense_units=64, dense_width=32, gbdt_trees=200, rf_trees=500, area_sample=20000),
-}
+@dataclass
+class Run:
+    cfg: LsmConfig
+    data: RegionData
+    stacks: StackCache
+    inputs: ModelInputs
+    area_rows: np.ndarray
+    area_cols: np.ndarray
+    tick: Callable[[str], None]
+    timings: dict[str, float] = field(default_factory=dict)
 
 
-def make_config(preset: str, overrides: dict[str, str] | None = None) -> LsmConfig:
-    if preset not in PRESETS:
-        raise InputError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    cfg = LsmConfig(**PRESETS[preset])
-    for key, raw in (overrides or {}).items():
-        if not hasattr(cfg, key):
-            raise InputError(f"--set {key}=...: no such setting; known: {sorted(cfg.to_dict())}")
-        current = getattr(cfg, key)
-        try:
-            if key == "widths":
-                value: Any = tuple(int(v) for v in raw.split(","))
-            elif key in ("max_samples", "block_size"):
-                value = None if raw.lower() in ("none", "") else int(raw)
-            elif isinstance(current, bool):
-                value = raw.lower() in ("1", "true", "yes")
-            elif isinstance(current, int):
-                value = int(raw)
-            else:
-                value = float(raw)
-        except ValueError as exc:
-            raise InputError(f"--set {key}={raw}: not a valid value ({exc})") from exc
-        setattr(cfg, key, value)
-    _check_config(cfg)
-    return cfg
+def _inner(run: Run, layout: SpatialLayout, split: Split, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inner training and validation indices inside ``split.train``."""
+    pool = split.train
+    if split.name == "random":
+        inner = random_split(layout.y[pool], seed=seed, name="inner")
+        return pool[inner.train], pool[inner.test]
+    inner = blocked_split(layout, within=pool, seed=seed, name="inner", tries=60)
+    return inner.train, inner.test
 
 
-def _check_config(cfg: LsmConfig) -> None:
-    """Settings that would otherwise fail deep inside Keras or scikit-learn."""
-    if len(cfg.widths) != 2 or min(cfg.widths) < 1:
-        raise InputError(f"--set widths={','.join(map(str, cfg.widths))}: give two positive filter counts, e.g. widths=32,64")
-    if cfg.max_samples is not None and cfg.max_samples < 50:
-        raise InputError(f"--set max_samples={cfg.max_samples}: at least 50 samples are needed for two 80/20 splits")
-    for key in ("epochs", "dense_epochs", "batch"):
-        if getattr(cfg, key) < 1:
-            raise InputError(f"--set {key}={getattr(cfg, key)}: must be at least 1")
-    if not cfg.lr > 0:
-        raise InputError(f"--lr {cfg.lr}: the learning rate must be positive")
-
-
-def _window_batches_class() -> type:
-    import keras
-
-    class WindowBatches(keras.utils.PyDataset):
-        """Keras dataset cutting each batch's windows on demand from the normalised stack."""
-
-        def __init__(self, stack, rows, cols, y, w, sizes, out_size, batch, shuffle, seed, dense):
-            super().__init__()
-            self.stack, self.rows, self.cols, self.y, self.w = stack, rows, cols, y, w
-            self.sizes, self.out_size, self.batch, self.shuffle, self.dense = sizes, out_size, batch, shuffle, dense
-            self.rng = np.random.default_rng(seed)
-            self.order = self.rng.permutation(len(rows)) if shuffle else np.arange(len(rows))
-
-        def __len__(self) -> int:
-            return int(np.ceil(len(self.rows) / self.batch))
-
-        def __getitem__(self, i: int):
-            from slidemap.compute.windows import extract_windows
-
-            sel = self.order[i * self.batch : (i + 1) * self.batch]
-            x = extract_windows(self.stack, self.rows[sel], self.cols[sel], self.sizes, self.out_size)
-            y = self.y[sel].astype(np.float32)
-            if self.dense:
-                return patches_to_channels_last(x), y.reshape(-1, 1, 1, 1), self.w[sel]
-            return x, y.reshape(-1, 1), self.w[sel]
-
-        def on_epoch_end(self) -> None:
-            if self.shuffle:
-                self.order = self.rng.permutation(len(self.rows))
-
-    return WindowBatches
-
-
-def predict_cells(model: Any, name: str, stack: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                  batch: int = 1024) -> np.ndarray:
-    """Probabilities of any susceptibility model at the given cells of a normalised stack."""
-    out = np.empty(len(rows), dtype=np.float32)
-    if name in BASELINES:
-        if len(rows):
-            out[:] = model.predict_proba(centre_values(stack, rows, cols))[:, 1]
-        return out
-    dense = name == DENSE_MODEL
-    sizes = (DENSE_PATCH,) if dense else WINDOW_MODELS[name]
-    out_size = DENSE_PATCH if dense else 12
-    predict = compiled_predict(model)
-    for start, windows in iter_windows(stack, rows, cols, sizes, out_size, batch):
-        x = patches_to_channels_last(windows) if dense else windows
-        out[start : start + len(windows)] = predict(x).reshape(-1)
+def _fit_and_score(run: Run, samples: SampleSet, layout: SpatialLayout, split: Split, label: str,
+                   keep: bool, seed: int, rate_curves: bool = False) -> dict[str, Scored]:
+    cfg = run.cfg
+    tr, va = _inner(run, layout, split, seed)
+    train, val, test = samples.subset(tr), samples.subset(va), samples.subset(split.test)
+    out: dict[str, Scored] = {}
+    for i, name in enumerate(cfg.models):
+        run.tick(f"{label}: {name}")
+        fitted = fit_model(name, cfg, run.stacks, run.inputs, train, val, seed=seed + 17 * i)
+        run.timings[f"{label}/{name}"] = fitted.seconds
+        if len(test):
+            p = predict_cells(fitted, run.stacks, test.rows, test.cols)
+            metrics = classification_metrics(test.y, p, fitted.threshold)
+            metrics.update(n_train=len(train), n_val=len(val), seconds=fitted.seconds)
+            if fitted.best_epochs:
+                metrics["best_epochs"] = fitted.best_epochs
+        else:
+            p, metrics = np.zeros(0, np.float32), {"n_train": len(train), "n_val": len(val), "seconds": fitted.seconds}
+        scored = Scored(metrics, p, fitted if keep else None)
+        if rate_curves:
+            pos = train.y == 1
+            scored.p_area = predict_cells(fitted, run.stacks, run.area_rows, run.area_cols)
+            scored.p_train_positives = predict_cells(fitted, run.stacks, train.rows[pos], train.cols[pos])
+        out[name] = scored
     return out
 
 
-def fit_model(name: str, cfg: LsmConfig, data: RegionData, samples: SampleSet, seed: int,
-              on_epoch: Callable[[], None] | None = None) -> Any:
-    if name in BASELINES:
-        model = make_baseline(name, {"gbdt_trees": cfg.gbdt_trees, "rf_trees": cfg.rf_trees}, seed)
-        X = centre_values(data.normalised, samples.rows, samples.cols)
-        return fit_baseline(model, X, samples.y.astype(int), samples.weight)
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    n_factors = data.normalised.shape[0]
-    dense = name == DENSE_MODEL
-    if dense:
-        model = build_dense_fcn(n_factors, width=cfg.dense_width, dense=cfg.dense_units, lr=cfg.lr)
-        sizes, out_size, epochs = (DENSE_PATCH,), DENSE_PATCH, cfg.dense_epochs
-    else:
-        sizes = WINDOW_MODELS[name]
-        model = build_window_cnn(n_factors, len(sizes), widths=cfg.widths, dense=cfg.dense_units, lr=cfg.lr, name=name)
-        out_size, epochs = 12, cfg.epochs
-    batches = _window_batches_class()(
-        data.normalised, samples.rows, samples.cols, samples.y, samples.weight,
-        sizes, out_size, cfg.batch, True, seed, dense,
+def _sampling_run(run: Run, negatives: str, primary: bool, detected: np.ndarray | None) -> dict[str, Any]:
+    cfg = run.cfg
+    samples, rule = build_samples(
+        run.data, detected=detected, negatives=negatives, neg_ratio=cfg.neg_ratio, buffer_cells=cfg.neg_buffer,
+        per_polygon_cap=cfg.per_polygon_cap, max_samples=cfg.max_samples, seed=cfg.seed,
     )
-    callbacks = [keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: on_epoch())] if on_epoch else []
-    model.fit(batches, epochs=epochs, verbose=0, callbacks=callbacks)
-    return model
+    reach = halo_for([s for m in cfg.window_models for s in WINDOW_MODELS[m]]) if cfg.window_models else 0
+    buffer = cfg.split_buffer if cfg.split_buffer is not None else max(reach, 3)
+    layout = spatial_layout(samples.rows, samples.cols, samples.y, samples.group, run.data.grid.shape,
+                            cfg.block_size, buffer, seed=cfg.seed)
+    splits = {"random": random_split(samples.y, seed=cfg.seed), "blocked": blocked_split(layout, seed=cfg.seed)}
+    use_cv = primary and len(samples) < cfg.cv_below
+    results: dict[str, dict[str, Scored]] = {}
+    for name, split in splits.items():
+        keep = primary and name == "blocked" and not use_cv
+        results[name] = _fit_and_score(run, samples, layout, split, f"{negatives}/{name}", keep, cfg.seed,
+                                       rate_curves=primary)
+    folds: list[Split] = []
+    cv: dict[str, list[float]] = {}
+    if use_cv:
+        folds = spatial_kfold(layout, cfg.cv_folds, cfg.cv_repeats, seed=cfg.seed)
+        for k, fold in enumerate(folds):
+            scored = _fit_and_score(run, samples, layout, fold, f"{negatives}/{fold.name}", False, cfg.seed + 101 * (k + 1))
+            for m, s in scored.items():
+                cv.setdefault(m, []).append(s.metrics["roc_auc"])
+    return {"samples": samples, "rule": rule, "layout": layout, "splits": splits, "results": results,
+            "folds": folds, "cv": cv, "use_cv": use_cv}
 
 
-def _save(name: str, model: Any, data: RegionData, cfg: LsmConfig, samples: SampleSet,
-          metrics: dict[str, Any], split: Split, p_area: np.ndarray) -> Path:
-    from slidemap.training.lsm_report import jenks_breaks
+def _scores(run: Run, primary: dict[str, Any]) -> dict[str, Score]:
+    """The ranking score of each model: CV mean where CV ran, else the blocked test with a bootstrap."""
+    cfg = run.cfg
+    samples: SampleSet = primary["samples"]
+    if primary["use_cv"]:
+        folds: list[Split] = primary["folds"]
+        n_train = float(np.mean([len(f.train) for f in folds]))
+        n_test = float(np.mean([len(f.test) for f in folds]))
+        return {m: cv_score(v, n_train, n_test, cfg.cv_folds, cfg.cv_repeats) for m, v in primary["cv"].items()}
+    split: Split = primary["splits"]["blocked"]
+    test = samples.subset(split.test)
+    cell = max(3, primary["layout"].block_cells // 4)
+    clusters = clusters_for(test.rows, test.cols, test.group, test.y, cell)
+    return {
+        m: bootstrap_auc(test.y, s.p_test, clusters, cfg.bootstrap, seed=cfg.seed)
+        for m, s in primary["results"]["blocked"].items()
+    }
 
-    if name in BASELINES:
-        weights_file, write = "model.joblib", (lambda p: joblib.dump(model, p))
-        windows, halo, arch = None, 0, "centre-cell " + name
-    elif name == DENSE_MODEL:
-        weights_file, write = "model.keras", model.save
-        windows = {"patch": DENSE_PATCH, "placement": "centred (odd)", "edge": "zero (nodata after normalisation)"}
-        halo, arch = DENSE_PATCH // 2, "dense_fcn"
+
+def _final_models(run: Run, primary: dict[str, Any]) -> dict[str, FittedModel]:
+    """The models to save: the blocked split's, or where CV ran, each refitted on every sample."""
+    if not primary["use_cv"]:
+        return {m: s.fitted for m, s in primary["results"]["blocked"].items() if s.fitted is not None}
+    samples: SampleSet = primary["samples"]
+    everything = Split("all", np.arange(len(samples)), np.zeros(0, dtype=np.int64))
+    scored = _fit_and_score(run, samples, primary["layout"], everything, "refit on all samples", True, run.cfg.seed)
+    return {m: s.fitted for m, s in scored.items() if s.fitted is not None}
+
+
+def _card(run: Run, fitted: FittedModel, trained_on: str, n_samples: int, sources: dict[str, int],
+          metrics: dict[str, Any], skill: dict[str, Any], breaks: list[float], run_id: str) -> dict[str, Any]:
+    data, cfg = run.data, run.cfg
+    if fitted.kind == "centre":
+        windows, halo, arch = None, 0, "centre-cell " + fitted.name
     else:
-        weights_file, write = "model.keras", model.save
-        sizes = WINDOW_MODELS[name]
         windows = {
-            "sizes": list(sizes), "out_size": 12, "resampling": "area-weighted",
-            "placement": "start = centre - (n - 1) // 2", "edge": "zero (nodata after normalisation)",
+            "sizes": list(fitted.sizes), "out_size": OUT_SIZE, "resampling": "area-weighted",
+            "placement": "start = centre - (n - 1) // 2", "edge": "zero (nodata after encoding)",
+            "window_channels": list(fitted.inputs.window_channels),
         }
-        halo, arch = halo_for(sizes), "window_cnn"
-    card = {
+        halo, arch = halo_for(fitted.sizes), "window_cnn"
+    return {
         "synthetic": data.synthetic,
+        "run_id": run_id,
         "architecture": arch,
         "inputs": data.factor_names,
         "factor_names": data.factor_names,
         "normalisation": data.normalisation.to_list(),
+        "encoding": data.encoding.to_dict(),
+        "centre_channels": list(fitted.inputs.centre_channels),
         "windows": windows,
         "halo": halo,
+        "threshold": fitted.threshold,
+        "threshold_rule": THRESHOLD_RULE,
         "training_data": {
             "fingerprint": data.fingerprint,
-            "region": str(data.region_dir.resolve()),
-            "samples": int(len(samples)),
-            "sources": samples.counts(),
-            "trained_on": f"{split.name} split, training part",
+            "region": data.region_dir.name,
+            "samples": n_samples,
+            "sources": sources,
+            "trained_on": trained_on,
+            "best_epochs": fitted.best_epochs,
         },
-        "hyperparameters": cfg.to_dict(),
+        "hyperparameters": cfg.model_dump(mode="json"),
         "metrics": metrics,
-        # five-class Jenks breaks of this model's scores on a random sample of the region's cells,
-        # so a tile server can classify without mapping the whole region first
-        "class_breaks": jenks_breaks(p_area),
-        "class_breaks_from": f"{len(p_area)} random valid cells of the training region",
+        "skill": skill,
+        # five-class Jenks breaks of the served probabilities on a random sample of the region's
+        # cells, so a tile server can classify without mapping the whole region first
+        "class_breaks": breaks,
+        "class_breaks_from": f"{len(run.area_rows)} random valid cells of the training region",
     }
-    return save_artefact(data.region_dir / "models", "lsm", name, card, write, weights_file=weights_file)
+
+
+def _save_keras(model: Any) -> Callable[[Path], None]:
+    return lambda path: model.save(path)
 
 
 def train_lsm(
     region_dir: str | Path,
     preset: str = "demo",
     overrides: dict[str, str] | None = None,
-    models: tuple[str, ...] = ALL_MODELS,
+    models: tuple[str, ...] | None = None,
     progress: bool = True,
     save: bool = True,
     write: bool = True,
 ) -> dict[str, Any]:
-    """Train and score ``models`` on both splits; save artefacts and the report. Returns the report."""
+    """Train, score and rank the models; save artefacts, the region's default and the report."""
     from tqdm.auto import tqdm
 
-    from slidemap.training.lsm_report import jenks_classes, write_report
+    from slidemap.training.lsm_distil import distil
+    from slidemap.training.lsm_report import jenks_breaks, jenks_classes, planted_rule, single_factor_auc, write_report
 
-    unknown = [m for m in models if m not in ALL_MODELS]
-    if unknown:
-        raise InputError(f"unknown models {unknown}; choose from {list(ALL_MODELS)}")
+    overrides = dict(overrides or {})
+    if models is not None:
+        overrides["models"] = ",".join(models)
     cfg = make_config(preset, overrides)
     t0 = time.perf_counter()
+    run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
     data = load_region_data(region_dir)
     detected_path = find_detected_inventory(region_dir) if cfg.use_detected else None
     detected = rasterise_detected(detected_path, data.grid) if detected_path else None
-    valid = data.valid
-    samples = build_samples(
-        data.labels, valid, detected=detected, neg_ratio=cfg.neg_ratio, buffer_cells=cfg.buffer,
-        max_samples=cfg.max_samples, top_up=cfg.top_up, seed=cfg.seed,
-    )
-    splits = [
-        random_split(samples.y, seed=cfg.seed),
-        blocked_split(samples.rows, samples.cols, samples.y, block_cells=cfg.block_size, seed=cfg.seed),
-    ]
     rng = np.random.default_rng(cfg.seed + 1)
-    flat = np.flatnonzero(valid.ravel())
+    flat = np.flatnonzero(data.valid.ravel())
     area_idx = np.sort(rng.choice(flat, size=min(cfg.area_sample, len(flat)), replace=False))
-    area_rows, area_cols = np.unravel_index(area_idx, valid.shape)
+    area_rows, area_cols = np.unravel_index(area_idx, data.valid.shape)
+    bar = tqdm(desc="train lsm", unit="fit", disable=not progress)
 
-    results: dict[str, dict[str, Any]] = {m: {} for m in models}
-    preds: dict[str, dict[str, dict[str, np.ndarray]]] = {s.name: {} for s in splits}
-    curve_data: dict[str, dict[str, Any]] = {s.name: {} for s in splits}
-    rates: dict[str, dict[str, Any]] = {s.name: {} for s in splits}
-    kept: dict[str, Any] = {}
-    total_epochs = sum(
-        (cfg.dense_epochs if m == DENSE_MODEL else cfg.epochs if m in WINDOW_MODELS else 1) for m in models
-    ) * len(splits)
-    bar = tqdm(total=total_epochs, desc="train lsm", unit="epoch", disable=not progress)
-    timings: dict[str, float] = {}
-    for split in splits:
-        train, test = samples.subset(split.train), samples.subset(split.test)
-        for i, name in enumerate(models):
-            bar.set_postfix_str(f"{split.name}: {name}")
-            t = time.perf_counter()
-            model = fit_model(name, cfg, data, train, seed=cfg.seed + i, on_epoch=lambda: bar.update(1))
-            if name in BASELINES:
-                bar.update(1)
-            p_train = predict_cells(model, name, data.normalised, train.rows, train.cols)
-            p_test = predict_cells(model, name, data.normalised, test.rows, test.cols)
-            p_area = predict_cells(model, name, data.normalised, area_rows, area_cols)
-            timings[f"{split.name}/{name}"] = round(time.perf_counter() - t, 2)
-            thr = youden_threshold(train.y, p_train)
-            results[name][split.name] = classification_metrics(test.y, p_test, thr)
-            preds[split.name][name] = {"p": p_test, "pred": (p_test >= thr).astype(int)}
-            curve_data[split.name][name] = curves(test.y, p_test)
-            success = rate_curve(p_area, p_train[train.y == 1])
-            prediction = rate_curve(p_area, p_test[test.y == 1])
-            rates[split.name][name] = {"success": success, "prediction": prediction}
-            results[name][split.name]["success_rate_auc"] = success["auc"]
-            results[name][split.name]["prediction_rate_auc"] = prediction["auc"]
-            if split.name == "blocked":
-                kept[name] = (model, p_area, split, train)
-    bar.close()
+    def tick(label: str) -> None:
+        bar.set_postfix_str(label)
+        bar.update(1)
 
+    run = Run(cfg, data, StackCache(data), ModelInputs.for_data(data, cfg.window_classes), area_rows, area_cols, tick)
+    samplings = [cfg.negatives] + (["anywhere"] if cfg.compare_anywhere and cfg.negatives != "anywhere" else [])
+    per_sampling = {neg: _sampling_run(run, neg, neg == cfg.negatives, detected) for neg in samplings}
+    primary = per_sampling[cfg.negatives]
+    samples: SampleSet = primary["samples"]
+    scores = _scores(run, primary)
+    ranking = rank(scores)
+    finals = _final_models(run, primary)
+
+    # models, metrics and McNemar tables -----------------------------------------------------------
+    results: dict[str, dict[str, Any]] = {m: {} for m in cfg.models}
+    for split in ("random", "blocked"):
+        for m, s in primary["results"][split].items():
+            results[m][split] = s.metrics
+    for m, score in scores.items():
+        results[m]["ranking_score"] = score.to_dict()
+        if primary["use_cv"]:
+            results[m]["cv"] = {"roc_auc": score.value, "ci95": list(score.ci95), "folds": primary["cv"][m]}
+    for neg, res in per_sampling.items():
+        if neg == cfg.negatives:
+            continue
+        for split in ("random", "blocked"):
+            for m, s in res["results"][split].items():
+                results[m][f"{neg}_{split}"] = s.metrics
     mcnemar: dict[str, dict[str, Any]] = {}
-    if REFERENCE in models:
-        for split in splits:
-            y_test = samples.y[split.test]
-            ref = preds[split.name][REFERENCE]["pred"]
-            mcnemar[split.name] = {
-                other: mcnemar_test(y_test, ref, preds[split.name][other]["pred"])
-                for other in models if other != REFERENCE
-            }
+    if REFERENCE in cfg.models and len(cfg.models) > 1:
+        for split in ("random", "blocked"):
+            y_test = samples.y[primary["splits"][split].test]
+            res = primary["results"][split]
 
+            def pred(m: str) -> np.ndarray:
+                return (res[m].p_test >= res[m].metrics["threshold"]).astype(int)
+
+            mcnemar[split] = {o: mcnemar_test(y_test, pred(REFERENCE), pred(o)) for o in cfg.models if o != REFERENCE}
+
+    # artefacts, fast forms, default ------------------------------------------------------------------
+    served_area: dict[str, np.ndarray] = {}
+    fast_forms: dict[str, Any] = {}
     versions: dict[str, str] = {}
-    paths: dict[str, str] = {}
+    infos: dict[str, ModelInfo] = {}
+    blocked_test = samples.subset(primary["splits"]["blocked"].test)
+    for m, fitted in finals.items():
+        scored = primary["results"]["blocked"][m]
+        p_area = scored.p_area if scored.fitted is fitted else predict_cells(fitted, run.stacks, area_rows, area_cols)
+        if fitted.kind == "window" and cfg.distil:
+            tick(f"fast form of {m}")
+            p_test = primary["results"]["blocked"][m].p_test
+            ff = distil(fitted, run.stacks, cfg, blocked_test, cfg.seed, p_test)
+            fast_forms[m] = ff
+            if ff.pearson_r >= cfg.fast_agreement:
+                p_area = ff.region_map[area_rows, area_cols]
+        served_area[m] = p_area
+    trained_on = ("all samples (scores from spatial CV)" if primary["use_cv"] else "blocked split, training part")
     if save:
-        for name, (model, p_area, split, train) in kept.items():
-            path = _save(name, model, data, cfg, train, results[name], split, p_area)
-            versions[name] = path.name.rsplit("-", 1)[-1]
-            paths[name] = str(path)
+        for entry in ranking:
+            m = entry["model"]
+            fitted = finals[m]
+            skill = {"metric": "roc_auc", "chance": 0.5, "rank": entry["rank"], "run_id": run_id,
+                     **scores[m].to_dict()}
+            card = _card(run, fitted, trained_on, len(samples), samples.counts(), results[m], skill,
+                         jenks_breaks(served_area[m]), run_id)
+            write, weights = (
+                ((lambda p, mm=fitted.model: joblib.dump(mm, p)), "model.joblib") if fitted.kind == "centre"
+                else (_save_keras(fitted.model), "model.keras")
+            )
+            path = save_artefact(data.region_dir / "models", "lsm", m, card, write, weights_file=weights)
+            versions[m] = read_card(path)["version"]
+            if m in fast_forms:
+                ff = fast_forms[m]
+                fast_card = {
+                    "synthetic": data.synthetic, "run_id": run_id, "architecture": "dense_fcn",
+                    "inputs": data.factor_names, "factor_names": data.factor_names,
+                    "normalisation": data.normalisation.to_list(), "encoding": data.encoding.to_dict(),
+                    "windows": {"patch": 23, "placement": "centred (odd)", "edge": "zero (nodata after encoding)"},
+                    "halo": 11, "fast_form_of": {"name": m, "version": versions[m]},
+                    "agreement": ff.card(cfg.fast_agreement), "threshold": fitted.threshold,
+                    "class_breaks": card["class_breaks"], "training_data": card["training_data"],
+                }
+                fpath = save_artefact(data.region_dir / "models", "lsm", f"{m}_fast", fast_card,
+                                      _save_keras(ff.model), weights_file="model.keras")
+                update_card(path, {"fast_form": {"name": f"{m}_fast", "version": read_card(fpath)["version"],
+                                                 **ff.card(cfg.fast_agreement)}})
+            card = read_card(path)
+            infos[m] = ModelInfo(m, "lsm", versions[m], path, card)
+        best = next((e["model"] for e in ranking if e["has_skill"]), None)
+        reason = (f"best blocked ROC-AUC ({'spatial CV mean' if primary['use_cv'] else 'blocked test'}) with skill "
+                  f"in run {run_id}" if best else f"no model of run {run_id} has skill (interval includes 0.5)")
+        record_default(data.region_dir, "susceptibility", infos.get(best) if best else None, reason)
+    else:
+        best = next((e["model"] for e in ranking if e["has_skill"]), None)
 
-    class_model = REFERENCE if REFERENCE in kept else next(iter(kept))
-    classes = jenks_classes(kept[class_model][1], None)
+    # classes of the default (served) model --------------------------------------------------------------
+    class_model = best or ranking[0]["model"]
+    pos = samples.y == 1
+    if class_model in fast_forms and fast_forms[class_model].pearson_r >= cfg.fast_agreement:
+        p_slides = fast_forms[class_model].region_map[samples.rows[pos], samples.cols[pos]]
+    else:
+        p_slides = predict_cells(finals[class_model], run.stacks, samples.rows[pos], samples.cols[pos])
+    classes = jenks_classes(served_area[class_model], p_slides)
     classes["model"] = class_model
     classes["estimated_from"] = (
-        f"{len(area_idx)} random valid cells (area shares) and all {int(samples.y.sum())} landslide "
-        "samples; `slidemap map susceptibility` computes the classes over the full map"
+        f"{len(area_idx)} random valid cells (area shares) and all {int(pos.sum())} landslide samples; "
+        "`slidemap map susceptibility` computes the classes over the full map"
     )
-    p_slides = predict_cells(kept[class_model][0], class_model, data.normalised,
-                             samples.rows[samples.y == 1], samples.cols[samples.y == 1])
-    classes.update(jenks_classes(kept[class_model][1], p_slides, breaks=classes["breaks"]))
+
+    # curves for the figures (primary sampling) ---------------------------------------------------------
+    curve_data: dict[str, dict[str, Any]] = {}
+    rates: dict[str, dict[str, Any]] = {}
+    for split in ("random", "blocked"):
+        test = samples.subset(primary["splits"][split].test)
+        curve_data[split] = {m: curves(test.y, s.p_test) for m, s in primary["results"][split].items()}
+        rates[split] = {}
+        for m, s in primary["results"][split].items():
+            rates[split][m] = {"success": rate_curve(s.p_area, s.p_train_positives),
+                               "prediction": rate_curve(s.p_area, s.p_test[test.y == 1])}
+            results[m][split]["success_rate_auc"] = rates[split][m]["success"]["auc"]
+            results[m][split]["prediction_rate_auc"] = rates[split][m]["prediction"]["auc"]
 
     report = {
         "kind": "lsm",
         "synthetic": data.synthetic,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "run_id": time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6],
+        "run_id": run_id,
         "data": {
-            "region": str(Path(region_dir).resolve()),
+            "region": data.region_dir.name,
             "fingerprint": data.fingerprint,
             "grid": data.grid.to_dict(),
             "factor_names": data.factor_names,
+            "channels": data.encoding.channel_names,
+            "window_channels": [data.encoding.channel_names[i] for i in run.inputs.window_channels],
+            "imagery_factors_from": data.imagery_factors_from,
+            "planted_rule": planted_rule(data.region_dir) if data.synthetic else None,
+            "detected_inventory": detected_path.name if detected_path else None,
             "samples": int(len(samples)),
             "positives": int(samples.y.sum()),
             "sources": samples.counts(),
-            "detected_inventory": str(detected_path) if detected_path else None,
-            "negatives_rule": (
-                f"known non-landslide cells (labels.tif == 2), topped up to {cfg.neg_ratio} per positive "
-                f"with random cells > {cfg.buffer} cells from landslides" if cfg.top_up
-                else "known non-landslide cells (labels.tif == 2) only"
-            ),
-            "splits": {s.name: {"train": int(len(s.train)), "test": int(len(s.test)), **s.info} for s in splits},
+            "per_polygon_cap": cfg.per_polygon_cap,
+            "negatives": cfg.negatives,
+            "negatives_rule": primary["rule"],
+            "samplings": {
+                neg: {"samples": int(len(r["samples"])), "positives": int(r["samples"].y.sum()), "rule": r["rule"],
+                      "splits": {k: {"train": int(len(s.train)), "test": int(len(s.test)), **s.info}
+                                 for k, s in r["splits"].items()}}
+                for neg, r in per_sampling.items()
+            },
+            "splits": {k: {"train": int(len(s.train)), "test": int(len(s.test)), **s.info}
+                       for k, s in primary["splits"].items()},
+            "cv": ({"folds": cfg.cv_folds, "repeats": cfg.cv_repeats,
+                    "mean_train": float(np.mean([len(f.train) for f in primary["folds"]])),
+                    "mean_test": float(np.mean([len(f.test) for f in primary["folds"]])),
+                    "dropped_in_buffer": int(sum(f.info["dropped_in_buffer"] for f in primary["folds"]))}
+                   if primary["use_cv"] else None),
+            "single_factor_auc": single_factor_auc(data, samples),
         },
-        "preset": preset,
-        "config": cfg.to_dict(),
-        "threshold_rule": "Youden's J on the model's own training predictions",
+        "preset": cfg.preset,
+        "config": cfg.model_dump(mode="json"),
+        "threshold_rule": THRESHOLD_RULE,
+        "ranking": ranking,
+        "ranking_rule": ("spatial CV mean ROC-AUC" if primary["use_cv"] else "blocked-test ROC-AUC")
+        + " on the " + cfg.negatives + " negatives; skill = 95 % interval above 0.5",
+        "default_model": best,
         "model_versions": versions,
-        "model_paths": paths,
         "models": results,
+        "fast_forms": {m: ff.card(cfg.fast_agreement) for m, ff in fast_forms.items()},
         "mcnemar": mcnemar,
         "classes": classes,
-        "timings_s": {**timings, "total": round(time.perf_counter() - t0, 1)},
+        "timings_s": {**run.timings, "total": round(time.perf_counter() - t0, 1)},
     }
+    bar.close()
     if write:
-        out_dir = Path(region_dir) / "reports" / "lsm" / report["run_id"]
+        out_dir = Path(region_dir) / "reports" / "lsm" / run_id
         write_report(report, curve_data, rates, out_dir)
         report["report_dir"] = str(out_dir)
     return report

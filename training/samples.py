@@ -1,12 +1,23 @@
 """Susceptibility samples: which cells are landslides, which are not, and their weights.
 
-Positives are the inventory's landslide cells (``labels.tif == 1``) and, when ``slidemap inventory``
-has run, the cells of the newest detected inventory (``REGION/reports/inventory/*/*.gpkg``); each
-sample records which kind it is. Negatives are the inventory's known non-landslide cells
-(``labels.tif == 2``); when there are fewer than ``neg_ratio`` per positive (or none) and ``top_up``
-is on, cells sampled at random farther than ``buffer_cells`` from every landslide cell fill the gap
-(a handful of known negatives alone would leave most of the landscape unseen). Sample weights balance the classes
-(``n / (2 n_class)``), so a weighted loss sees both classes with equal total weight.
+**Positives** are the inventory's landslide cells (``labels.tif == 1``) and, when ``slidemap
+inventory`` has run, the cells of the current detected inventory; each sample records which kind
+it is and its **polygon** (a connected patch of landslide cells, so a split can keep every polygon
+wholly on one side). A large polygon would otherwise outweigh many small ones: at most
+``per_polygon_cap`` of its cells are kept, chosen at random.
+
+**Negatives** are the inventory's known non-landslide cells (``labels.tif == 2``) plus cells sampled
+at random farther than ``buffer_cells`` from every landslide cell, up to ``neg_ratio`` per positive,
+from one of two grounds:
+
+* ``terrain`` (the default): ground where landslides *can* happen -- the slope range of the
+  positives (2nd-98th percentile, never below 2 degrees: no flat floodplain) and the land covers
+  that hold at least 1 % of them, never water or built-up land. A model must then tell unstable
+  slopes from stable slopes, not hillsides from lakes.
+* ``anywhere``: any valid cell away from landslides -- the easy negatives most studies use, which
+  inflate every model's AUC. Reports show both.
+
+Sample weights balance the classes (``n / (2 n_class)``).
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +33,7 @@ import numpy as np
 import rasterio
 from scipy import ndimage
 
-from slidemap.compute.factors import Normalisation, load_normalisation, normalise
+from slidemap.compute.factors import Encoding, Normalisation, class_codes_present, load_normalisation
 from slidemap.compute.grid import Grid
 from slidemap.errors import BuildError
 
@@ -29,6 +41,8 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("inventory", "detected", "known_negative", "sampled_negative")
 LANDSLIDE, KNOWN_NEGATIVE, OUTSIDE = 1, 2, 255
+# land covers where a landslide sample would be an error and a negative a give-away
+NEVER_GROUND = re.compile(r"water|built|artificial|urban|settlement|impervious|road|reservoir|river|lake", re.I)
 
 
 @dataclass
@@ -37,12 +51,17 @@ class RegionData:
 
     region_dir: Path
     grid: Grid
-    stack: np.ndarray  # float32 [c, H, W] physical units, NaN nodata
-    normalised: np.ndarray  # float32 [c, H, W] in [0, 1], NaN -> 0
-    normalisation: Normalisation
+    stack: np.ndarray  # float32 [factors, H, W] physical units, NaN nodata
+    encoding: Encoding
+    encoded: np.ndarray  # float32 [channels, H, W], the model input (NaN -> 0)
     labels: np.ndarray  # uint8 [H, W]
     synthetic: bool
     fingerprint: str  # SHA-256 (first 16) of factors.tif + labels.tif
+    imagery_factors_from: str | None = None
+
+    @property
+    def normalisation(self) -> Normalisation:
+        return self.encoding.normalisation
 
     @property
     def factor_names(self) -> list[str]:
@@ -52,6 +71,10 @@ class RegionData:
     def valid(self) -> np.ndarray:
         """Cells where every factor is known (the cells a map gives a value)."""
         return np.isfinite(self.stack).all(axis=0)
+
+    def factor(self, name: str) -> np.ndarray | None:
+        names = self.factor_names
+        return self.stack[names.index(name)] if name in names else None
 
 
 def load_region_data(region_dir: str | Path) -> RegionData:
@@ -80,15 +103,18 @@ def load_region_data(region_dir: str | Path) -> RegionData:
     digest = hashlib.sha256()
     for path in (factors_tif, labels_tif):
         digest.update(path.read_bytes())
+    valid = np.isfinite(stack).all(axis=0)
+    encoding = Encoding.build(spec, class_codes_present(stack, spec, valid))
     return RegionData(
         region_dir=region_dir,
         grid=grid,
         stack=stack,
-        normalised=normalise(stack, spec),
-        normalisation=spec,
+        encoding=encoding,
+        encoded=encoding.encode(stack),
         labels=labels,
         synthetic=bool(meta.get("synthetic", False)),
         fingerprint=digest.hexdigest()[:16],
+        imagery_factors_from=meta.get("imagery_factors_from"),
     )
 
 
@@ -99,12 +125,13 @@ class SampleSet:
     y: np.ndarray  # int8, 1 landslide / 0 not
     source: np.ndarray  # uint8 index into SOURCES
     weight: np.ndarray  # float32, class-balancing
+    group: np.ndarray  # int64: the polygon of a positive; a unique id for every negative
 
     def __len__(self) -> int:
         return len(self.y)
 
     def subset(self, idx: np.ndarray) -> SampleSet:
-        out = SampleSet(self.rows[idx], self.cols[idx], self.y[idx], self.source[idx], self.weight[idx])
+        out = SampleSet(self.rows[idx], self.cols[idx], self.y[idx], self.source[idx], self.weight[idx], self.group[idx])
         out.weight = balanced_weights(out.y)
         return out
 
@@ -144,54 +171,120 @@ def rasterise_detected(path: Path, grid: Grid) -> np.ndarray:
     return rasterize(shapes, out_shape=grid.shape, transform=grid.transform, fill=0, dtype="uint8").astype(bool)
 
 
+@dataclass(frozen=True)
+class Ground:
+    """Where negatives may be drawn from, and the rule in words for the report."""
+
+    mask: np.ndarray  # bool [H, W]
+    rule: str
+
+
+def susceptible_ground(data: RegionData, positives: np.ndarray) -> Ground:
+    """Cells whose slope and land cover are those landslides occur on (see the module docstring)."""
+    valid = data.valid
+    mask = valid.copy()
+    parts: list[str] = []
+    slope = data.factor("slope")
+    if slope is not None and positives.any():
+        lo, hi = np.percentile(slope[positives & valid], [2, 98])
+        lo = max(float(lo), 2.0)
+        mask &= (slope >= lo) & (slope <= hi)
+        parts.append(f"slope {lo:.1f}-{hi:.1f} deg (2nd-98th percentile of the landslide cells, at least 2)")
+    landcover = data.factor("landcover")
+    if landcover is not None and positives.any():
+        spec = next(f for f in data.normalisation.factors if f.name == "landcover")
+        codes, counts = np.unique(np.rint(landcover[positives & valid]), return_counts=True)
+        keep = [int(c) for c, n in zip(codes, counts) if n >= 0.01 * counts.sum()]
+        keep = [c for c in keep if not NEVER_GROUND.search(spec.classes.get(str(c), ""))]
+        mask &= np.isin(np.rint(landcover), keep)
+        parts.append("land cover " + ", ".join(spec.classes.get(str(c), str(c)) for c in keep)
+                     + " (those holding >= 1 % of the landslide cells; never water or built-up)")
+    if not parts:
+        return Ground(valid, "any valid cell (no slope or land cover factor to narrow it)")
+    return Ground(mask, "; ".join(parts))
+
+
+def polygon_ids(positives: np.ndarray) -> np.ndarray:
+    """Connected patches (8-neighbour) of landslide cells: 1..n, 0 elsewhere."""
+    ids, _ = ndimage.label(positives, structure=np.ones((3, 3), dtype=bool))
+    return ids
+
+
+def cap_per_group(groups: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices keeping at most ``cap`` random members of every group."""
+    order = rng.permutation(len(groups))
+    by_group = order[np.argsort(groups[order], kind="stable")]  # grouped, random within a group
+    sorted_groups = groups[by_group]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_groups)) + 1]
+    rank = np.arange(len(groups)) - np.repeat(starts, np.diff(np.r_[starts, len(groups)]))
+    return np.sort(by_group[rank < cap])
+
+
 def build_samples(
-    labels: np.ndarray,
-    valid: np.ndarray,
+    data: RegionData,
     *,
     detected: np.ndarray | None = None,
+    negatives: str = "terrain",
     neg_ratio: float = 1.0,
     buffer_cells: float = 3.0,
+    per_polygon_cap: int | None = None,
     max_samples: int | None = None,
-    top_up: bool = True,
     seed: int = 0,
-) -> SampleSet:
-    """Positive and negative cells of a region (see the module docstring for the rules)."""
+) -> tuple[SampleSet, str]:
+    """Positive and negative cells of a region and the negatives' rule in words."""
     rng = np.random.default_rng(seed)
+    labels, valid = data.labels, data.valid
     inside = valid & (labels != OUTSIDE)
     inv_pos = (labels == LANDSLIDE) & inside
     det_pos = (detected & inside & ~inv_pos) if detected is not None else np.zeros_like(inv_pos)
     positives = inv_pos | det_pos
     if not positives.any():
         raise BuildError("no landslide cells inside the factor stack (labels.tif has no 1s); check the inventory")
-    known_neg = (labels == KNOWN_NEGATIVE) & inside & ~positives
+    ids = polygon_ids(positives)
     pr, pc = np.nonzero(positives)
+    groups = ids[pr, pc].astype(np.int64)
+    if per_polygon_cap is not None:
+        keep = cap_per_group(groups, per_polygon_cap, rng)
+        pr, pc, groups = pr[keep], pc[keep], groups[keep]
     p_src = np.where(inv_pos[pr, pc], SOURCES.index("inventory"), SOURCES.index("detected"))
-    target = max(1, int(round(neg_ratio * len(pr))))
+
+    known_neg = (labels == KNOWN_NEGATIVE) & inside & ~positives
     kr, kc = np.nonzero(known_neg)
-    nr, nc = kr, kc
-    n_src = np.full(len(kr), SOURCES.index("known_negative"))
-    if len(kr) < target and top_up:
-        # distance (cells) to the nearest landslide cell: sampled negatives stay clear of the scars
-        far = ndimage.distance_transform_edt(~positives) > buffer_cells
-        candidates = np.flatnonzero((far & inside & (labels == 0)).ravel())
-        n_new = min(len(candidates), target - len(kr))
-        if n_new == 0 and len(kr) == 0:
-            raise BuildError("no cells are far enough from landslides to sample negatives; lower --set buffer=")
-        pick = np.sort(rng.choice(candidates, size=n_new, replace=False))
-        sr, sc = np.unravel_index(pick, labels.shape)
-        nr, nc = np.concatenate([kr, sr]), np.concatenate([kc, sc])
-        n_src = np.concatenate([n_src, np.full(n_new, SOURCES.index("sampled_negative"))])
+    target = max(1, int(round(neg_ratio * len(pr))))
+    far = ndimage.distance_transform_edt(~positives) > buffer_cells
+    if negatives == "terrain":
+        ground = susceptible_ground(data, positives)
+    elif negatives == "anywhere":
+        ground = Ground(valid, "any valid cell")
+    else:
+        raise ValueError(f"negatives must be terrain or anywhere, not {negatives!r}")
+    candidates = np.flatnonzero((far & inside & ground.mask & (labels == 0)).ravel())
+    n_new = min(len(candidates), max(0, target - len(kr)))
+    if n_new == 0 and len(kr) == 0:
+        raise BuildError(
+            "no cells are far enough from landslides to sample negatives; lower --set neg_buffer= "
+            "or use --set negatives=anywhere"
+        )
+    pick = np.sort(rng.choice(candidates, size=n_new, replace=False))
+    sr, sc = np.unravel_index(pick, labels.shape)
+    nr, nc = np.concatenate([kr, sr]), np.concatenate([kc, sc])
+    n_src = np.concatenate([np.full(len(kr), SOURCES.index("known_negative")),
+                            np.full(n_new, SOURCES.index("sampled_negative"))])
+    rule = (f"known non-landslide cells (labels.tif == 2, {len(kr)}), topped up to {neg_ratio:g} per positive with "
+            f"random cells more than {buffer_cells:g} cells from any landslide on: {ground.rule}")
+
     rows = np.concatenate([pr, nr]).astype(np.int64)
     cols = np.concatenate([pc, nc]).astype(np.int64)
     y = np.concatenate([np.ones(len(pr), np.int8), np.zeros(len(nr), np.int8)])
     source = np.concatenate([p_src, n_src]).astype(np.uint8)
+    # negatives are single cells: each its own group, numbered after the polygons
+    group = np.concatenate([groups, int(ids.max()) + 1 + np.arange(len(nr), dtype=np.int64)])
     if max_samples is not None and len(y) > max_samples:
-        # stratified subsample: class proportions kept
         keep = []
-        for cls in (1, 0):
+        for cls in (1, 0):  # stratified: class proportions kept
             idx = np.flatnonzero(y == cls)
             k = max(1, int(round(max_samples * len(idx) / len(y))))
             keep.append(rng.choice(idx, size=min(k, len(idx)), replace=False))
         order = np.sort(np.concatenate(keep))
-        rows, cols, y, source = rows[order], cols[order], y[order], source[order]
-    return SampleSet(rows, cols, y, source, balanced_weights(y))
+        rows, cols, y, source, group = rows[order], cols[order], y[order], source[order], group[order]
+    return SampleSet(rows, cols, y, source, balanced_weights(y), group), rule

@@ -1,0 +1,195 @@
+"""The fast form of a window 3D-CNN: a dense network trained to reproduce it (distillation).
+
+A window model needs one 3D-CNN pass per cell; its fast form (:func:`slidemap.training.lsm.build_dense_fcn`)
+maps a whole block in one pass. No labels are needed to train it -- every valid cell of the region
+is an example, its target the window model's probability there -- so it learns the window model,
+not the inventory:
+
+1. random crops of the region (``fast_patch`` cells a side, plus the 11-cell halo) until the crops
+   cover ``fast_cells`` valid cells, and the window model's probability at each of them;
+2. ``fast_steps`` Adam steps on batches of crops, each under a random symmetry of the square (the
+   aspect turned with it), minimising the cross-entropy to the soft targets on valid cells;
+3. agreement, measured on cells no crop covered: Pearson r between the two maps and the ROC-AUC of
+   each on the blocked test samples; and both paths' cells per second in this process.
+
+Tiles of the window model come from its fast form only when the agreement holds (``fast_agreement``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from slidemap.training.augment import transform_direction
+from slidemap.training.lsm import DENSE_HALO, build_dense_fcn, compiled_predict
+from slidemap.training.lsm_config import LsmConfig
+from slidemap.training.lsm_fit import FittedModel, StackCache, predict_cells
+from slidemap.training.samples import RegionData, SampleSet
+
+log = logging.getLogger(__name__)
+DISTIL_BATCH = 4
+
+
+@dataclass
+class FastForm:
+    model: Any
+    pearson_r: float
+    agreement_cells: int
+    auc_window: float
+    auc_fast: float
+    cells_per_s_window: float
+    cells_per_s_fast: float
+    target_cells: int
+    steps: int
+    seconds: float
+    region_map: np.ndarray  # the fast form's probability over the region (NaN off valid cells)
+
+    @property
+    def auc_diff(self) -> float:
+        return self.auc_fast - self.auc_window
+
+    @property
+    def speedup(self) -> float:
+        return self.cells_per_s_fast / self.cells_per_s_window if self.cells_per_s_window else float("nan")
+
+    def card(self, threshold_r: float) -> dict[str, Any]:
+        return {
+            "pearson_r": round(self.pearson_r, 4),
+            "agreement_cells": self.agreement_cells,
+            "auc_window": round(self.auc_window, 4),
+            "auc_fast": round(self.auc_fast, 4),
+            "auc_diff": round(self.auc_diff, 4),
+            "cells_per_s_window": round(self.cells_per_s_window, 1),
+            "cells_per_s_fast": round(self.cells_per_s_fast, 1),
+            "speedup": round(self.speedup, 1),
+            "target_cells": self.target_cells,
+            "steps": self.steps,
+            "seconds": round(self.seconds, 1),
+            "use": bool(self.pearson_r >= threshold_r),
+            "rule": f"tiles come from the fast form when Pearson r >= {threshold_r} over cells it was not trained on",
+        }
+
+
+def dense_map(model: Any, encoded: np.ndarray, valid: np.ndarray, block: int = 256) -> np.ndarray:
+    """The fast form's probability over the whole region, block by block (outside = 0, as the
+    window extractor reads it); NaN where a factor is missing."""
+    predict = compiled_predict(model)
+    c, h, w = encoded.shape
+    halo = DENSE_HALO
+    padded = np.zeros((h + 2 * halo + block, w + 2 * halo + block, c), dtype=np.float32)
+    padded[halo : halo + h, halo : halo + w] = encoded.transpose(1, 2, 0)
+    out = np.full((h, w), np.nan, dtype=np.float32)
+    for r in range(0, h, block):
+        for col in range(0, w, block):
+            tile = padded[r : r + block + 2 * halo, col : col + block + 2 * halo][np.newaxis]
+            prob = predict(tile)[0, :, :, 0]
+            hh, ww = min(block, h - r), min(block, w - col)
+            out[r : r + hh, col : col + ww] = prob[:hh, :ww]
+    out[~valid] = np.nan
+    return out
+
+
+def distil(
+    fitted: FittedModel, stacks: StackCache, cfg: LsmConfig, test: SampleSet, seed: int, p_test_window: np.ndarray
+) -> FastForm:
+    """Train ``fitted``'s fast form (see the module docstring)."""
+    import keras
+    import tensorflow as tf
+
+    t0 = time.perf_counter()
+    data: RegionData = stacks.data
+    rng = np.random.default_rng(seed)
+    valid = data.valid
+    h, w = valid.shape
+    patch = int(min(cfg.fast_patch, h, w))
+    # 1. crops and their targets -------------------------------------------------------------
+    n_valid = int(valid.sum())
+    budget = min(cfg.fast_cells, n_valid)
+    origins: list[tuple[int, int]] = []
+    covered = np.zeros_like(valid)
+    for _ in range(10_000):
+        if int((covered & valid).sum()) >= budget:
+            break
+        r, c = int(rng.integers(0, h - patch + 1)), int(rng.integers(0, w - patch + 1))
+        if not valid[r : r + patch, c : c + patch].any():
+            continue
+        origins.append((r, c))
+        covered[r : r + patch, c : c + patch] = True
+    target_cells = covered & valid
+    tr, tc = np.nonzero(target_cells)
+    t1 = time.perf_counter()
+    targets_flat = predict_cells(fitted, stacks, tr, tc)
+    window_rate = len(tr) / max(time.perf_counter() - t1, 1e-9)
+    target = np.zeros((h, w), dtype=np.float32)
+    target[tr, tc] = targets_flat
+    # 2. training -------------------------------------------------------------------------------
+    enc = data.encoding
+    sin_i = next((i for i, ch in enumerate(enc.channels) if ch.kind == "sin"), None)
+    cos_i = next((i for i, ch in enumerate(enc.channels) if ch.kind == "cos"), None)
+    halo = DENSE_HALO
+    padded = np.zeros((h + 2 * halo, w + 2 * halo, len(enc.channels)), dtype=np.float32)
+    padded[halo : halo + h, halo : halo + w] = data.encoded.transpose(1, 2, 0)
+    keras.utils.set_random_seed(seed)
+    model = build_dense_fcn(len(enc.channels), width=cfg.fast_width, dense=cfg.fast_dense,
+                            name=f"{fitted.name}_fast", seed=seed)
+    schedule = keras.optimizers.schedules.CosineDecay(2e-3, decay_steps=cfg.fast_steps, alpha=0.05)
+    optimizer = keras.optimizers.Adam(learning_rate=schedule)
+
+    @tf.function(reduce_retracing=True)
+    def step(x: Any, y: Any, m: Any) -> Any:
+        with tf.GradientTape() as tape:
+            p = tf.clip_by_value(model(x, training=True)[..., 0], 1e-6, 1 - 1e-6)
+            loss = -(y * tf.math.log(p) + (1 - y) * tf.math.log(1 - p))
+            loss = tf.reduce_sum(loss * m) / tf.maximum(tf.reduce_sum(m), 1.0)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    side = patch + 2 * halo
+    for _ in range(cfg.fast_steps):
+        pick = rng.integers(0, len(origins), DISTIL_BATCH)
+        xs = np.empty((DISTIL_BATCH, side, side, len(enc.channels)), dtype=np.float32)
+        ys = np.empty((DISTIL_BATCH, patch, patch), dtype=np.float32)
+        ms = np.empty((DISTIL_BATCH, patch, patch), dtype=np.float32)
+        for b, k in enumerate(pick):
+            r, c = origins[k]
+            x = padded[r : r + side, c : c + side]
+            y, m = target[r : r + patch, c : c + patch], target_cells[r : r + patch, c : c + patch]
+            sym = int(rng.integers(0, 8))
+            xs[b], ys[b], ms[b] = _symmetry(x, sym, sin_i, cos_i), _symmetry(y, sym), _symmetry(m, sym)
+        step(tf.constant(xs), tf.constant(ys), tf.constant(ms))
+    # 3. agreement --------------------------------------------------------------------------------
+    t2 = time.perf_counter()
+    region_map = dense_map(model, data.encoded, valid)
+    fast_rate = n_valid / max(time.perf_counter() - t2, 1e-9)
+    held = np.flatnonzero((valid & ~covered).ravel())
+    if len(held) == 0:  # a tiny region: every cell was a target; say so by measuring on them
+        held = np.flatnonzero(valid.ravel())
+    held = np.sort(rng.choice(held, size=min(cfg.agreement_cells, len(held)), replace=False))
+    hr, hc = np.unravel_index(held, valid.shape)
+    p_window = predict_cells(fitted, stacks, hr, hc)
+    p_fast = region_map[hr, hc]
+    r_value = float(np.corrcoef(p_window, p_fast)[0, 1]) if np.std(p_window) > 0 and np.std(p_fast) > 0 else 0.0
+    both = len(np.unique(test.y)) == 2
+    auc_window = float(roc_auc_score(test.y, p_test_window)) if both else float("nan")
+    auc_fast = float(roc_auc_score(test.y, region_map[test.rows, test.cols])) if both else float("nan")
+    return FastForm(
+        model=model, pearson_r=r_value, agreement_cells=len(held), auc_window=auc_window, auc_fast=auc_fast,
+        cells_per_s_window=window_rate, cells_per_s_fast=fast_rate, target_cells=len(tr), steps=cfg.fast_steps,
+        seconds=time.perf_counter() - t0, region_map=region_map,
+    )
+
+
+def _symmetry(a: np.ndarray, k: int, sin_i: int | None = None, cos_i: int | None = None) -> np.ndarray:
+    """Element ``k`` of the square's symmetry group on ``[rows, cols, ...]`` (see augment.py)."""
+    out = a[:, ::-1] if k >= 4 else a
+    out = np.rot90(out, k % 4, axes=(0, 1))
+    if sin_i is not None and cos_i is not None:
+        out = out.copy()
+        out[..., sin_i], out[..., cos_i] = transform_direction(out[..., sin_i], out[..., cos_i], k)
+    return out
