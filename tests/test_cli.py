@@ -34,10 +34,14 @@ def region(prepared_region, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def lsm_model(region) -> Path:
-    assert main(["train", "lsm", str(region), "--preset", "quick", "--models", "multiscale_dense", "--quiet"]) == 0
-    dense = [m for m in list_models(region) if m.kind == "lsm" and m.name == "multiscale_dense"]
-    assert len(dense) == 1
-    return dense[0].path
+    # the quick preset, shortened further: this checks the commands, test_lsm.py the training
+    args = ["train", "lsm", str(region), "--preset", "quick", "--models", "multiscale", "--epochs", "2",
+            "--set", "cv_below=0", "--set", "fast_steps=30", "--set", "fast_cells=800", "--set", "agreement_cells=400",
+            "--quiet"]
+    assert main(args) == 0
+    window = [m for m in list_models(region) if m.kind == "lsm" and m.name == "multiscale"]
+    assert len(window) == 1
+    return window[0].path
 
 
 @pytest.fixture(scope="module")
@@ -50,48 +54,44 @@ def detector(region) -> Path:
     return unets[0].path
 
 
-def whole_region_pass(model_dir: Path, region: Path) -> np.ndarray:
-    """The dense network over the whole NaN-padded factor stack at once (no blocks), cells with a
-    missing factor NaN: what the block-by-block map must equal."""
-    import keras
+def whole_region_pass(model_dir: Path, region: Path, mode: str) -> np.ndarray:
+    """The model over the whole NaN-padded factor stack in one block: what the CLI's map, computed in
+    many small blocks with their halos, must equal."""
+    from slidemap.compute.susceptibility import load_susceptibility
 
-    from slidemap.compute.factors import Normalisation, normalise
-
-    card = read_card(model_dir)
-    model = keras.saving.load_model(model_dir / card["weights"], compile=False)
+    sm = load_susceptibility(model_dir, mode)
     with rasterio.open(region / "build" / "factors.tif") as src:
         names = list(src.descriptions)
-        stack = src.read([names.index(n) + 1 for n in card["factor_names"]]).astype(np.float32)
-    h = int(card["halo"])
-    padded = np.pad(stack, ((0, 0), (h, h), (h, h)), constant_values=np.nan)
-    norm = normalise(padded, Normalisation.from_list(card["normalisation"]))
-    prob = np.array(model(norm.transpose(1, 2, 0)[None], training=False))[0, :, :, 0]
-    prob[~np.isfinite(stack).all(axis=0)] = np.nan
-    return prob
+        stack = src.read([names.index(n) + 1 for n in sm.factor_names]).astype(np.float32)
+    h = sm.halo
+    return sm.predict_block(np.pad(stack, ((0, 0), (h, h), (h, h)), constant_values=np.nan))
 
 
-def test_map_susceptibility(region, lsm_model, capsys):
+@pytest.mark.parametrize("mode", ["dense"])  # the fast form (the window path is test_lsm.py's, and slow)
+def test_map_susceptibility(region, lsm_model, capsys, mode):
     capsys.readouterr()
-    code = main(["map", "susceptibility", str(region), "--mode", "dense", "--model", "multiscale_dense",
-                 "--block", "32", "--quiet"])
+    code = main(["map", "susceptibility", str(region), "--mode", mode, "--model", "multiscale", "--block", "32",
+                 "--out", str(region / "maps" / f"{mode}.tif"), "--quiet"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert out.startswith("SYNTHETIC susceptibility map (multiscale_dense")
+    path = {"dense": "fast form", "window": "window path"}[mode]
+    assert out.startswith(f"SYNTHETIC susceptibility map (multiscale {read_card(lsm_model)['version']}, {path}):")
     prob_path = Path(re.search(r"probability: (\S+)", out).group(1))
     classes_path = Path(re.search(r"classes: +(\S+)", out).group(1))
+    assert prob_path == (region / "maps" / f"{mode}.tif").resolve()
     with rasterio.open(region / "build" / "factors.tif") as ref, rasterio.open(prob_path) as src, \
             rasterio.open(classes_path) as cls:
         assert (src.crs, src.transform, src.shape) == (ref.crs, ref.transform, ref.shape)
         assert (cls.crs, cls.transform, cls.shape) == (ref.crs, ref.transform, ref.shape)
         prob, classes = src.read(1), cls.read(1)
         assert src.tags()["synthetic"] == "true" and src.overviews(1)
-    # 9 x 9 blocks of 32 cells with their halos give the network's single whole-region answer
-    expected = whole_region_pass(lsm_model, region)
+    # blocks of 32 cells with their halos give the model's single whole-region answer
+    expected = whole_region_pass(lsm_model, region, mode)
     np.testing.assert_array_equal(np.isnan(prob), np.isnan(expected))
     np.testing.assert_allclose(prob, expected, atol=2e-5, equal_nan=True)
     cells = int(re.search(r"\): (\d+) cells", out).group(1))
     assert cells == np.isfinite(prob).sum() > 0.9 * prob.size
-    # five Jenks classes in probability order, 0 where there is no probability
+    # five classes in probability order, 0 where there is no probability
     valid = np.isfinite(prob)
     assert set(np.unique(classes[valid])) <= {1, 2, 3, 4, 5} and (classes[~valid] == 0).all()
     tops = [prob[valid & (classes == k)].max() for k in range(1, 6) if (valid & (classes == k)).any()]
