@@ -49,19 +49,22 @@ def main() -> int:
     rng = np.random.default_rng(0)
     n = 4 if gpu else 1  # CPUs without bfloat16 units (AVX2 only) emulate it: keep the CPU run short
     nets = {
-        "U-Net, width 16, 256-px tiles": (lambda: build_unet(4, base_width=16), rng.normal(size=(4 * n, 256, 256, 4))),
-        "dense susceptibility FCN (paper width 32), 128-cell block": (
-            lambda: build_dense_fcn(14, width=32, dense=64), rng.normal(size=(n, 150, 150, 14))),
+        "U-Net, width 16, 256-px tiles": (lambda: build_unet(4, base_width=16), [rng.normal(size=(4 * n, 256, 256, 4))]),
+        "susceptibility fast form (dense FCN, width 32), 128-cell block": (
+            lambda: build_dense_fcn(14, width=32, dense=64), [rng.normal(size=(n, 150, 150, 14))]),
         f"window 3D-CNN (paper widths 32/64), {256 * n} cells": (
-            lambda: build_window_cnn(14, 3), rng.normal(size=(256 * n, 14, 12, 12, 3))),
+            lambda: build_window_cnn(14, 3, 14),
+            [rng.normal(size=(256 * n, 14, 12, 12, 3)), rng.normal(size=(256 * n, 14))]),
     }
     rows = []
-    for name, (build, x) in nets.items():
-        x = x.astype(np.float32)
+    for name, (build, xs) in nets.items():
+        xs = [a.astype(np.float32) for a in xs]
+        x = xs[0] if len(xs) == 1 else xs
+        n_samples = len(xs[0])
         keras.mixed_precision.set_global_policy("float32")
         keras.utils.set_random_seed(0)
         reference = build()
-        p32 = BatchPredictor(reference, batch_size=len(x) if len(x) < 64 else 512, xla=False)
+        p32 = BatchPredictor(reference, batch_size=n_samples if n_samples < 64 else 512, xla=False)
         t32 = timed(p32, x)
         y32 = p32(x).astype(np.float64)
         for policy in policies:

@@ -27,7 +27,7 @@ import os
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -353,24 +353,42 @@ def on_gpu() -> bool:
 # ---- batch size from memory ------------------------------------------------------------------------
 
 
-def activation_bytes_per_sample(model: Any, sample_shape: tuple[int, ...] | None = None) -> int:
+Shape = tuple[int, ...]
+
+
+def _input_shapes(model: Any, sample_shape: Shape | Sequence[Shape] | None) -> list[Shape]:
+    """Per-sample shapes of each model input (``sample_shape`` fills free sides)."""
+    declared = model.input_shape if isinstance(model.input_shape, list) else [model.input_shape]
+    if sample_shape is None:
+        shapes = [tuple(d[1:]) for d in declared]
+    elif sample_shape and isinstance(sample_shape[0], (tuple, list)):
+        shapes = [tuple(s) for s in sample_shape]  # type: ignore[union-attr]
+    else:
+        shapes = [tuple(sample_shape)]  # type: ignore[arg-type]
+    if len(shapes) != len(declared) or any(d is None for shape in shapes for d in shape):
+        raise ValueError(f"the model's inputs {model.input_shape} have free sides: give sample_shape (one per input)")
+    return shapes
+
+
+def activation_bytes_per_sample(model: Any, sample_shape: Shape | Sequence[Shape] | None = None) -> int:
     """Bytes of every intermediate tensor one more sample adds to a forward pass of ``model``.
 
     Traced, not run: the graph for batches of 1 and 2 is built and the sizes of all float tensors
     are summed; their difference is per-sample (the weights cancel). ``sample_shape`` is needed
-    when the model's input has free spatial sides (the dense susceptibility model).
+    when an input has free spatial sides (the dense susceptibility model); for several inputs, one
+    shape per input.
     """
     tf = configure_tensorflow()
-    shape = tuple(sample_shape) if sample_shape is not None else tuple(model.input_shape[1:])
-    if any(d is None for d in shape):
-        raise ValueError(f"the model's input {model.input_shape} has free sides: give sample_shape")
+    shapes = _input_shapes(model, sample_shape)
+    key = tuple(shapes)
     cache = model.__dict__.setdefault("_slidemap_activation_bytes", {})
-    if shape in cache:
-        return cache[shape]
+    if key in cache:
+        return cache[key]
     totals = []
     for batch in (1, 2):
-        fn = tf.function(lambda x: model(x, training=False))
-        graph = fn.get_concrete_function(tf.TensorSpec((batch, *shape), tf.float32)).graph
+        specs = [tf.TensorSpec((batch, *shape), tf.float32) for shape in shapes]
+        fn = tf.function(lambda *x: model(list(x) if len(x) > 1 else x[0], training=False))
+        graph = fn.get_concrete_function(*specs).graph
         total = 0
         for op in graph.get_operations():
             for out in op.outputs:
@@ -378,7 +396,7 @@ def activation_bytes_per_sample(model: Any, sample_shape: tuple[int, ...] | None
                     total += out.shape.num_elements() * out.dtype.size
         totals.append(total)
     per_sample = max(1, totals[1] - totals[0])
-    cache[shape] = per_sample
+    cache[key] = per_sample
     return per_sample
 
 
@@ -412,7 +430,7 @@ def free_memory_bytes(gpu: bool | None = None) -> int | None:
 
 def batch_size_for(
     model: Any,
-    sample_shape: tuple[int, ...] | None = None,
+    sample_shape: Shape | Sequence[Shape] | None = None,
     *,
     max_batch: int | None = None,
     free_bytes: int | None = None,
@@ -453,39 +471,58 @@ def is_out_of_memory(exc: BaseException) -> bool:
                                                     or "OOM when allocating" in text)
 
 
+Inputs = np.ndarray | Sequence[np.ndarray]  # one array, or one per model input (same first axis)
+
+
+def _count(inputs: Inputs) -> int:
+    return len(inputs) if isinstance(inputs, np.ndarray) else len(inputs[0])
+
+
+def _take(inputs: Inputs, start: int, stop: int, size: int | None) -> Inputs:
+    """Samples ``start:stop``, zero-padded to ``size`` samples when given."""
+
+    def one(a: np.ndarray) -> np.ndarray:
+        part = a[start:stop]
+        if size is not None and len(part) < size:
+            part = np.concatenate([part, np.zeros((size - len(part), *part.shape[1:]), dtype=part.dtype)])
+        return part
+
+    return one(inputs) if isinstance(inputs, np.ndarray) else [one(a) for a in inputs]
+
+
 def run_in_batches(
-    run: Callable[[np.ndarray], np.ndarray],
-    inputs: np.ndarray,
+    run: Callable[[Any], np.ndarray],
+    inputs: Inputs,
     batch_size: int,
     *,
     pad: bool = False,
     on_shrink: Callable[[int], None] | None = None,
 ) -> np.ndarray:
-    """``run`` over ``inputs`` in batches of ``batch_size``, outputs concatenated.
+    """``run`` over ``inputs`` (an array, or a list of arrays for a model with several inputs) in
+    batches of ``batch_size``, outputs concatenated.
 
     ``pad``: the last batch is zero-padded to ``batch_size`` (and the padding's outputs dropped), so
     ``run`` only ever sees one batch shape. On an out-of-memory error the batch is halved and the
     same samples retried; ``on_shrink(new_size)`` is told. One sample that does not fit raises
     :class:`OutOfMemory`.
     """
-    inputs = np.asarray(inputs)
-    if len(inputs) == 0:
+    inputs = np.asarray(inputs) if not isinstance(inputs, (list, tuple)) else [np.asarray(a) for a in inputs]
+    total = _count(inputs)
+    if total == 0:
         return np.zeros((0,), dtype=np.float32)
     size = max(1, int(batch_size))
     outs = []
     i = 0
-    while i < len(inputs):
-        chunk = inputs[i : i + size]
-        n = len(chunk)
-        if pad and n < size:
-            chunk = np.concatenate([chunk, np.zeros((size - n, *chunk.shape[1:]), dtype=chunk.dtype)])
+    while i < total:
+        n = min(size, total - i)
+        chunk = _take(inputs, i, i + n, size if pad else None)
         try:
             out = np.asarray(run(chunk))[:n]
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
             if size == 1:
-                raise OutOfMemory(f"one sample of shape {inputs.shape[1:]} does not fit in the device's memory "
+                raise OutOfMemory("one sample does not fit in the device's memory "
                                   "(free it, or set SLIDEMAP_DEVICE=cpu)") from exc
             log.warning("out of memory at batch %d; retrying with batch %d", size, max(1, size // 2))
             size = max(1, size // 2)
@@ -520,7 +557,7 @@ class BatchPredictor:
         model: Any,
         batch_size: int | None = None,
         *,
-        sample_shape: tuple[int, ...] | None = None,
+        sample_shape: Shape | Sequence[Shape] | None = None,
         max_batch: int | None = None,
         xla: bool | None = None,
     ) -> None:
@@ -529,22 +566,33 @@ class BatchPredictor:
         self.xla = xla_policy()["inference"] if xla is None else bool(xla)
         self.batch_size = int(batch_size or batch_size_for(model, sample_shape, max_batch=max_batch))
         self._lock = threading.Lock()
+        declared = model.input_shape if isinstance(model.input_shape, list) else [model.input_shape]
+        self._several = isinstance(model.input_shape, list)
+
+        def forward(*x: Any) -> Any:
+            return model(list(x) if self._several else x[0], training=False)
+
         if self.xla:
-            self._fn = tf.function(lambda x: model(x, training=False), jit_compile=True)
+            self._fn = tf.function(forward, jit_compile=True)
         else:
-            spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
-            self._fn = tf.function(lambda x: model(x, training=False), input_signature=[spec], reduce_retracing=True)
+            specs = [tf.TensorSpec([None, *shape[1:]], tf.float32) for shape in declared]
+            self._fn = tf.function(forward, input_signature=specs, reduce_retracing=True)
         self._tf = tf
 
     def _shrink(self, size: int) -> None:
         self.batch_size = size
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        out = self._fn(self._tf.convert_to_tensor(x, self._tf.float32))
+    def _run(self, x: Inputs) -> np.ndarray:
+        parts = x if self._several else [x]
+        out = self._fn(*(self._tf.convert_to_tensor(a, self._tf.float32) for a in parts))
         return np.asarray(out, dtype=np.float32)
 
-    def __call__(self, inputs: np.ndarray) -> np.ndarray:
-        inputs = np.asarray(inputs, dtype=np.float32)
+    def __call__(self, inputs: Inputs) -> np.ndarray:
+        """``inputs``: one float32 array, or one per model input (the same samples along the first axis)."""
+        if self._several:
+            inputs = [np.asarray(a, dtype=np.float32) for a in inputs]
+        else:
+            inputs = np.asarray(inputs, dtype=np.float32)
         with self._lock:
             return run_in_batches(self._run, inputs, self.batch_size, pad=self.xla, on_shrink=self._shrink)
 

@@ -109,11 +109,11 @@ def test_susceptibility_models_agree_with_the_cpu():
     keras.utils.set_random_seed(1)
     rng = np.random.default_rng(1)
     for name, model, x, batch in (
-        ("window 3D-CNN", build_window_cnn(14, 3), rng.normal(size=(300, 14, 12, 12, 3)), 64),
-        ("dense FCN", build_dense_fcn(14), rng.normal(size=(2, 150, 150, 14)), 1),  # one block per call
+        ("window 3D-CNN", build_window_cnn(14, 3, 5),
+         [rng.normal(size=(300, 14, 12, 12, 3)).astype(np.float32), rng.normal(size=(300, 5)).astype(np.float32)], 64),
+        ("fast form (dense FCN)", build_dense_fcn(14), rng.normal(size=(2, 150, 150, 14)).astype(np.float32), 1),
     ):
-        x = x.astype(np.float32)
-        gpu = BatchPredictor(model, batch_size=batch)(x)
+        gpu = BatchPredictor(model, batch_size=batch)(x)  # the fast form: one block per call
         with tf.device("/CPU:0"):
             cpu = np.asarray(model(x, training=False))
         diff = float(np.abs(gpu - cpu).max())

@@ -217,6 +217,23 @@ def test_batch_predictor_traces_once_and_matches_keras(xla):
     assert predictor._fn.experimental_get_tracing_count() == 1
 
 
+@pytest.mark.parametrize("xla", [False, True])
+def test_batch_predictor_with_two_inputs(xla):
+    """Like the window 3D-CNNs: windows and the cell's own values, two inputs with one sample axis."""
+    keras.utils.set_random_seed(4)
+    windows, centre = keras.Input((5, 5, 2)), keras.Input((3,))
+    x = keras.layers.Concatenate()([keras.layers.Flatten()(windows), centre])
+    model = keras.Model([windows, centre], keras.layers.Dense(1, activation="sigmoid")(x))
+    rng = np.random.default_rng(4)
+    inputs = [rng.normal(size=(9, 5, 5, 2)).astype(np.float32), rng.normal(size=(9, 3)).astype(np.float32)]
+    predictor = BatchPredictor(model, batch_size=4, xla=xla)
+    np.testing.assert_allclose(predictor(inputs), model.predict(inputs, verbose=0), atol=1e-6)
+    assert predictor._fn.experimental_get_tracing_count() == 1
+    assert activation_bytes_per_sample(model) >= (50 + 3 + 53 + 1) * 4
+    with pytest.raises(ValueError, match="one per input"):
+        activation_bytes_per_sample(model, (5, 5, 2))
+
+
 def test_batch_predictor_falls_back_on_out_of_memory_and_remembers():
     model = tiny_model(2)
     x = np.random.default_rng(2).normal(size=(20, 6)).astype(np.float32)
@@ -299,8 +316,9 @@ def dtype_policy(name: str):
         keras.mixed_precision.set_global_policy(before)
 
 
-def agreement(build, x: np.ndarray, policy: str) -> dict[str, float]:
-    """The same weights under float32 and under ``policy``: probability differences and 0.5 decisions."""
+def agreement(build, x, policy: str) -> dict[str, float]:
+    """The same weights under float32 and under ``policy``: probability differences and 0.5 decisions.
+    ``x``: one input array, or a list (one per model input)."""
     keras.utils.set_random_seed(0)
     reference = build()
     with dtype_policy(policy):
@@ -323,13 +341,19 @@ def mixed_models(policy: str) -> dict[str, tuple]:
 
     rng = np.random.default_rng(0)
     models = {
-        "U-Net (width 8)": (lambda: build_unet(4, base_width=8), rng.normal(size=(2, 64, 64, 4))),
-        "dense susceptibility FCN": (lambda: build_dense_fcn(14, width=8, dense=32), rng.normal(size=(2, 48, 48, 14))),
-        "window 3D-CNN": (lambda: build_window_cnn(14, 3, widths=(8, 16), dense=32), rng.normal(size=(64, 14, 12, 12, 3))),
+        "U-Net (width 8)": (lambda: build_unet(4, base_width=8), [rng.normal(size=(2, 64, 64, 4))]),
+        "susceptibility fast form (dense FCN)": (lambda: build_dense_fcn(14, width=8, dense=32),
+                                                 [rng.normal(size=(2, 48, 48, 14))]),
+        "window 3D-CNN": (lambda: build_window_cnn(14, 3, 5, widths=(8, 16), dense=32),
+                          [rng.normal(size=(64, 14, 12, 12, 3)), rng.normal(size=(64, 5))]),
     }
     if policy == "mixed_float16" and not inference.on_gpu():
         del models["window 3D-CNN"]  # TensorFlow has no float16 MaxPool3D kernel on CPUs
-    return {name: (build, x.astype(np.float32)) for name, (build, x) in models.items()}
+    out = {}
+    for name, (build, xs) in models.items():
+        xs = [x.astype(np.float32) for x in xs]
+        out[name] = (build, xs[0] if len(xs) == 1 else xs)
+    return out
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
