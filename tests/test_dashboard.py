@@ -566,9 +566,13 @@ def lsm_report_for_writer() -> dict[str, Any]:
     report = lsm_report()
     report["models"] = {k: report["models"][k] for k in ("multiscale", "logreg")}
     report["mcnemar"] = {s: {"logreg": report["mcnemar"][s]["small"]} for s in ("random", "blocked")}
-    report.update(run_id="r1", preset="quick", threshold_rule="Youden's J on training predictions",
-                  data={"region": "demo", "factor_names": ["slope"], "samples": 40, "positives": 20,
-                        "sources": {"inventory": 20}, "negatives_rule": "sampled",
+    report.update(run_id="r1", preset="quick", threshold_rule="Youden's J on inner validation predictions",
+                  ranking_rule="blocked-test ROC-AUC", default_model="multiscale",
+                  ranking=[{"rank": i + 1, "model": m, "value": 0.8 - i / 10, "ci95": [0.7 - i / 10, 0.9 - i / 10],
+                            "has_skill": True, "method": "cluster bootstrap"} for i, m in enumerate(("multiscale", "logreg"))],
+                  data={"region": "demo", "factor_names": ["slope"], "channels": ["slope"], "window_channels": ["slope"],
+                        "samples": 40, "positives": 20, "per_polygon_cap": 10, "sources": {"inventory": 20},
+                        "negatives": "terrain", "negatives_rule": "sampled",
                         "splits": {"random": {"train": 32, "test": 8}, "blocked": {"train": 30, "test": 10}}})
     for per_split in report["models"].values():
         for m in per_split.values():
