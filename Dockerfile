@@ -1,13 +1,16 @@
-# slidemap: the main job (demo region -> prepare -> train -> map -> serve + dashboard), CPU.
+# slidemap: the main job (demo region -> prepare -> train -> map -> serve + dashboard).
 #
-#   docker build -t slidemap .
+#   docker build -t slidemap .                                   # CPU TensorFlow (tensorflow-cpu)
 #   docker run --rm -p 8000:8000 -p 8501:8501 slidemap
 #
-# GPU variant: build FROM tensorflow/tensorflow:2.21.0-gpu (Python 3.11/3.12), replace
-# tensorflow-cpu by tensorflow[and-cuda] (`pip install -e .[gpu]` after
-# `pip uninstall -y tensorflow-cpu`), and run with `--gpus all`. slidemap turns on GPU memory
-# growth itself and batches inference on the GPU when TensorFlow sees one.
+#   docker build --build-arg SLIDEMAP_TF=gpu -t slidemap:gpu .   # GPU TensorFlow (tensorflow[and-cuda])
+#   docker run --rm --gpus all -p 8000:8000 -p 8501:8501 slidemap:gpu
+#
+# The GPU image holds no tensorflow-cpu; CUDA and cuDNN come as pip wheels, so the plain Python base
+# image is enough and only the host's NVIDIA driver (NVIDIA Container Toolkit, `--gpus all`) is needed.
+# `slidemap status --json` (key `device`) says which device TensorFlow actually uses.
 FROM python:3.11-slim-bookworm
+ARG SLIDEMAP_TF=cpu
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -22,7 +25,7 @@ RUN apt-get update \
 
 WORKDIR /app
 # Dependencies first (cached layer), pinned by constraints.txt.
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml constraints.txt constraints-cpu.txt constraints-gpu.txt README.md ./
 COPY slidemap/ slidemap/
 COPY compute/ compute/
 COPY training/ training/
@@ -30,7 +33,7 @@ COPY server/ server/
 COPY dashboard/ dashboard/
 COPY scripts/ scripts/
 COPY models/ models/
-RUN bash scripts/setup.sh
+RUN SLIDEMAP_TF="$SLIDEMAP_TF" bash scripts/setup.sh
 
 # The server and dashboard bind to loopback by default; inside a container they must listen
 # on all interfaces for the published ports to reach them.

@@ -1,9 +1,11 @@
 """`slidemap status`: what is built for a region, with absolute paths.
 
 JSON keys (a contract other tools rely on): ``name, synthetic, grid, factors, factor_names,
-imagery, labels, models, default_models, reports, caches`` (later features add keys, never rename
-them). ``default_models`` is ``{"susceptibility": {name, version, path, score, ...} | null,
-"detection": ...}`` from :mod:`slidemap.compute.models.select`.
+imagery, labels, models, default_models, reports, caches, device`` (later features add keys, never
+rename them). ``default_models`` is ``{"susceptibility": {name, version, path, score, ...} | null,
+"detection": ...}`` from :mod:`slidemap.compute.models.select`. ``device`` is
+:func:`slidemap.compute.inference.device_summary`: where TensorFlow actually places ops
+(``"GPU"``/``"CPU"``), the installed build, and the memory, XLA and precision set-up.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def region_status(region_dir: str | Path) -> dict[str, Any]:
             "transform": g.get("transform"),
         }
         factor_names = [f["name"] for f in data["factors"]]
+    from slidemap.compute.inference import device_summary
     from slidemap.compute.models.select import default_models_status
     from slidemap.compute.models.store import list_models
 
@@ -76,6 +79,7 @@ def region_status(region_dir: str | Path) -> dict[str, Any]:
         "reports": reports,
         "caches": caches,
         "maps": maps,
+        "device": device_summary(),
     }
 
 
@@ -104,6 +108,11 @@ def format_status(status: dict[str, Any]) -> str:
         lines.append(f"  maps        {len(status['maps'])}")
         for m in status["maps"]:
             lines.append(f"    {m}")
+    device = status.get("device")
+    if device:
+        where = f"{device['device']} ({', '.join(device['gpu_names'] or device['gpus'])})" if device["gpus"] else device["device"]
+        lines.append(f"  device      TensorFlow {device['tensorflow']} on {where}")
+        lines.extend(f"    warning: {w}" for w in device.get("warnings", []))
     if status["caches"]:
         lines.append("  caches")
         for c in status["caches"]:

@@ -1,7 +1,11 @@
 """Report pages: read the saved training reports (JSON + PNG) and show them; never recompute.
 
-Reports live in ``REGION/reports/<kind>/<run_id>/report.json`` (kind = unet | lsm | inventory) and in
-extra folders such as the repo's ``reports/real/`` (searched recursively for ``report.json``).
+Reports are found by content, not by file name: any ``*.json`` under ``REGION/reports/`` or under an
+extra folder (such as the repo's ``reports/real/``, which holds ``ecuador_lsm.json`` beside
+``l4s/report.json``) that is a JSON object with a ``kind`` and a ``created`` or ``synthetic`` key, and
+is not a model card. Its page is its kind's family (``unet-real-eval`` is shown on the ``unet`` page). Its figures are
+the PNGs beside a ``report.json`` (one run per folder) or, for a named report ``X.json``, the PNGs
+named ``X*.png`` and those its ``figures`` key lists.
 Readers are tolerant: they show the keys that are there and say which expected ones are missing.
 Real-data reports and SYNTHETIC ones are always shown apart and labelled.
 """
@@ -27,11 +31,17 @@ SPLIT_NAMES = {"random": "random 80/20 split", "blocked": "spatially blocked 80/
 class Report:
     """One saved report: its folder, its JSON (or why it could not be read)."""
 
-    kind: str
+    kind: str  # the report's own kind: unet, lsm, inventory, unet-real-eval, ...
     run_id: str
     folder: Path
     data: dict[str, Any]
     error: str | None = None
+    source: Path | None = None  # the JSON file
+
+    @property
+    def page(self) -> str:
+        """The dashboard page that shows it: unet | lsm | inventory (the kind's family)."""
+        return page_kind(self.kind)
 
     @property
     def synthetic(self) -> bool | None:
@@ -61,7 +71,13 @@ class Report:
         return set(_strings(self.data.get("model_versions")))
 
     def images(self) -> list[Path]:
-        return sorted(self.folder.glob("*.png"))
+        """A run folder's PNGs; for a named report ``X.json``, ``X*.png`` and the files ``figures`` lists."""
+        if self.source is None or self.source.name == REPORT_FILE:
+            return sorted(self.folder.glob("*.png"))
+        found = set(self.folder.glob(f"{glob_escape(self.source.stem)}*.png"))
+        found.update(self.folder / name for name in _strings(self.data.get("figures"))
+                     if name.lower().endswith(".png") and "/" not in name and (self.folder / name).is_file())
+        return sorted(found)
 
 
 def _strings(value: Any) -> Iterable[str]:
@@ -75,6 +91,33 @@ def _strings(value: Any) -> Iterable[str]:
             yield from _strings(item)
 
 
+REPORT_FILE = "report.json"
+MAX_REPORT_BYTES = 20_000_000  # a bigger JSON file is data, not a report; it is not read
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
+
+
+def page_kind(kind: str) -> str:
+    """The page a report kind belongs to: itself, or its family (``unet-real-eval``, ``lsm_map``)."""
+    if kind in KINDS:
+        return kind
+    family = kind.replace("_", "-").split("-", 1)[0]
+    return family if family in KINDS else kind
+
+
+def is_report(data: Any) -> bool:
+    """What makes a JSON document a report: an object with a ``kind`` and a ``created`` or ``synthetic``
+    key that is not a model card (cards carry ``weights`` and a ``version``)."""
+    if not isinstance(data, dict):
+        return False
+    kind = data.get("kind")
+    if not (isinstance(kind, str) and kind) or not ("created" in data or "synthetic" in data):
+        return False
+    return not ("weights" in data and "version" in data)
+
+
 def _kind_of(path: Path, data: dict[str, Any]) -> str:
     kind = data.get("kind")
     if isinstance(kind, str) and kind:
@@ -85,36 +128,59 @@ def _kind_of(path: Path, data: dict[str, Any]) -> str:
     return "unknown"
 
 
+def _run_id(path: Path) -> str:
+    return path.parent.name if path.name == REPORT_FILE else path.stem
+
+
 def load_report(path: Path) -> Report:
-    """Read one report.json; unreadable files become a Report with ``error`` set."""
-    run_id = path.parent.name
+    """Read one report file; an unreadable one becomes a Report with ``error`` set."""
+    run_id = _run_id(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
-        return Report("unknown", run_id, path.parent, {}, f"{path}: cannot be read ({exc})")
+        return Report("unknown", run_id, path.parent, {}, f"{path}: cannot be read ({exc})", path)
     except json.JSONDecodeError as exc:
-        return Report("unknown", run_id, path.parent, {}, f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})")
+        return Report("unknown", run_id, path.parent, {}, f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})", path)
     if not isinstance(data, dict):
-        return Report("unknown", run_id, path.parent, {}, f"{path}: a report must be a JSON object")
-    return Report(_kind_of(path, data), run_id, path.parent, data)
+        return Report("unknown", run_id, path.parent, {}, f"{path}: a report must be a JSON object", path)
+    return Report(_kind_of(path, data), run_id, path.parent, data, None, path)
+
+
+def _candidate(path: Path) -> Report | None:
+    """``path`` as a report if its content is one; a broken ``report.json`` is kept (and shown as broken),
+    any other JSON file that is not a report is left out."""
+    named = path.name == REPORT_FILE
+    try:
+        if path.stat().st_size > MAX_REPORT_BYTES:
+            return Report("unknown", _run_id(path), path.parent, {}, f"{path}: too large for a report", path) if named else None
+    except OSError:
+        return None
+    report = load_report(path)
+    if report.error:
+        return report if named else None
+    if is_report(report.data) or (named and report.kind != "unknown"):
+        return report
+    return None
 
 
 def find_reports(region_dir: Path | None, extra_dirs: Iterable[Path] = ()) -> list[Report]:
-    """All reports of the region and of the extra folders, newest first, each file once."""
-    paths: list[Path] = []
-    if region_dir is not None and (region_dir / "reports").is_dir():
-        paths.extend(sorted((region_dir / "reports").glob("*/*/report.json")))
-    for folder in extra_dirs:
-        if folder.is_dir():
-            paths.extend(sorted(folder.rglob("report.json")))
+    """Every report (by content) under the region's ``reports/`` and the extra folders, newest first,
+    each file once."""
+    folders = [region_dir / "reports"] if region_dir is not None else []
+    folders.extend(extra_dirs)
     seen: set[Path] = set()
     reports = []
-    for path in paths:
-        resolved = path.resolve()
-        if resolved in seen:
+    for folder in folders:
+        if not folder.is_dir():
             continue
-        seen.add(resolved)
-        reports.append(load_report(path))
+        for path in sorted(folder.rglob("*.json")):
+            resolved = path.resolve()
+            if resolved in seen or not path.is_file():
+                continue
+            seen.add(resolved)
+            report = _candidate(path)
+            if report is not None:
+                reports.append(report)
     reports.sort(key=lambda r: r.created, reverse=True)
     return reports
 
@@ -395,7 +461,42 @@ def render_inventory(report: Report) -> None:
     _images(report)
 
 
+def render_evaluation(report: Report) -> None:
+    """A trained model scored on data it was not trained on (``kind`` ``<family>-...-eval``): one
+    ``metrics`` table, then its caveats as written."""
+    import streamlit as st
+
+    _badge(report)
+    trained_on = report.data.get("model_trained_on")
+    if trained_on is not None:
+        st.caption(f"model trained on: {_short(trained_on)}")
+    st.markdown(f"#### Scores [{report.label}]")
+    metrics = report.data.get("metrics")
+    if isinstance(metrics, dict) and metrics:
+        scalars = {k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}
+        st.dataframe([{"metric": k, "value": _text(v)} for k, v in scalars.items()], hide_index=True)
+        for key, value in metrics.items():
+            if isinstance(value, (list, dict)):
+                st.markdown(f"**{key}**")
+                st.dataframe(table_rows(value), hide_index=True)
+    else:
+        st.info("This report has no `metrics`.")
+    caveats = report.data.get("caveats")
+    if isinstance(caveats, list) and caveats:
+        st.markdown("**Caveats**\n" + "\n".join(f"- {c}" for c in caveats))
+    _images(report)
+    _other_keys(report, _META | {"metrics", "caveats", "model_trained_on"})
+
+
 RENDERERS = {"unet": render_unet, "lsm": render_lsm, "inventory": render_inventory}
+
+
+def renderer_for(report: Report, page: str) -> Any:
+    """How a report is drawn: by its own kind (an ``-eval`` report is a table of scores), else its page's."""
+    if report.kind.endswith("-eval") or (isinstance(report.data.get("metrics"), dict) and "models" not in report.data
+                                         and report.kind not in RENDERERS):
+        return render_evaluation
+    return RENDERERS.get(report.kind, RENDERERS.get(page, render_inventory))
 PAGE_TITLES = {
     "unet": "Inventory mapping (U-Net)",
     "lsm": "Susceptibility models",
@@ -411,7 +512,7 @@ def render_kind(kind: str, reports: list[Report], versions: dict[str, str]) -> N
     broken = [r for r in reports if r.error]
     for r in broken:
         st.warning(f"Skipped a report: {r.error}")
-    mine = [r for r in reports if r.kind == kind and not r.error]
+    mine = [r for r in reports if r.page == kind and not r.error]
     if not mine:
         hint = {
             "unet": "`slidemap train unet REGION_DIR`",
@@ -442,4 +543,4 @@ def render_kind(kind: str, reports: list[Report], versions: dict[str, str]) -> N
                 continue
             for i, report in enumerate(group):
                 with st.expander(report.title, expanded=(i == 0)):
-                    RENDERERS.get(kind, render_inventory)(report)
+                    renderer_for(report, kind)(report)

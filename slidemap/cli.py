@@ -19,6 +19,9 @@ from slidemap.errors import SlidemapError
 
 # Order here is the order in `slidemap --help`.
 COMMAND_MODULES = ("region", "unet", "lsm", "serve", "dashboard")
+# Commands that run TensorFlow (or report its device): it is configured before they start, so GPU
+# memory growth, the XLA policy and mixed precision are the same whichever code path builds a model.
+TENSORFLOW_COMMANDS = frozenset({"train", "detect", "inventory", "map", "serve", "seed", "status"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
+        if args.command in TENSORFLOW_COMMANDS:
+            from slidemap.compute.inference import configure_tensorflow
+
+            configure_tensorflow()
         return int(args.handler(args) or 0)
     except SlidemapError as exc:
         print(f"slidemap: error: {exc}", file=sys.stderr)

@@ -14,17 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from PIL import Image
+from streamlit.testing.v1 import AppTest
 
-pytest.importorskip("streamlit")
-from fastapi import FastAPI, Request  # noqa: E402
-from fastapi.middleware.cors import CORSMiddleware  # noqa: E402
-from fastapi.responses import JSONResponse, Response  # noqa: E402
-from PIL import Image  # noqa: E402
-from streamlit.testing.v1 import AppTest  # noqa: E402
-
-import slidemap.dashboard  # noqa: E402
-from slidemap.dashboard import map as map_page  # noqa: E402
-from slidemap.dashboard import paper, reports  # noqa: E402
+import slidemap.dashboard
+from slidemap.dashboard import map as map_page
+from slidemap.dashboard import paper, reports
 
 APP = str(Path(slidemap.dashboard.__file__).parent / "app.py")
 METHOD_MD = Path(__file__).resolve().parents[1].parent / "shared" / "method.md"
@@ -481,11 +479,9 @@ def test_dashboard_command_checks_and_builds(tmp_path, capsys):
 
 @pytest.fixture()
 def real_server(prepared_region, tmp_path):
-    try:
-        from slidemap.server.app import create_app
-    except ImportError as exc:
-        pytest.skip(f"the tile server (slidemap.server.app) is not importable: {exc}")
     import uvicorn
+
+    from slidemap.server.app import create_app
 
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(prepared_region, _server_settings(tmp_path)),
@@ -514,14 +510,24 @@ def test_map_page_with_the_real_server(monkeypatch, real_server, prepared_region
     assert f"{real_server}/layers/imagery/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}.png" in html
     layer_ids = list(dataframes(at)[0]["id"])
     assert "imagery" in layer_ids and "factors/slope" in layer_ids
-    # computed layers without a trained model are named, with the server's reason
-    assert any("slidemap train" in i for i in texts(at.info)) or "susceptibility" in layer_ids
-    # the point form: factor values from the real /point at the region's centre
+    # the point form: the real /point at the region's centre gives the prepared factor stack's value there
     at.button[0].click().run()
     assert not at.exception and not at.main.error
     values = dict(zip(at.table[0].value["value"], at.table[0].value["at this point"], strict=True))
     assert values["inside"] == "True"
-    assert float(values["factors.slope"]) >= 0
+    lon, lat = at.number_input(key="point_lon").value, at.number_input(key="point_lat").value
+    assert float(values["factors.slope"]) == pytest.approx(factor_at(prepared_region, "slope", lon, lat), rel=1e-5)
+
+
+def factor_at(region: Path, name: str, lon: float, lat: float) -> float:
+    """A factor's value at a WGS84 point, read straight from build/factors.tif (the reference)."""
+    import rasterio
+    from rasterio.warp import transform
+
+    with rasterio.open(region / "build" / "factors.tif") as src:
+        band = list(src.descriptions).index(name) + 1
+        xs, ys = transform("EPSG:4326", src.crs, [lon], [lat])
+        return float(next(src.sample([(xs[0], ys[0])], indexes=band))[0])
 
 
 def test_reports_written_by_the_training_writers(monkeypatch, tmp_path):
@@ -560,9 +566,13 @@ def lsm_report_for_writer() -> dict[str, Any]:
     report = lsm_report()
     report["models"] = {k: report["models"][k] for k in ("multiscale", "logreg")}
     report["mcnemar"] = {s: {"logreg": report["mcnemar"][s]["small"]} for s in ("random", "blocked")}
-    report.update(run_id="r1", preset="quick", threshold_rule="Youden's J on training predictions",
-                  data={"region": "demo", "factor_names": ["slope"], "samples": 40, "positives": 20,
-                        "sources": {"inventory": 20}, "negatives_rule": "sampled",
+    report.update(run_id="r1", preset="quick", threshold_rule="Youden's J on inner validation predictions",
+                  ranking_rule="blocked-test ROC-AUC", default_model="multiscale",
+                  ranking=[{"rank": i + 1, "model": m, "value": 0.8 - i / 10, "ci95": [0.7 - i / 10, 0.9 - i / 10],
+                            "has_skill": True, "method": "cluster bootstrap"} for i, m in enumerate(("multiscale", "logreg"))],
+                  data={"region": "demo", "factor_names": ["slope"], "channels": ["slope"], "window_channels": ["slope"],
+                        "samples": 40, "positives": 20, "per_polygon_cap": 10, "sources": {"inventory": 20},
+                        "negatives": "terrain", "negatives_rule": "sampled",
                         "splits": {"random": {"train": 32, "test": 8}, "blocked": {"train": 30, "test": 10}}})
     for per_split in report["models"].values():
         for m in per_split.values():
@@ -574,10 +584,91 @@ def lsm_report_for_writer() -> dict[str, Any]:
 REPO_REAL_REPORTS = Path(__file__).resolve().parents[1] / "reports" / "real"
 
 
-@pytest.mark.skipif(not list(REPO_REAL_REPORTS.rglob("report.json")) if REPO_REAL_REPORTS.is_dir() else True,
-                    reason="no committed real-data reports in reports/real yet")
-@pytest.mark.parametrize("page", list(reports.PAGE_TITLES.values()) + ["Paper comparison"])
+def committed_real_reports() -> list[reports.Report]:
+    return reports.find_reports(None, [REPO_REAL_REPORTS])
+
+
+def test_committed_real_reports_are_found_by_content():
+    """Every JSON document in reports/real is a report, whatever its file name, and each is found once."""
+    found = committed_real_reports()
+    files = sorted(p.resolve() for p in REPO_REAL_REPORTS.rglob("*.json"))
+    assert files, "the repository ships real-data reports in reports/real"
+    assert sorted(r.source.resolve() for r in found) == files
+    assert not [r.error for r in found if r.error]
+    by_id = {r.run_id: r for r in found}
+    assert by_id["ecuador_lsm"].page == "lsm" and by_id["ecuador_lsm"].label == "REAL"
+    # a named report's figures are its own PNGs, not every PNG of the folder
+    assert {p.name for p in by_id["ecuador_lsm"].images()} == {p.name for p in REPO_REAL_REPORTS.glob("ecuador_lsm*.png")}
+    assert {p.name for p in by_id["l4s"].images()} == set(by_id["l4s"].data["figures"])
+    assert by_id["chittagong_l4s-rgb"].page == "unet" and by_id["chittagong_l4s-rgb"].images() == []
+
+
+def test_report_discovery_by_content(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "run_a.json").write_text(json.dumps(lsm_report(synthetic=False)))
+    (folder / "run_a_roc.png").write_bytes(b"png")
+    (folder / "other.png").write_bytes(b"png")
+    (folder / "factors.json").write_text(json.dumps({"factors": [], "grid": {}}))  # not a report
+    (folder / "card.json").write_text(json.dumps({"kind": "lsm", "version": "abc", "weights": "m.keras",
+                                                  "created": "2026-11-25T00:00:00Z"}))  # a model card
+    (folder / "notes.json").write_text("{broken")  # an unreadable file that is not called report.json
+    write_report(folder / "nested" / "run_b", "{broken")  # a broken report.json is shown as broken
+    found = {r.run_id: r for r in reports.find_reports(None, [folder, folder])}  # the folder twice: each file once
+    assert set(found) == {"run_a", "run_b"}
+    assert found["run_a"].kind == "lsm" and [p.name for p in found["run_a"].images()] == ["run_a_roc.png"]
+    assert "not valid JSON" in found["run_b"].error
+
+
+def _shown_numbers(at: AppTest) -> list[float]:
+    numbers = []
+    for frame in dataframes(at):
+        for value in frame.to_numpy().ravel():
+            try:
+                numbers.append(float(value))
+            except (TypeError, ValueError):
+                continue
+    return numbers
+
+
+def _headline(report: reports.Report) -> float:
+    """One number a page must show for ``report``: a model's blocked-split F1, or the evaluation's F1."""
+    models = report.data.get("models")
+    if isinstance(models, dict) and models:
+        per_split = next(iter(models.values()))
+        split = per_split.get("blocked") or next(iter(per_split.values()))
+        return float(split["f1"])
+    return float(report.data["metrics"]["f1"])
+
+
+@pytest.mark.parametrize("page", list(reports.PAGE_TITLES))
 def test_committed_real_reports_render(monkeypatch, tmp_path, page):
-    at = run_app(monkeypatch, tmp_path, f"http://127.0.0.1:{free_port()}", [REPO_REAL_REPORTS], page=page)
+    """Each committed report of the page appears under its title, with its own numbers and figures."""
+    mine = [r for r in committed_real_reports() if r.page == page]
+    at = run_app(monkeypatch, tmp_path, f"http://127.0.0.1:{free_port()}", [REPO_REAL_REPORTS],
+                 page=reports.PAGE_TITLES[page])
     assert not at.main.error
     assert not [w for w in texts(at.warning) if "Skipped a report" in w]
+    if not mine:
+        assert any(f"No {page} report" in i for i in texts(at.info))
+        return
+    titles = [e.label for e in at.expander]
+    numbers = _shown_numbers(at)
+    captions = {c for img in at.get("image") for c in img.captions}
+    for report in mine:
+        assert report.title in titles
+        assert any(n == pytest.approx(_headline(report), rel=1e-5) for n in numbers), report.run_id  # shown to 6 digits
+        assert {f"{p.name} [{report.label}]" for p in report.images()} <= captions
+    real = [r for r in mine if r.label == "REAL"]
+    assert [t.label for t in at.tabs][0] == f"REAL data ({len(real)})"
+
+
+def test_committed_real_reports_in_the_paper_comparison(monkeypatch, tmp_path):
+    ecuador = next(r for r in committed_real_reports() if r.run_id == "ecuador_lsm")
+    at = run_app(monkeypatch, tmp_path, f"http://127.0.0.1:{free_port()}", [REPO_REAL_REPORTS], page="Paper comparison")
+    assert not at.main.error
+    assert "Ours [REAL]** ecuador_lsm" in " ".join(texts(at.markdown))
+    table6 = next(f for f in dataframes(at) if "paper AUC" in f.columns)
+    ours = dict(zip(table6["model"], table6["ours blocked ROC-AUC"], strict=True))
+    multiscale = next(row["model"] for row in paper.TABLE6 if row["ours"] == "multiscale")
+    assert ours[multiscale] == pytest.approx(ecuador.data["models"]["multiscale"]["blocked"]["roc_auc"])

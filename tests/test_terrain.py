@@ -299,10 +299,28 @@ def test_tiny_and_degenerate_inputs() -> None:
         f = terrain.terrain_factors(z, (10.0, 10.0))
         for name, arr in f.items():
             assert arr.shape == shape and np.isfinite(arr).all(), (shape, name)
+    # the smallest full windows still give a plane's exact slope and aspect: z = 3x/10 - 6y/10 rising
+    # east and south, so slope = atan(|(0.3, 0.6)|) and the surface faces north-west (333.43 deg)
+    for shape in [(2, 2), (2, 5), (5, 2)]:
+        z = (np.arange(shape[1])[None, :] * 3.0 + np.arange(shape[0])[:, None] * 6.0).astype(np.float32)
+        s, a = terrain.slope_aspect(z, (10.0, 10.0))
+        np.testing.assert_allclose(s, math.degrees(math.atan(math.hypot(0.3, 0.6))), rtol=1e-5)
+        np.testing.assert_allclose(a, (math.degrees(math.atan2(-0.3, 0.6)) + 360) % 360, rtol=1e-5)
     one = terrain.slope_aspect(np.array([[5.0]]), (1.0, 1.0))
     assert one[0][0, 0] == 0 and one[1][0, 0] == -1
     all_nan = terrain.terrain_factors(np.full((4, 4), np.nan), (10.0, 10.0))
     assert all(np.isnan(a).all() for a in all_nan.values())
+
+
+@pytest.mark.xfail(strict=True, reason="compute/terrain.py: a one-cell-wide DEM gives half the slope of its "
+                   "plane (8.53 deg for a 0.3 gradient, not 16.70); strict, so a fix makes this test fail until "
+                   "the mark is removed")
+@pytest.mark.parametrize("shape", [(1, 5), (5, 1)])
+def test_one_cell_wide_plane_has_its_slope(shape: tuple[int, int]) -> None:
+    z = (np.arange(max(shape)) * 3.0).astype(np.float32).reshape(shape)
+    s, a = terrain.slope_aspect(z, (10.0, 10.0))
+    np.testing.assert_allclose(s, math.degrees(math.atan(0.3)), rtol=1e-5)
+    np.testing.assert_allclose(a, 270.0 if shape[0] == 1 else 0.0)
 
 
 def test_terrain_factors_contract() -> None:
@@ -344,7 +362,8 @@ def test_bad_inputs(dem: np.ndarray, cell: tuple) -> None:
 
 
 def _read(path: Path, band: int = 1) -> np.ndarray:
-    rasterio = pytest.importorskip("rasterio")
+    import rasterio
+
     with rasterio.open(path) as src:
         a = src.read(band).astype(np.float64)
         if src.nodata is not None and not np.isnan(src.nodata):
