@@ -109,8 +109,8 @@ PRESETS: dict[str, UnetConfig] = {
     # the README's main job: a width that learns, trained to convergence within about 5 minutes
     # on 2 cores for a 20 km region
     "demo": UnetConfig(
-        preset="demo", base_width=16, batch_size=8, epoch_chips=None, epochs=24, min_epochs=6, patience=6,
-        warmup_epochs=2, refit=True, search_iterations=0, search_epochs=8,
+        preset="demo", base_width=16, batch_size=8, epoch_chips=None, epochs=30, min_epochs=8, patience=8,
+        warmup_epochs=2, learning_rate=2e-3, refit=False, search_iterations=0, search_epochs=8,
     ),
     # the paper's settings: width 64, batch 4, patience 10, 30 search iterations over its space,
     # its four-model comparison, both splits

@@ -148,7 +148,7 @@ def _config(args: argparse.Namespace) -> Any:
             raise InputError(f"{flag} {value}: must be in [{lo}, {hi}]")
     for flag, value in (("--epochs", cfg.epochs), ("--epoch-chips", cfg.epoch_chips),
                         ("--batch-size", cfg.batch_size), ("--base-width", cfg.base_width)):
-        if value < 1:
+        if value is not None and value < 1:
             raise InputError(f"{flag} {value}: must be at least 1")
     return cfg
 
