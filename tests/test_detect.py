@@ -71,7 +71,7 @@ def _contrasty_model(seed: int = 3, image: np.ndarray | None = None):
     kernel, bias = layer.get_weights()
     image = _smooth_image() if image is None else image
     x = (np.moveaxis(image[:, :192, :176], 0, -1)[None] - 0.1) / 0.05  # the _card's standardisation (16-px sides)
-    features = np.asarray(keras.Model(model.inputs, layer.input)(x))
+    features = np.asarray(keras.Model(model.inputs[0], layer.input)(x))
     pre = features @ kernel[0, 0]
     gain = 3.0 / max(float(pre.std()), 1e-6)
     layer.set_weights([kernel * gain, -gain * np.array([pre.mean()], dtype="float32")])
@@ -341,10 +341,13 @@ def test_detect_and_inventory_resolve_name_version_and_default(tmp_path, capsys)
             "prefix": [str(src), str(tmp_path / "p.tif"), "--region", str(region), "--model",
                        json.loads((plain / "card.json").read_text())["version"][:8]],
             "folder": [str(good), str(src), str(tmp_path / "f.tif")]}
-    used = {}
+    used, warned = {}, {}
     for key, argv in runs.items():
         assert main(["detect", *argv, "--no-progress"]) == 0, key
-        used[key] = json.loads(capsys.readouterr().out)["model_dir"]
+        captured = capsys.readouterr()
+        used[key] = json.loads(captured.out)["model_dir"]
+        warned[key] = "NO SKILL" in captured.err
+    assert warned == {"default": False, "name": False, "version": True, "prefix": False, "folder": False}
     assert used["default"] == str(good) and used["folder"] == str(good)  # the best with skill, not "lucky"
     assert used["name"] == str(plain) and used["prefix"] == str(plain) and used["version"] == str(noskill)
     with rasterio.open(tmp_path / "n.tif") as r:

@@ -232,10 +232,24 @@ def _detect_model(args: argparse.Namespace) -> tuple[Path, Path, Path]:
     return info.path, Path(paths[0]), Path(paths[1])
 
 
+def _warn_if_no_skill(model_dir: Path) -> None:
+    """One line on stderr when the chosen detector showed no skill on its blocked test."""
+    import sys
+
+    from slidemap.compute.models.select import has_skill, skill_note
+    from slidemap.compute.models.store import read_card
+
+    card = read_card(model_dir)
+    if "skill" in card and not has_skill(card):
+        print(f"slidemap: warning: {model_dir}: {skill_note(card)} on its blocked test; its detections are not "
+              "reliable", file=sys.stderr)
+
+
 def detect_handler(args: argparse.Namespace) -> int:
     from slidemap.compute.detection import detect_file
 
     model_dir, input_path, out = _detect_model(args)
+    _warn_if_no_skill(model_dir)
     summary = detect_file(model_dir, input_path, out, band_order=args.band_order, scale=args.scale,
                           progress=not args.no_progress, mask=args.mask)
     summary["model_dir"] = str(model_dir)
@@ -246,7 +260,11 @@ def detect_handler(args: argparse.Namespace) -> int:
 def inventory_handler(args: argparse.Namespace) -> int:
     from slidemap.compute.inventory_map import map_inventory
 
-    result = map_inventory(args.region, model_dir=args.model, threshold=args.threshold,
+    from slidemap.compute.inventory_map import pick_detector
+
+    model_dir = pick_detector(Path(args.region), args.model)
+    _warn_if_no_skill(model_dir)
+    result = map_inventory(args.region, model_dir=model_dir, threshold=args.threshold,
                            min_pixels=args.min_pixels, progress=not args.no_progress)
     print(f"areas: {result['areas_kept']} kept of {result['areas_detected']} detected -> {result['gpkg']}")
     obj = result.get("object_level") or {}
