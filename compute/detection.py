@@ -9,26 +9,48 @@ raster's top-left corner) and rows are streamed tile-row by tile-row, so a raste
 strips gives the same numbers as one processed whole, and a big raster never has to fit in memory.
 
 NaN input (or, in files, the nodata value or all-zero pixels) gives NaN output.
+
+Normalisation is the card's (:mod:`slidemap.compute.image_norm`): a robust model normalises each
+input scene (a GeoTIFF, a region's imagery) by that scene's own percentiles, computed once from a
+decimated read, and each chip of a chip folder by its own; bare arrays handed to
+:meth:`Detector.predict` use the training scene's statistics unless a scene is given
+(:meth:`Detector.for_scene`). The probability threshold is the card's (chosen on validation data at
+training time); it goes into the output's tags and, with ``mask=True``, cuts a 0/1 mask beside it.
+
+Memory: loaded detectors are kept in a small LRU cache (:data:`CACHE_SIZE` versions), and a batch
+that runs out of (GPU) memory is split in half and retried, down to one tile.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from slidemap.compute.image_norm import BandStats, apply_stats, image_stats, stats_for
 from slidemap.errors import InputError, ModelError
 
 log = logging.getLogger(__name__)
 DEFAULT_TILE = 256
 DEFAULT_OVERLAP = 64
-_cache: dict[tuple[str, str], Detector] = {}
+CACHE_SIZE = 4  # detectors (model versions) kept loaded; a pinned old version does not stay forever
+MASK_NODATA = 255
+_cache: OrderedDict[tuple[str, str], Detector] = OrderedDict()
 _cache_lock = threading.Lock()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says a device or host ran out of memory (TensorFlow's ResourceExhaustedError, MemoryError, OOM)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = f"{type(exc).__name__} {exc}".lower()
+    return "resourceexhausted" in text or "out of memory" in text or " oom" in text or text.startswith("oom")
 
 
 def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
@@ -67,6 +89,7 @@ class Detector:
     tile: int = DEFAULT_TILE
     overlap: int = DEFAULT_OVERLAP
     batch_size: int = 8
+    scene: BandStats | None = None  # the scene the next inputs come from (robust scene models)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -89,20 +112,53 @@ class Detector:
     def units(self) -> str:
         return str(self.card.get("units", "reflectance"))
 
-    # ---- core -----------------------------------------------------------------------------
-    def _normalise(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``[C, h, w]`` raw -> (``[h, w, C]`` normalised with NaN -> 0, ``[h, w]`` nodata mask)."""
-        from slidemap.training.chips import normalise
+    @property
+    def normalisation(self) -> dict[str, Any]:
+        return dict(self.card.get("normalisation") or {})
 
+    @property
+    def robust(self) -> bool:
+        return self.normalisation.get("method") == "robust"
+
+    def for_scene(self, stats: BandStats | None) -> Detector:
+        """A detector sharing this one's network (and lock) that normalises with ``stats``."""
+        return replace(self, scene=stats, _lock=self._lock)
+
+    def stats_for(self, image: np.ndarray) -> BandStats:
+        """The normalisation statistics for ``image`` ``[bands, H, W]`` (see the module docstring)."""
+        return stats_for(self.normalisation, image, channel_axis=0, scene=self.scene)
+
+    # ---- core -----------------------------------------------------------------------------
+    def _normalise(self, raw: np.ndarray, stats: BandStats) -> tuple[np.ndarray, np.ndarray]:
+        """``[C, h, w]`` raw -> (``[h, w, C]`` normalised with NaN -> 0, ``[h, w]`` nodata mask)."""
         nodata = np.isnan(raw).any(axis=0)
-        return normalise(np.moveaxis(raw, 0, -1), self.card["normalisation"]), nodata
+        return apply_stats(np.moveaxis(raw, 0, -1), stats), nodata
 
     def predict_batch(self, x: np.ndarray) -> np.ndarray:
-        """Raw network output for normalised ``[N, h, w, C]`` (sides multiples of 16) -> ``[N, h, w]``."""
+        """Raw network output for normalised ``[N, h, w, C]`` (sides multiples of 16) -> ``[N, h, w]``.
+
+        A batch that runs out of memory is split in half and retried (down to one tile); the smaller
+        size is kept for the rest of this detector's life.
+        """
         outs = []
         with self._lock:  # Keras models are not safe to call from several threads at once
-            for i in range(0, len(x), self.batch_size):
-                outs.append(np.asarray(self.model.predict_on_batch(x[i : i + self.batch_size]))[..., 0])
+            i = 0
+            while i < len(x):
+                size = self.batch_size
+                try:
+                    outs.append(np.asarray(self.model.predict_on_batch(x[i : i + size]))[..., 0])
+                except Exception as exc:
+                    if not is_out_of_memory(exc):
+                        raise
+                    if size <= 1:
+                        raise ModelError(
+                            f"{self.path}: out of memory predicting a single {x.shape[1]}x{x.shape[2]} tile; "
+                            "free device memory or use a smaller tile"
+                        ) from exc
+                    self.batch_size = max(1, size // 2)
+                    log.warning("out of memory at batch %d; retrying with %d", size, self.batch_size)
+                    continue
+                i += size
         return np.concatenate(outs, axis=0).astype(np.float32)
 
     def stream(
@@ -112,12 +168,16 @@ class Detector:
         width: int,
         emit: Callable[[int, np.ndarray], None],
         progress: Callable[[int], None] | None = None,
+        stats: BandStats | None = None,
     ) -> None:
         """Predict a ``height x width`` image read through ``read_rows(row_indices) -> [C, len, width]``.
 
         ``emit(row0, prob)`` receives finished output rows in order (``prob`` float32
-        ``[rows, width]``, NaN on no data).
+        ``[rows, width]``, NaN on no data). ``stats`` normalise every tile (default: the scene's, or
+        the card's reference: the caller computes them from the whole image when it can).
         """
+        if stats is None:
+            stats = stats_for(self.normalisation, None, scene=self.scene)
         t, o = self.tile, self.overlap
         step = t - o
         n_r, n_c = n_tiles(height, t, o), n_tiles(width, t, o)
@@ -132,7 +192,7 @@ class Detector:
             tiles, masks = [], []
             for k in rows_k:
                 raw = read_rows(reflect_index(np.arange(k * step - o, k * step - o + t), height))
-                x, nodata = self._normalise(raw[:, :, col_idx])
+                x, nodata = self._normalise(raw[:, :, col_idx], stats)
                 tiles.extend(x[:, j * step : j * step + t] for j in range(n_c))
                 masks.append(nodata[:step, o : o + width])
             preds = self.predict_batch(np.stack(tiles))
@@ -166,15 +226,17 @@ class Detector:
         def emit(row0: int, rows: np.ndarray) -> None:
             out[row0 : row0 + len(rows)] = rows
 
-        self.stream(lambda idx: image[:, idx], h, w, emit)
+        self.stream(lambda idx: image[:, idx], h, w, emit, stats=self.stats_for(image))
         return out
 
     def predict_chips(self, chips: np.ndarray) -> np.ndarray:
-        """Whole-chip prediction (as in training) for ``[N, bands, h, w]`` with sides multiples of 16."""
+        """Whole-chip prediction (as in training) for ``[N, bands, h, w]`` with sides multiples of 16;
+        each chip normalised by :meth:`stats_for` (its own percentiles for chip-scope models)."""
         x = []
         masks = []
         for chip in chips:
-            xi, m = self._normalise(np.asarray(chip, dtype=np.float32))
+            chip = np.asarray(chip, dtype=np.float32)
+            xi, m = self._normalise(chip, self.stats_for(chip))
             x.append(xi)
             masks.append(m)
         prob = self.predict_batch(np.stack(x))
@@ -190,9 +252,12 @@ def load_detector(model_dir: str | Path, tile: int = DEFAULT_TILE, overlap: int 
     card = verify(model_dir)  # ModelError on a hash mismatch
     if card.get("kind") != "unet":
         raise ModelError(f"{model_dir}: a {card.get('kind')} model, not a detector; use a `slidemap train unet` model")
+    if not isinstance(card.get("normalisation"), dict) or "method" not in card["normalisation"]:
+        raise ModelError(f"{model_dir}/card.json: no normalisation block; retrain the detector")
     key = (str(model_dir.resolve()), str(card.get("version")))
     with _cache_lock:
         if key in _cache:
+            _cache.move_to_end(key)
             return _cache[key]
     from slidemap.compute.inference import configure_tensorflow, device_summary
 
@@ -211,7 +276,16 @@ def load_detector(model_dir: str | Path, tile: int = DEFAULT_TILE, overlap: int 
     det = Detector(model, card, model_dir, tile=tile, overlap=overlap, batch_size=batch)
     with _cache_lock:
         _cache[key] = det
+        _cache.move_to_end(key)
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
     return det
+
+
+def cached_detectors() -> list[tuple[str, str]]:
+    """The (folder, version) keys of the detectors held in memory, least recently used first."""
+    with _cache_lock:
+        return list(_cache)
 
 
 # ---- files --------------------------------------------------------------------------------
@@ -261,20 +335,54 @@ def display_stretch(sample: np.ndarray) -> float:
     return 255.0 / top if top > 0 else 1.0
 
 
+def mask_path_for(out_path: Path) -> Path:
+    """Where the 0/1 mask goes beside a probability GeoTIFF: ``OUT_mask.tif``."""
+    return out_path.with_name(f"{out_path.stem}_mask{out_path.suffix or '.tif'}")
+
+
+def _scaling(det: Detector, sample_valid: np.ndarray, scale: float | None, input_path: Path) -> tuple[float, str, BandStats | None]:
+    """(factor applied to the file's values, how, scene statistics) for one input file."""
+    if det.robust:
+        # percentiles do not care about a linear scale, so DN, reflectance and 8-bit all work as they are
+        stats = image_stats(sample_valid[:, None, :], channel_axis=0) if sample_valid.size else None
+        factor = 1.0 / float(scale) if scale else 1.0
+        how = ("robust per-scene normalisation (p50, p90 - p10 of this file's valid pixels)"
+               + (f", values / {scale:g}" if scale else ""))
+        if stats is not None and factor != 1.0:
+            stats = BandStats(tuple(c * factor for c in stats.centre), tuple(v * factor for v in stats.scale))
+        return factor, how, stats
+    if det.units == "display8":
+        factor = display_stretch(sample_valid[:, None, :]) if sample_valid.size else 1.0
+        return factor, f"per-image stretch x{factor:.4g} to 8-bit display values (model trained on stretched chips)", None
+    if scale is None:
+        big = sample_valid.size and np.nanpercentile(sample_valid, 99) > 2.0
+        scale = 10000.0 if big else 1.0
+        log.info("%s: no --scale given; using %g (values %s reflectance)", input_path, scale,
+                 "look like DN, not" if big else "look like")
+    return 1.0 / float(scale), f"reflectance = value / {scale:g}", None
+
+
 def detect_file(
-    model_dir: str | Path,
+    model_dir: str | Path | None,
     input_path: str | Path,
     out_path: str | Path,
     band_order: Sequence[str] | None = None,
     scale: float | None = None,
     progress: bool = True,
     detector: Detector | None = None,
+    mask: bool = False,
 ) -> dict[str, Any]:
-    """Run a detector over a GeoTIFF (written as a float32 probability COG) or a chip folder (8-bit PNGs)."""
+    """Run a detector over a GeoTIFF (written as a float32 probability COG) or a chip folder (8-bit PNGs).
+
+    With ``mask`` a uint8 mask (1 = probability >= the model's threshold, 0 below, 255 no data) is
+    written beside the probabilities (``OUT_mask.tif``, or ``OUT/masks/`` for a chip folder).
+    """
     input_path, out_path = Path(input_path), Path(out_path)
-    det = detector or load_detector(model_dir)
+    if detector is None and model_dir is None:
+        raise ValueError("detect_file needs model_dir or detector")
+    det = detector or load_detector(model_dir)  # type: ignore[arg-type]
     if input_path.is_dir():
-        return detect_folder(det, input_path, out_path, band_order, scale, progress)
+        return detect_folder(det, input_path, out_path, band_order, scale, progress, mask)
     if not input_path.is_file():
         raise InputError(f"{input_path}: no such file or folder")
     import rasterio
@@ -293,17 +401,8 @@ def detect_file(
         nodata = src.nodata
         sample = _sample_stats(src, indexes)
         sample_valid = sample[:, ~_invalid(sample, nodata)]
-        if det.units == "display8":
-            factor = display_stretch(sample_valid[:, None, :]) if sample_valid.size else 1.0
-            how = f"per-image stretch x{factor:.4g} to 8-bit display values (model trained on stretched chips)"
-        else:
-            if scale is None:
-                big = sample_valid.size and np.nanpercentile(sample_valid, 99) > 2.0
-                scale = 10000.0 if big else 1.0
-                log.info("%s: no --scale given; using %g (values %s reflectance)", input_path, scale,
-                         "look like DN, not" if big else "look like")
-            factor = 1.0 / float(scale)
-            how = f"reflectance = value / {scale:g}"
+        factor, how, stats = _scaling(det, sample_valid, scale, input_path)
+        run = det.for_scene(stats) if stats is not None else det
         h, w = src.height, src.width
         profile = {"driver": "GTiff", "dtype": "float32", "count": 1, "width": w, "height": h,
                    "crs": src.crs, "transform": src.transform, "nodata": np.nan, "tiled": True,
@@ -318,35 +417,58 @@ def detect_file(
             raw[:, bad] = np.nan
             return raw[:, idx - lo]
 
-        stats = {"sum": 0.0, "n": 0, "above": 0}
+        threshold = det.threshold
+        tags = {"model_version": det.version, "model": str(det.card.get("name")), "threshold": str(threshold),
+                "input": str(input_path.name), "scaling": how,
+                "normalisation": str(det.normalisation.get("method", "standardise")),
+                "synthetic_model": str(bool(det.card.get("synthetic")))}
+        stats_acc = {"sum": 0.0, "n": 0, "above": 0}
+        mask_target = mask_path_for(out_path) if mask else None
         with atomic_path(out_path, suffix=".tif") as tmp:
             work = tmp.with_suffix(".work.tif")
+            mask_work = tmp.with_suffix(".mask.tif")
             try:
+                mask_dst = None
+                if mask_target is not None:
+                    mask_dst = rasterio.open(mask_work, "w", **{**profile, "dtype": "uint8", "nodata": MASK_NODATA})
+                    mask_dst.set_band_description(1, "landslide")
+                    mask_dst.update_tags(**tags, values="1 landslide (probability >= threshold), 0 not, 255 no data")
                 with rasterio.open(work, "w", **profile) as dst, tqdm(
                     total=h, desc=f"detect {input_path.name}", unit="row", disable=not progress, leave=False
                 ) as bar:
                     dst.set_band_description(1, "landslide_probability")
 
                     def emit(row0: int, rows: np.ndarray) -> None:
-                        dst.write(rows[None], window=rasterio.windows.Window(0, row0, w, len(rows)))
+                        window = rasterio.windows.Window(0, row0, w, len(rows))
+                        dst.write(rows[None], window=window)
                         ok = np.isfinite(rows)
-                        stats["sum"] += float(rows[ok].sum())
-                        stats["n"] += int(ok.sum())
-                        stats["above"] += int((rows[ok] >= det.threshold).sum())
+                        above = ok & (rows >= threshold)
+                        stats_acc["sum"] += float(rows[ok].sum())
+                        stats_acc["n"] += int(ok.sum())
+                        stats_acc["above"] += int(above.sum())
+                        if mask_dst is not None:
+                            cut = np.where(ok, above.astype(np.uint8), np.uint8(MASK_NODATA)).astype(np.uint8)
+                            mask_dst.write(cut[None], window=window)
 
-                    det.stream(read_rows, h, w, emit, bar.update)
-                    dst.update_tags(model_version=det.version, model=str(det.card.get("name")),
-                                    threshold=str(det.threshold), input=str(input_path.name), scaling=how,
-                                    synthetic_model=str(bool(det.card.get("synthetic"))))
+                    run.stream(read_rows, h, w, emit, bar.update)
+                    dst.update_tags(**tags)
+                if mask_dst is not None:
+                    mask_dst.close()
+                    with atomic_path(mask_target, suffix=".tif") as mask_tmp:
+                        rio_copy(mask_work, mask_tmp, driver="COG", compress="DEFLATE", blocksize=256,
+                                 overview_resampling="NEAREST")
                 rio_copy(work, tmp, driver="COG", compress="DEFLATE", predictor="YES", blocksize=256,
                          overview_resampling="AVERAGE")
             finally:
-                if work.exists():
-                    work.unlink()
+                for leftover in (work, mask_work):
+                    if leftover.exists():
+                        leftover.unlink()
     return {"input": str(input_path), "output": str(out_path), "model_version": det.version,
-            "bands": dict(zip(det.bands, indexes, strict=True)), "scaling": how, "valid_pixels": stats["n"],
-            "mean_probability": stats["sum"] / stats["n"] if stats["n"] else None,
-            "pixels_above_threshold": stats["above"], "threshold": det.threshold}
+            "model": det.card.get("name"), "bands": dict(zip(det.bands, indexes, strict=True)), "scaling": how,
+            "valid_pixels": stats_acc["n"],
+            "mean_probability": stats_acc["sum"] / stats_acc["n"] if stats_acc["n"] else None,
+            "pixels_above_threshold": stats_acc["above"], "threshold": threshold,
+            "mask": str(mask_target) if mask_target else None}
 
 
 def detect_folder(
@@ -356,19 +478,23 @@ def detect_folder(
     band_order: Sequence[str] | None = None,
     scale: float | None = None,
     progress: bool = True,
+    mask: bool = False,
 ) -> dict[str, Any]:
-    """One 8-bit probability PNG (0-255) per chip of ``folder/images`` (or ``folder`` itself), same file name."""
+    """One 8-bit probability PNG (0-255) per chip of ``folder/images`` (or ``folder`` itself), same file name;
+    with ``mask``, a 0/255 PNG per chip in ``out_dir/masks/`` cut at the model's threshold."""
     from PIL import Image
     from tqdm.auto import tqdm
 
+    from slidemap.compute.chip_io import IMAGE_EXTS, read_image_file
     from slidemap.compute.io import atomic_path
-    from slidemap.training.chips import IMAGE_EXTS, read_image_file
 
     image_dir = folder / "images" if (folder / "images").is_dir() else folder
     files = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)
     if not files:
         raise InputError(f"{image_dir}: no .png or .tif chips to detect on")
     out_dir.mkdir(parents=True, exist_ok=True)
+    if mask:
+        (out_dir / "masks").mkdir(exist_ok=True)
     written = 0
     for path in tqdm(files, desc="detect chips", unit="chip", disable=not progress, leave=False):
         img, names, _ = read_image_file(path)  # [H, W, C]
@@ -381,18 +507,27 @@ def detect_folder(
             raise InputError(f"{path}: bands {names} lack one of the model's {det.bands}; use --band-order") from exc
         if path.suffix.lower() != ".png":
             chip[:, np.all(chip == 0, axis=0)] = np.nan
-            if det.units == "display8":
-                chip = chip * np.float32(display_stretch(chip))
-            elif scale:
-                chip = chip / np.float32(scale)
+            if not det.robust:
+                if det.units == "display8":
+                    chip = chip * np.float32(display_stretch(chip))
+                elif scale:
+                    chip = chip / np.float32(scale)
+        # each chip file is an image of its own (robust models: its own percentiles)
+        run = det.for_scene(image_stats(chip, channel_axis=0)) if det.robust else det
         h, w = chip.shape[1:]
         if h % 16 == 0 and w % 16 == 0:
-            prob = det.predict_chips(chip[None])[0]
+            prob = run.predict_chips(chip[None])[0]
         else:
-            prob = det.predict(chip)
+            prob = run.predict(chip)
         png = np.round(np.nan_to_num(prob, nan=0.0) * 255).clip(0, 255).astype(np.uint8)
         target = out_dir / (path.stem + ".png")
         with atomic_path(target, suffix=".png") as tmp:
             Image.fromarray(png).save(tmp, format="PNG")
+        if mask:
+            cut = np.where(np.isfinite(prob) & (prob >= det.threshold), 255, 0).astype(np.uint8)
+            with atomic_path(out_dir / "masks" / (path.stem + ".png"), suffix=".png") as tmp:
+                Image.fromarray(cut).save(tmp, format="PNG")
         written += 1
-    return {"input": str(folder), "output": str(out_dir), "chips": written, "model_version": det.version}
+    return {"input": str(folder), "output": str(out_dir), "chips": written, "model_version": det.version,
+            "model": det.card.get("name"), "threshold": det.threshold,
+            "masks": str(out_dir / "masks") if mask else None}

@@ -3,7 +3,8 @@
 Steps (stage-1 post-processing of ``../shared/method.md``):
 
 1. detect over ``build/imagery.tif`` (streamed, seamless: :mod:`slidemap.compute.detection`);
-2. threshold at the model card's threshold (chosen on validation data when it was trained);
+2. threshold at the model card's threshold (chosen on validation data when it was trained; the
+   same number ``detect`` writes into its output's tags and cuts its mask at);
 3. remove detections on roads, water and settlements (``build/exclusion_imagery.tif``, when the
    region has such layers);
 4. vectorise connected areas (``rasterio.features.shapes``) into ``landslides_detected.gpkg`` with
@@ -26,20 +27,19 @@ from typing import Any
 
 import numpy as np
 
-from slidemap.errors import BuildError, ModelError
+from slidemap.errors import BuildError
 
 log = logging.getLogger(__name__)
 
 
-def _pick_model(region_dir: Path, model_dir: str | Path | None) -> Path:
-    if model_dir:
-        return Path(model_dir)
-    from slidemap.compute.models.store import latest_model
+def pick_detector(region_dir: Path, spec: str | Path | None) -> Path:
+    """The detector ``spec`` names (a name, a version, a folder) or the region's default (the best by
+    blocked F1 with skill), through :func:`slidemap.compute.models.select.resolve_model`."""
+    from slidemap.compute.models.select import resolve_model
 
-    info = latest_model(region_dir, "unet")
-    if info is None:
-        raise ModelError(f"{region_dir}/models/unet: no detector; run `slidemap train unet {region_dir}` or pass --model")
-    return info.path
+    if spec is not None and Path(spec).is_dir() and (Path(spec) / "card.json").is_file():
+        return Path(spec)
+    return resolve_model(region_dir, "detection", None if spec is None else str(spec), allow_path=True).path
 
 
 def vectorise(
@@ -114,19 +114,17 @@ def map_inventory(
 
     from slidemap.compute.detection import detect_file, load_detector
     from slidemap.compute.io import atomic_path, write_bytes_atomic, write_json_atomic
-    from slidemap.training.chips import region_is_synthetic
-    from slidemap.training.seg_metrics import segmentation_metrics
-    from slidemap.training.unet_report import new_run_id
+    from slidemap.compute.chip_io import region_is_synthetic
 
     region_dir = Path(region_dir)
     build = region_dir / "build"
     imagery = build / "imagery.tif"
     if not imagery.is_file():
         raise BuildError(f"{imagery}: missing; add imagery to region.toml and run `slidemap prepare {region_dir}`")
-    model_path = _pick_model(region_dir, model_dir)
+    model_path = pick_detector(region_dir, model_dir)
     det = load_detector(model_path)
     thr = float(det.threshold if threshold is None else threshold)
-    out_dir = region_dir / "reports" / "inventory" / (run_id or new_run_id())
+    out_dir = region_dir / "reports" / "inventory" / (run_id or _new_run_id())
     out_dir.mkdir(parents=True, exist_ok=True)
     prob_path = out_dir / "probability.tif"
     detect_file(model_path, imagery, prob_path, progress=progress, detector=det)
@@ -170,10 +168,7 @@ def map_inventory(
         with rasterio.open(labels_path) as src:
             lab = src.read(1)
         if lab.shape == prob.shape:
-            masked = np.where(keep, 1.0, 0.0).astype(np.float32)
-            masked[~np.isfinite(prob)] = np.nan
-            pixel = segmentation_metrics(lab, masked, 0.5)
-            pixel.pop("pr_auc")
+            pixel = _pixel_metrics(lab, keep, np.isfinite(prob))
             pixel["threshold"] = thr
             pixel["note"] = "pixel metrics of the kept (masked, size-filtered pixels not removed) detections vs labels_imagery.tif"
     synthetic = region_is_synthetic(region_dir) or bool(det.card.get("synthetic"))
@@ -203,6 +198,29 @@ def map_inventory(
     write_json_atomic(out_dir / "report.json", report)
     write_bytes_atomic(out_dir / "report.md", _markdown(report).encode())
     return {**report, "gpkg": str(gpkg), "report_dir": str(out_dir)}
+
+
+def _new_run_id() -> str:
+    import secrets
+
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+
+
+def _pixel_metrics(labels: np.ndarray, detected: np.ndarray, valid: np.ndarray) -> dict[str, Any]:
+    """Pooled pixel counts of the kept detections against the labels (255 and no-data pixels left out)."""
+    ok = valid & (labels != 255)
+    y, d = labels[ok] > 0, detected[ok]
+    tp, fp = int((y & d).sum()), int((~y & d).sum())
+    fn, tn = int((y & ~d).sum()), int((~y & ~d).sum())
+
+    def ratio(a: float, b: float) -> float:
+        return float(a / b) if b > 0 else 0.0
+
+    iou, iou_bg = ratio(tp, tp + fp + fn), ratio(tn, tn + fp + fn)
+    return {"accuracy": ratio(tp + tn, tp + tn + fp + fn), "precision": ratio(tp, tp + fp),
+            "recall": ratio(tp, tp + fn), "f1": ratio(2 * tp, 2 * tp + fp + fn), "iou": iou,
+            "miou": (iou + iou_bg) / 2, "pixels": int(ok.sum()), "landslide_pixels": int(y.sum()),
+            "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn}}
 
 
 def _markdown(r: dict[str, Any]) -> str:

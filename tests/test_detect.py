@@ -1,21 +1,24 @@
-"""Detection: seamless tiling, streamed GeoTIFFs, chip folders, real tiles."""
+"""Detection: seamless tiling, streamed GeoTIFFs, normalisation reapplied, masks at the model's
+threshold, chip folders, model choice by name or version, memory bounds, real tiles."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import rasterio
 from affine import Affine
 
-keras = pytest.importorskip("keras")
-
-from slidemap.compute.detection import Detector, blend_window, detect_file, load_detector, n_tiles  # noqa: E402
-from slidemap.errors import InputError  # noqa: E402
-from slidemap.compute.models.store import save_artefact  # noqa: E402
-from slidemap.training.chips import chips_from_folder  # noqa: E402
-from slidemap.training.unet import build_unet  # noqa: E402
+from slidemap.compute import detection
+from slidemap.compute.detection import Detector, blend_window, detect_file, load_detector, n_tiles
+from slidemap.compute.image_norm import BandStats, image_stats, robust_spec
+from slidemap.compute.models.store import save_artefact
+from slidemap.errors import InputError, ModelError
+from slidemap.training.chips import chips_from_folder
+from slidemap.training.unet import build_unet
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 L4S = DATA / "l4s_divided_rgb_png"
@@ -59,17 +62,41 @@ def test_blend_weights_sum_to_one_everywhere():
     assert n_tiles(10, 64, 16) == 1 and n_tiles(150, 64, 16) == 4
 
 
-def test_tiled_prediction_is_seamless(tiny_model):
-    det = load_detector(tiny_model)
-    rng = np.random.default_rng(1)
+def _contrasty_model(seed: int = 3, image: np.ndarray | None = None):
+    """A tiny U-Net whose output varies strongly over an image (the last layer's weights scaled up
+    and centred on the image's features), so that a tiling that drops context or blends wrongly shows."""
+    keras.utils.set_random_seed(seed)
+    model = build_unet(4, base_width=2)
+    layer = model.get_layer("probability")
+    kernel, bias = layer.get_weights()
+    image = _smooth_image() if image is None else image
+    x = (np.moveaxis(image[:, :192, :176], 0, -1)[None] - 0.1) / 0.05  # the _card's standardisation (16-px sides)
+    features = np.asarray(keras.Model(model.inputs[0], layer.input)(x))
+    pre = features @ kernel[0, 0]
+    gain = 3.0 / max(float(pre.std()), 1e-6)
+    layer.set_weights([kernel * gain, -gain * np.array([pre.mean()], dtype="float32")])
+    return model
+
+
+def _smooth_image(seed: int = 1, shape=(200, 176)) -> np.ndarray:
     from scipy import ndimage
 
-    img = np.stack([0.1 + 0.05 * ndimage.gaussian_filter(rng.normal(size=(200, 176)), 3) * 5 for _ in range(4)])
-    img = img.astype("float32")
-    tiled = Detector(det.model, det.card, det.path, tile=64, overlap=16).predict(img)
-    single = Detector(det.model, det.card, det.path, tile=256, overlap=16).predict(img)  # one tile covers it
+    rng = np.random.default_rng(seed)
+    return np.stack([0.1 + 0.25 * ndimage.gaussian_filter(rng.normal(size=shape), 3) for _ in range(4)]).astype("float32")
+
+
+def test_tiled_prediction_is_seamless_on_a_model_with_strong_output():
+    model = _contrasty_model()
+    card = _card(["B2", "B3", "B4", "B8"])
+    img = _smooth_image()
+    single = Detector(model, card, Path("."), tile=256, overlap=16).predict(img)  # one tile covers it
+    assert single.std() > 0.15 and single.min() < 0.2 and single.max() > 0.8  # a non-trivial output
+    tiled = Detector(model, card, Path("."), tile=64, overlap=16).predict(img)
     assert tiled.shape == (200, 176) and np.isfinite(tiled).all()
     assert np.abs(tiled - single).mean() < 0.02
+    # the same check catches a broken tiling: tiles without overlap lose their context at every edge
+    broken = Detector(model, card, Path("."), tile=64, overlap=0).predict(img)
+    assert np.abs(broken - single).mean() > 0.02
     # no discontinuity at tile boundaries: jumps across the seams are like jumps elsewhere
     step = 64 - 16
     seams = [k * step - 16 + 64 - 16 // 2 for k in range(4) if 0 < k * step - 16 + 56 < 175]
@@ -168,6 +195,9 @@ def test_cli_detect_and_clear_errors(tiny_model, tmp_path, capsys):
     assert main(["detect", str(tiny_model), str(src), str(tmp_path / "o.tif"), "--no-progress"]) == 0
     assert (tmp_path / "o.tif").is_file()
     assert main(["detect", str(tmp_path / "nomodel"), str(src), str(tmp_path / "p.tif")]) == 2
+    assert "not a model folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["detect", str(tmp_path / "empty"), str(src), str(tmp_path / "p.tif")]) == 2
     assert "not a slidemap model folder" in capsys.readouterr().err
     assert main(["train", "unet", "--chips", str(tmp_path)]) == 2
     assert main(["train", "unet", "--chips", str(tmp_path), "--out", str(tmp_path / "m")]) == 2
@@ -211,3 +241,177 @@ def test_inventory_masks_exclusions_and_scores_objects(tiny_model, tmp_path):
     assert obj["known_landslides"] == 1 and obj["recall"] == 1.0 and obj["precision"] == 1.0
     report = json.loads((tmp_path / "reports" / "inventory" / "r" / "report.json").read_text())
     assert report["kind"] == "inventory" and report["synthetic"] is True
+
+
+# ---- normalisation recorded in the card and reapplied -------------------------------------------
+def _robust_card(bands, reference: BandStats, threshold=0.5, skill=None, scope="scene"):
+    card = {"synthetic": True, "bands": bands, "inputs": bands, "units": "reflectance", "tile_multiple": 16,
+            "halo": 16, "threshold": threshold, "normalisation": robust_spec(bands, scope, reference, "reflectance")}
+    if skill is not None:
+        card["skill"] = skill
+        card["run_id"] = "run-1"
+    return card
+
+
+@pytest.fixture(scope="module")
+def robust_model(tmp_path_factory):
+    model = _contrasty_model(5)
+    root = tmp_path_factory.mktemp("robust")
+    reference = BandStats((0.0,) * 4, (1.0,) * 4)  # deliberately wrong for reflectance: detect must not use it
+    return save_artefact(root, "unet", "robust", _robust_card(["B2", "B3", "B4", "B8"], reference, 0.4),
+                         lambda p: model.save(p))
+
+
+def test_detect_reapplies_the_recorded_normalisation_per_scene(robust_model, tmp_path):
+    det = load_detector(robust_model)
+    assert det.normalisation["method"] == "robust" and det.normalisation["scope"] == "scene"
+    img = _smooth_image(7, (96, 80))
+    refl = tmp_path / "refl.tif"
+    dn = tmp_path / "dn.tif"
+    _write(refl, img, names=["B2", "B3", "B4", "B8"])
+    _write(dn, (img * 10000).astype("float32"), names=["B2", "B3", "B4", "B8"])  # DN-like scale
+    detect_file(robust_model, refl, tmp_path / "p1.tif", progress=False)
+    detect_file(robust_model, dn, tmp_path / "p2.tif", progress=False)
+    with rasterio.open(tmp_path / "p1.tif") as a, rasterio.open(tmp_path / "p2.tif") as b:
+        p1, p2 = a.read(1), b.read(1)
+        assert a.tags()["normalisation"] == "robust" and float(a.tags()["threshold"]) == 0.4
+    # the scene's own percentiles: DN and reflectance give the same probabilities ...
+    np.testing.assert_allclose(p1, p2, atol=2e-3)
+    # ... which are exactly what the detector gives with that scene's statistics
+    expected = det.for_scene(image_stats(img)).predict(img)
+    np.testing.assert_allclose(p1, expected, atol=1e-5)
+    # and not what the (wrong) training reference gives
+    assert np.abs(det.predict(img) - p1).mean() > 0.05
+
+
+def test_chip_scope_normalises_each_chip_on_its_own(tmp_path):
+    keras.utils.set_random_seed(0)
+    rgb = build_unet(3, base_width=2)
+    path = save_artefact(tmp_path, "unet", "chipwise", _robust_card(["R", "G", "B"], BandStats((0,) * 3, (1,) * 3),
+                                                                  scope="chip"), lambda p: rgb.save(p))
+    det = load_detector(path)
+    rng = np.random.default_rng(0)
+    chip = rng.integers(0, 200, (3, 32, 32)).astype("float32")
+    a = det.predict_chips(chip[None])[0]
+    b = det.predict_chips((chip * 0.5 + 20)[None])[0]  # another stretch of the same chip
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_mask_is_cut_at_the_models_threshold(robust_model, tmp_path):
+    img = _smooth_image(8, (64, 72))
+    img[:, :5, :7] = np.nan
+    src = tmp_path / "in.tif"
+    _write(src, img, names=["B2", "B3", "B4", "B8"], nodata=float("nan"))
+    summary = detect_file(robust_model, src, tmp_path / "p.tif", progress=False, mask=True)
+    assert summary["mask"] == str(tmp_path / "p_mask.tif") and summary["threshold"] == 0.4
+    with rasterio.open(tmp_path / "p.tif") as p, rasterio.open(tmp_path / "p_mask.tif") as m:
+        prob, cut = p.read(1), m.read(1)
+        assert m.tags()["threshold"] == "0.4" and m.nodata == 255 and m.dtypes[0] == "uint8"
+    ok = np.isfinite(prob)
+    np.testing.assert_array_equal(cut[ok], (prob[ok] >= 0.4).astype("uint8"))
+    assert (cut[~ok] == 255).all() and (~ok).sum() == 35
+    assert 0 < summary["pixels_above_threshold"] == int((cut == 1).sum())
+
+
+# ---- which detector: by name, by version, the region's default ---------------------------------
+def _skill(value, has):
+    return {"metric": "f1", "value": value, "ci95": [value - 0.1, value + 0.1], "has_skill": has}
+
+
+def test_detect_and_inventory_resolve_name_version_and_default(tmp_path, capsys):
+    from slidemap.cli import main
+    from slidemap.compute.models.select import record_default, resolve_model
+
+    region = tmp_path / "region"
+    ref = BandStats((0.1,) * 4, (0.05,) * 4)
+    keras.utils.set_random_seed(1)
+    a_model, b_model, c_model = (build_unet(4, base_width=2) for _ in range(3))
+    good = save_artefact(region / "models", "unet", "attention-unet", _robust_card(["B2", "B3", "B4", "B8"], ref, 0.3,
+                         _skill(0.7, True)), lambda p: a_model.save(p))
+    plain = save_artefact(region / "models", "unet", "unet-bce", _robust_card(["B2", "B3", "B4", "B8"], ref, 0.6,
+                          _skill(0.6, True)), lambda p: b_model.save(p))
+    noskill = save_artefact(region / "models", "unet", "lucky", _robust_card(["B2", "B3", "B4", "B8"], ref, 0.2,
+                            _skill(0.9, False)), lambda p: c_model.save(p))
+    record_default(region, "detection", resolve_model(region, "detection", "attention-unet"), "best with skill")
+    src = tmp_path / "in.tif"
+    _write(src, _smooth_image(9, (48, 48)), names=["B2", "B3", "B4", "B8"])
+    runs = {"default": [str(src), str(tmp_path / "d.tif"), "--region", str(region)],
+            "name": [str(src), str(tmp_path / "n.tif"), "--region", str(region), "--model", "unet-bce"],
+            "version": ["lucky", str(src), str(tmp_path / "v.tif"), "--region", str(region)],
+            "prefix": [str(src), str(tmp_path / "p.tif"), "--region", str(region), "--model",
+                       json.loads((plain / "card.json").read_text())["version"][:8]],
+            "folder": [str(good), str(src), str(tmp_path / "f.tif")]}
+    used, warned = {}, {}
+    for key, argv in runs.items():
+        assert main(["detect", *argv, "--no-progress"]) == 0, key
+        captured = capsys.readouterr()
+        used[key] = json.loads(captured.out)["model_dir"]
+        warned[key] = "NO SKILL" in captured.err
+    assert warned == {"default": False, "name": False, "version": True, "prefix": False, "folder": False}
+    assert used["default"] == str(good) and used["folder"] == str(good)  # the best with skill, not "lucky"
+    assert used["name"] == str(plain) and used["prefix"] == str(plain) and used["version"] == str(noskill)
+    with rasterio.open(tmp_path / "n.tif") as r:
+        assert r.tags()["threshold"] == "0.6"  # the chosen model's own threshold
+    assert main(["detect", str(src), str(tmp_path / "x.tif"), "--region", str(region), "--model", "nosuch"]) == 2
+    assert "no detection model 'nosuch'" in capsys.readouterr().err
+    assert main(["detect", "nosuch", str(src), str(tmp_path / "x.tif")]) == 2
+    assert "--region" in capsys.readouterr().err
+    # the inventory uses the same resolution and the model's own threshold
+    from slidemap.compute.inventory_map import pick_detector
+
+    assert pick_detector(region, None) == good and pick_detector(region, "unet-bce") == plain
+    record_default(region, "detection", None, "latest run: no skill")
+    with pytest.raises(ModelError, match="no detection model has skill"):
+        pick_detector(region, None)
+
+
+# ---- memory ---------------------------------------------------------------------------------------
+class _OutOfMemory(Exception):
+    """Stands in for TensorFlow's ResourceExhaustedError (matched by name)."""
+
+
+_OutOfMemory.__name__ = "ResourceExhaustedError"
+
+
+class _SmallDevice:
+    """A network that runs out of memory on batches larger than ``limit``."""
+
+    def __init__(self, limit):
+        self.limit, self.calls = limit, []
+
+    def predict_on_batch(self, x):
+        self.calls.append(len(x))
+        if len(x) > self.limit:
+            raise _OutOfMemory("OOM when allocating tensor with shape [8,256,256,16]")
+        return x[..., :1]
+
+
+def test_out_of_memory_halves_the_batch_and_retries():
+    fake = _SmallDevice(limit=2)
+    det = Detector(fake, _card(["a"]), Path("."), tile=32, overlap=8, batch_size=8)
+    x = np.arange(7 * 16 * 16, dtype="float32").reshape(7, 16, 16, 1)
+    out = det.predict_batch(x)
+    np.testing.assert_array_equal(out, x[..., 0])  # every tile predicted once, in order
+    assert det.batch_size == 2 and fake.calls[:3] == [7, 4, 2]
+    never = Detector(_SmallDevice(limit=0), _card(["a"]), Path("."), batch_size=4)
+    with pytest.raises(ModelError, match="out of memory"):
+        never.predict_batch(x[:2])
+    other = Detector(type("Broken", (), {"predict_on_batch": lambda self, x: 1 / 0})(), _card(["a"]), Path("."))
+    with pytest.raises(ZeroDivisionError):  # other errors are not mistaken for memory
+        other.predict_batch(x[:1])
+
+
+def test_detector_cache_is_a_small_lru(tmp_path, monkeypatch):
+    monkeypatch.setattr(detection, "_cache", type(detection._cache)())
+    paths = []
+    for k in range(detection.CACHE_SIZE + 2):
+        keras.utils.set_random_seed(k)
+        model = build_unet(4, base_width=1)
+        paths.append(save_artefact(tmp_path, "unet", f"m{k}", _card(["B2", "B3", "B4", "B8"]), lambda p, m=model: m.save(p)))
+    first = load_detector(paths[0])
+    for p in paths[1:]:
+        load_detector(p)
+    keys = detection.cached_detectors()
+    assert len(keys) == detection.CACHE_SIZE and str(paths[0].resolve()) not in [k[0] for k in keys]
+    assert load_detector(paths[-1]) is load_detector(paths[-1])  # a hit returns the same object
+    assert load_detector(paths[0]) is not first  # evicted, loaded again

@@ -54,3 +54,17 @@ def test_bad_parameters_rejected():
         focal_loss(1.5, 2.0)
     with pytest.raises(ValueError):
         focal_loss(0.5, -1.0)
+
+
+def test_focal_plus_dice_adds_the_soft_dice_of_the_batch():
+    from slidemap.training.losses import dice_term, make_loss
+
+    y = np.array([[1.0, 0.0, 1.0, 255.0]], dtype="float32")
+    p = np.array([[0.8, 0.1, 0.6, 0.9]], dtype="float32")
+    # valid pixels only: sum(p y) = 1.4, sum(p) = 1.5, sum(y) = 2
+    dice = 1 - (2 * 1.4 + 1) / (1.5 + 2 + 1)
+    assert _np(dice_term(y, p)) == pytest.approx(dice, rel=1e-5)
+    combined = _np(make_loss("focal+dice", 0.25, 2.0, dice_weight=0.5)(y, p))
+    assert combined == pytest.approx(_np(focal_loss(0.25, 2.0)(y, p)) + 0.5 * dice, rel=1e-5)
+    with pytest.raises(ValueError, match="focal\\+dice"):
+        make_loss("dice-only")

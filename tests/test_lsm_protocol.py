@@ -10,7 +10,7 @@ import pytest
 
 from slidemap.compute.factors import Encoding, FactorSpec, Normalisation
 from slidemap.compute.terrain import slope_aspect
-from slidemap.training.augment import transform_centre, transform_direction, transform_windows
+from slidemap.training.window_augment import transform_centre, transform_direction, transform_windows
 from slidemap.training.cls_metrics import mcnemar_test
 from slidemap.training.lsm_config import PRESETS, make_config
 from slidemap.training.lsm_eval import bootstrap_auc, cv_score

@@ -50,3 +50,21 @@ def test_threshold_and_pr_auc():
     assert pr_auc(y, p) == pytest.approx(1.0)
     assert np.isnan(pr_auc(np.zeros(4), np.ones(4)))
     assert choose_threshold(np.zeros(4), np.ones(4)) == 0.5
+
+
+def test_bootstrap_interval_over_units_and_chance():
+    from slidemap.training.seg_metrics import best_f1, bootstrap_f1, chance_f1, f1_from_counts
+
+    rng = np.random.default_rng(0)
+    # 50 chips, each with its own hit rate: the pooled F1 sits inside the interval, which narrows with more chips
+    counts = np.stack([rng.integers(20, 60, 50), rng.integers(0, 30, 50), rng.integers(0, 30, 50),
+                       rng.integers(900, 1000, 50)], axis=1)
+    f1 = float(f1_from_counts(counts.sum(axis=0)))
+    lo, hi = bootstrap_f1(counts, seed=1)
+    assert lo < f1 < hi and hi - lo < 0.2
+    lo4, hi4 = bootstrap_f1(counts[:4], seed=1)
+    assert hi4 - lo4 > hi - lo
+    assert bootstrap_f1(counts, seed=1) == (lo, hi)  # seeded: reproducible
+    assert chance_f1(0.02) == pytest.approx(2 * 0.02 / 1.02) and chance_f1(0.0) == 0.0
+    y = np.array([0, 0, 1, 1], np.uint8)
+    assert best_f1(y, np.array([0.1, 0.2, 0.8, 0.9])) == 1.0

@@ -1,22 +1,27 @@
-"""Attention U-Net: shapes, attention gates, search records, training beats a constant, artefact."""
+"""Attention U-Net: shapes, gates, search records, scene splits on small regions, early stopping,
+skill, a tiny end-to-end run with its card, report and region default."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import rasterio
 from affine import Affine
 
-keras = pytest.importorskip("keras")
-
-from slidemap.errors import ModelError  # noqa: E402
-from slidemap.training import unet_report, unet_train  # noqa: E402
-from slidemap.training.chips import blocked_split, chips_from_region, fit_normalisation, normalise  # noqa: E402
-from slidemap.training.search import bayesian_search  # noqa: E402
-from slidemap.training.unet import attention_maps, build_unet, flops_per_tile  # noqa: E402
+from slidemap.compute.image_norm import image_stats
+from slidemap.compute.models.select import default_model, resolve_model
+from slidemap.errors import BuildError, ModelError
+from slidemap.training import scene as sc
+from slidemap.training import unet_report, unet_train
+from slidemap.training.scene import scene_from_region, split_scene
+from slidemap.training.search import SEED_PROPOSER, bayesian_search, seed_won
+from slidemap.training.seg_data import Evaluation, scene_split_data
+from slidemap.training.unet import attention_maps, build_unet, flops_per_tile
+from slidemap.training.unet_fit import EarlyStopping, FitConfig, fit_network, learning_rate_schedule, validation_scores
 
 
 @pytest.mark.parametrize("tile", [16, 48, 64, 128])
@@ -54,31 +59,52 @@ def test_flops_scale_with_tile_area():
     assert f64 > 0 and f128 / f64 == pytest.approx(4.0, rel=0.01)
 
 
-def test_search_records_every_iteration():
+# ---- search ------------------------------------------------------------------------------------
+def test_search_records_every_iteration_with_its_proposer():
     seen = []
     best, records = bayesian_search(lambda hp: 1.0 - abs(hp.alpha - 0.3) - 0.1 * hp.gamma, 3, seed=0,
                                     on_iteration=seen.append)
     assert [r["iteration"] for r in records] == [1, 2, 3] and len(seen) == 3
     for r in records:
-        assert set(r) == {"iteration", "optimizer", "learning_rate", "alpha", "gamma", "score", "proposed_by"}
+        assert {"iteration", "optimizer", "learning_rate", "alpha", "gamma", "score", "proposed_by"} <= set(r)
         assert r["optimizer"] in ("adam", "sgd") and r["learning_rate"] in (1e-2, 1e-3, 1e-4)
         assert 0 <= r["alpha"] <= 1 and 0 <= r["gamma"] <= 5
     assert best.alpha == max(records, key=lambda r: r["score"])["alpha"]
     # the paper's set first, then a random start, then at least one point chosen by EI
-    assert [r["proposed_by"] for r in records] == [
-        "paper's best set (seed)", "random (initial design)", "GP + expected improvement"]
+    assert [r["proposed_by"] for r in records] == [SEED_PROPOSER, "random (initial design)", "GP + expected improvement"]
 
 
-def _tiny_region(root: Path, size: int = 192, seed: int = 0) -> Path:
+def test_focal_space_keeps_optimizer_and_rate_and_says_when_the_seed_wins():
+    from slidemap.training.search import HyperParams
+
+    fixed = HyperParams("adam", 3e-4, 0.5, 2.0)
+    # a score that peaks exactly at the paper's alpha/gamma: the seed must win and be reported
+    best, records = bayesian_search(lambda hp: -abs(hp.alpha - 0.338) - abs(hp.gamma - 3.809), 4, seed=1,
+                                    space="focal", fixed=fixed)
+    assert all(r["optimizer"] == "adam" and r["learning_rate"] == 3e-4 for r in records)
+    assert seed_won(records) and best.alpha == pytest.approx(0.338)
+    report_note = unet_report.search_note({"seed_won": True, "space": "focal"}, records)
+    assert "seeded point" in report_note and "won" in report_note
+    _, others = bayesian_search(lambda hp: hp.alpha, 4, seed=1, space="focal", fixed=fixed)
+    assert not seed_won(others)  # alpha 0.338 is beaten by any larger alpha
+
+
+# ---- scenes and splits -------------------------------------------------------------------------
+def _tiny_region(root: Path, size: int = 192, seed: int = 0, n_slides: int = 14) -> Path:
     """A build folder with 4-band imagery and a landslide mask: bare, bright, low-NIR scars."""
     rng = np.random.default_rng(seed)
     build = root / "build"
     build.mkdir(parents=True)
     yy, xx = np.mgrid[0:size, 0:size]
     mask = np.zeros((size, size), np.uint8)
-    for _ in range(14):
-        cy, cx, r = rng.integers(8, size - 8), rng.integers(8, size - 8), rng.integers(3, 7)
+    placed = 0
+    while placed < n_slides:
+        cy, cx, r = rng.integers(8, size - 8), rng.integers(8, size - 8), rng.integers(3, 6)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= (r + 2) ** 2
+        if mask[disc].any():  # keep landslides apart: each is its own area
+            continue
         mask[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 1
+        placed += 1
     base = np.stack([0.04, 0.06, 0.05, 0.30])[:, None, None] + rng.normal(0, 0.01, (4, size, size))
     scar = np.array([0.12, 0.14, 0.16, 0.15])[:, None, None]
     img = np.where(mask[None] == 1, scar + rng.normal(0, 0.01, (4, size, size)), base).astype("float32")
@@ -95,29 +121,110 @@ def _tiny_region(root: Path, size: int = 192, seed: int = 0) -> Path:
     return root
 
 
-def test_chips_from_region_and_blocked_split(tmp_path):
-    chips = chips_from_region(_tiny_region(tmp_path), size=32, stride=16)
-    assert chips.images.shape[1:] == (32, 32, 4) and chips.bands == ["B2", "B3", "B4", "B8"]
-    assert chips.synthetic and set(np.unique(chips.masks)) <= {0, 1, 255}
-    assert (chips.masks[0][:6, :6] == 255).all()  # NaN imagery -> ignored label
-    train, test = blocked_split(chips, 0.2, seed=0)
-    assert len(np.intersect1d(train, test)) == 0 and len(test) > 0
-    fp = chips.footprints
-    for i in train:  # no training chip overlaps a test chip
-        for j in test:
-            assert not (fp[i, 0] < fp[j, 2] and fp[j, 0] < fp[i, 2] and fp[i, 1] < fp[j, 3] and fp[j, 1] < fp[i, 3])
-    norm = fit_normalisation(chips.subset(train))
-    x = normalise(chips.images, norm)
-    assert np.isfinite(x).all() and abs(float(np.mean(x[train]))) < 0.1
+def test_small_region_produces_both_splits_with_buffers(tmp_path):
+    """A 4 km-like scene (400 px at 10 m) keeps training, validation and test landslides on both splits."""
+    scene = scene_from_region(_tiny_region(tmp_path, size=400, seed=3, n_slides=40))
+    assert scene.synthetic and scene.bands == ["B2", "B3", "B4", "B8"]
+    assert (scene.labels[:6, :6] == 255).all()  # NaN imagery -> ignored label
+    for kind in ("blocked", "random"):
+        s = split_scene(scene, kind, chip=128, buffer=16, seed=0)
+        areas = s.summary["landslide_areas"]
+        assert areas["train"] >= 6 and areas["validation"] >= 2 and areas["test"] >= 2, (kind, s.summary)
+        assert s.summary["pixel_share"]["train"] > 0.3
+        held = (s.roles == sc.TEST) | (s.roles == sc.VALIDATION)
+        trained_on = s.train_labels != 255
+        assert not (trained_on & held).any()
+        if kind == "blocked":
+            near = sc._dilate(held, 16)
+            assert not (trained_on & near).any()  # the ring is used by nobody
+            ids, _ = sc.landslide_areas(scene.labels)
+            for area in np.unique(ids[held & (ids > 0)]):  # a landslide is never on both sides
+                assert not (trained_on & (ids == area)).any()
+    data = scene_split_data(scene, "blocked", chip=64, buffer=16, seed=0, positive_share=0.5)
+    x, y = data.sampler.batch(np.random.default_rng(0), 8)
+    assert x.shape == (8, 64, 64, 4) and y.shape == (8, 64, 64)
+    assert data.normalisation["method"] == "robust" and data.normalisation["scope"] == "scene"
+    assert data.normalisation["reference"] == image_stats(scene.image).to_dict()  # recorded: the scene's own
+    assert len(data.val_x) > 0 and (data.val_y == 1).any()
 
 
+def test_too_few_landslides_is_one_clear_error(tmp_path, capsys):
+    root = _tiny_region(tmp_path, size=192, seed=1, n_slides=3)
+    with pytest.raises(BuildError, match=r"only 3 landslide areas; a blocked split needs at least 10"):
+        split_scene(scene_from_region(root), "blocked", chip=64)
+    from slidemap.cli import main
+
+    assert main(["train", "unet", str(root), "--preset", "quick", "--chip", "64", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("slidemap: error:") and "needs at least 10" in err[0]
+
+
+# ---- early stopping ----------------------------------------------------------------------------
+class _Weights:
+    def __init__(self) -> None:
+        self.w = [np.zeros(2)]
+
+    def get_weights(self):
+        return [a.copy() for a in self.w]
+
+    def set_weights(self, w):
+        self.w = [a.copy() for a in w]
+
+
+def test_early_stopping_stops_after_patience_and_restores_the_best_epoch():
+    model = _Weights()
+    stopper = EarlyStopping(patience=2, min_epochs=1)
+    stops = []
+    for epoch, score in enumerate([0.1, 0.5, 0.3, 0.2, 0.9], start=1):
+        model.w = [np.full(2, float(epoch))]  # the weights after this epoch
+        stops.append(stopper.update(epoch, score, model))
+        if stops[-1]:
+            break
+    assert stops == [False, False, False, True] and stopper.best_epoch == 2
+    stopper.restore(model)
+    np.testing.assert_array_equal(model.w[0], [2.0, 2.0])
+    late = EarlyStopping(patience=1, min_epochs=5)
+    assert not any(late.update(e, 1.0 if e == 1 else 0.0, model) for e in range(1, 5))  # not before min_epochs
+
+
+def test_fit_network_ends_with_the_best_validation_weights(tmp_path):
+    scene = scene_from_region(_tiny_region(tmp_path, size=192, seed=2, n_slides=30))
+    data = scene_split_data(scene, "blocked", chip=32, buffer=8, seed=0, positive_share=0.5)
+    cfg = FitConfig(base_width=4, batch_size=4, epoch_chips=8, max_epochs=6, min_epochs=1, patience=2,
+                    learning_rate=1e-2, warmup_epochs=1, seed=0)
+    fit = fit_network(data.sampler, data.val_x, data.val_y, 4, cfg, "focal", 0.75, 1.0)
+    history = fit.history["val_pr_auc"]
+    assert fit.best_epoch == int(np.argmax(history)) + 1
+    again = validation_scores(fit.model, data.val_x, data.val_y, 4)["val_pr_auc"]
+    assert again == pytest.approx(max(history), abs=1e-6)  # the model holds the best epoch's weights
+    assert len(fit.history["lr"]) == fit.epochs_run
+    lrs = fit.history["lr"]
+    assert lrs[0] == pytest.approx(1e-2) and all(b < a for a, b in zip(lrs, lrs[1:], strict=False))  # peak, then decay
+    schedule = learning_rate_schedule(1e-2, steps_per_epoch=2, epochs=6, warmup_epochs=1)
+    assert float(schedule(0)) == pytest.approx(1e-3) and float(schedule(2)) == pytest.approx(1e-2)  # warm-up
+
+
+# ---- skill -------------------------------------------------------------------------------------
+def test_no_skill_flag():
+    rng = np.random.default_rng(0)
+    labels = (rng.random(40 * 256) < 0.05).astype(np.uint8)
+    units = np.repeat(np.arange(40), 256)
+    noise = Evaluation(labels, rng.random(labels.size).astype(np.float32), units)
+    skill = unet_train.detection_skill(noise, 0.5, pr=0.05, seed=0)
+    assert not skill["has_skill"] and skill["ci95"][0] <= skill["chance"] + 0.05
+    good_prob = np.clip(labels * 0.8 + rng.random(labels.size) * 0.3, 0, 1).astype(np.float32)
+    good = unet_train.detection_skill(Evaluation(labels, good_prob, units), 0.5, pr=0.9, seed=0)
+    assert good["has_skill"] and good["ci95"][0] > 0.5 and good["metric"] == "f1"
+    assert good["ci95"][0] <= good["value"] <= good["ci95"][1]
+
+
+# ---- a tiny run end to end -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root = _tiny_region(tmp_path_factory.mktemp("region"))
-    chips = chips_from_region(root, size=32, stride=32)
-    cfg = unet_train.preset("quick", base_width=4, epochs=6, batch_size=4, patience=0, search_iterations=0,
-                            optimizer="adam", learning_rate=1e-2, alpha=0.75, gamma=1.0, negatives_ratio=None)
-    return root, unet_train.run(chips, cfg, progress=False)
+    root = _tiny_region(tmp_path_factory.mktemp("region"), size=192, seed=4, n_slides=30)
+    cfg = unet_train.preset("quick", base_width=4, chip=32, epochs=4, epoch_chips=8, batch_size=4, patience=2,
+                            min_epochs=2, refit=True, learning_rate=1e-2, alpha=0.75, gamma=1.0, buffer=8)
+    return root, unet_train.run(scene_from_region(root), cfg, progress=False)
 
 
 def test_tiny_model_beats_constant_predictor(trained):
@@ -126,47 +233,87 @@ def test_tiny_model_beats_constant_predictor(trained):
         m = t.metrics
         prevalence = m["landslide_pixels"] / m["pixels"]
         constant_f1 = 2 * prevalence / (1 + prevalence)  # predicting landslide everywhere
-        assert m["f1"] > constant_f1 + 0.2, (t.split, m)
+        assert m["f1"] > constant_f1 + 0.2, (t.spec.name, m)
         assert m["pr_auc"] > prevalence + 0.2
-        assert m["miou"] > 0.5
+    primary = result.primary
+    assert primary.training["refit"]["epochs"] == primary.training["best_epoch"]
+    assert [t.spec.name for t in result.trained] == ["attention-unet-focal"]
 
 
-def test_report_and_card_round_trip_and_hash_refusal(trained):
+def test_pixel_gradient_boosting_peer_uses_the_network_interface():
+    rng = np.random.default_rng(0)
+    y = (rng.random((6, 32, 32)) > 0.9).astype(np.uint8)
+    x = (y[..., None] * 2.0 + rng.normal(0, 0.3, (6, 32, 32, 3))).astype(np.float32)
+    model = unet_train.PixelGradientBoosting(seed=0).fit(x[:4], y[:4])
+    prob = model.predict_on_batch(x[4:])
+    assert prob.shape == (2, 32, 32, 1)
+    assert prob[..., 0][y[4:] == 1].mean() > 0.8 > 0.2 > prob[..., 0][y[4:] == 0].mean()
+
+
+def _with_peer(result):
+    """The run plus a weaker copy of its network under another name (ranking needs two networks)."""
+    import copy
+
+    peer = copy.copy(result.primary)
+    peer.spec = unet_train.ModelSpec("unet-bce", "bce", 4, attention=False, label="plain U-Net, BCE")
+    peer.skill = {**peer.skill, "value": peer.skill["value"] - 0.1}
+    out = copy.copy(result)
+    out.trained = [result.primary, peer]
+    return out
+
+
+def test_cards_report_and_region_default(trained):
     from slidemap.compute.detection import load_detector
-    from slidemap.compute.models.store import read_card
 
     root, result = trained
-    path = unet_train.save_model(result, root / "models", "attention-unet")
-    assert path.parent == root / "models" / "unet"
-    card = read_card(path)
-    assert card["bands"] == ["B2", "B3", "B4", "B8"] and card["tile_multiple"] == 16
-    assert card["normalisation"]["fitted_on"] == "training split only"
+    result = _with_peer(result)
+    saved = unet_train.save_models(result, "run-x", root / "models", "attention-unet")
+    assert [s.name for s in saved] == ["attention-unet", "unet-bce"]  # best first
+    default = unet_train.record_region_default(root, saved)
+    best = max(saved, key=lambda s: s.card["skill"]["value"])
+    assert default is not None and default.path == best.path
+    assert default_model(root, "detection").path == best.path
+    card = next(s.card for s in saved if s.name == "attention-unet")
+    assert card["bands"] == ["B2", "B3", "B4", "B8"] and card["tile_multiple"] == 16 and card["run_id"] == "run-x"
+    assert card["normalisation"]["method"] == "robust" and card["normalisation"]["scope"] == "scene"
+    assert card["architecture"]["base_width"] == 4 and card["architecture"]["parameters"] > 1000
+    assert card["skill"]["metric"] == "f1" and card["skill"]["has_skill"] is True and card["skill"]["rank"] == 1
     assert card["synthetic"] is True and len(card["training_data"]["fingerprint"]) == 64
-    assert "blocked" in card["metrics"] and card["hyperparameters"]["loss"] == "focal"
-    det = load_detector(path)
-    assert det.version == card["version"] and det.bands == card["bands"]
-    report = unet_report.build_report(result, {"attention-unet": det.version}, {"path": str(root)})
+    assert card["training_data"]["sampling"]["chips_with_landslide"] > 0
+    det = load_detector(resolve_model(root, "detection", "attention-unet").path)
+    assert det.threshold == card["threshold"] and det.robust
+    report = unet_report.build_report(result, {s.name: s.card["version"] for s in saved}, {"path": str(root)},
+                                      "run-x", default.name)
     out = unet_report.write_report(report, root / "reports" / "unet" / "r1", result)
-    saved = json.loads((out / "report.json").read_text())
-    assert saved["kind"] == "unet" and saved["synthetic"] is True
-    assert set(saved["models"]["attention-unet-focal"]) == {"random", "blocked"}
-    for k in ("accuracy", "precision", "recall", "f1", "miou", "pr_auc", "threshold"):
-        assert k in saved["models"]["attention-unet-focal"]["blocked"]
+    saved_report = json.loads((out / "report.json").read_text())
+    assert saved_report["kind"] == "unet" and saved_report["synthetic"] is True
+    assert set(saved_report["models"]) == {"attention-unet-focal", "unet-bce"}
+    for k in ("accuracy", "precision", "recall", "f1", "miou", "pr_auc", "threshold", "skill"):
+        assert k in saved_report["models"]["attention-unet-focal"]["blocked"]
     md = (out / "report.md").read_text()
     assert md.startswith("# SYNTHETIC") and "| attention-unet-focal | blocked |" in md
     assert list(out.glob("curves_*.png"))
     # tamper with the weights: loading must refuse
-    weights = path / "model.keras"
+    weights = default.path / "model.keras"
     weights.write_bytes(weights.read_bytes() + b"x")
     with pytest.raises(ModelError, match="SHA-256"):
-        load_detector(path)
+        load_detector(default.path)
 
 
-def test_search_inside_a_run_records_iterations(tmp_path):
-    chips = chips_from_region(_tiny_region(tmp_path, size=160, seed=1), size=32, stride=32)
-    cfg = unet_train.preset("quick", base_width=2, batch_size=8, search_iterations=3, search_epochs=1)
-    pool = np.arange(len(chips))
-    best, records = unet_train.run_search(chips, pool, cfg, progress=False)
-    assert [r["iteration"] for r in records] == [1, 2, 3]
-    assert all(0.0 <= r["score"] <= 1.0 for r in records)
-    assert best.optimizer in ("adam", "sgd")
+def test_no_skilled_detector_is_never_the_default(trained, tmp_path):
+    import copy
+
+    root, result = trained
+    region = tmp_path / "region"
+    region.mkdir()
+    flat = copy.copy(_with_peer(result))
+    flat.trained = [copy.copy(t) for t in flat.trained]
+    for t in flat.trained:
+        t.skill = {**t.skill, "has_skill": False}
+    flat.primary = next(t for t in flat.trained if t.spec.name == result.primary.spec.name)
+    saved = unet_train.save_models(flat, "run-y", region / "models", "attention-unet")
+    assert unet_train.record_region_default(region, saved) is None
+    assert default_model(region, "detection") is None
+    with pytest.raises(ModelError, match="no detection model has skill"):
+        resolve_model(region, "detection")
+    assert resolve_model(region, "detection", "attention-unet").name == "attention-unet"  # by name it still works

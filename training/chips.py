@@ -1,19 +1,21 @@
-"""Training chips for the segmentation network: from a prepared region or from a chip folder.
+"""Training chips from a chip folder (``images/`` + ``masks/``, PNG or GeoTIFF), their splits and sampler.
 
-A :class:`ChipSet` holds image chips ``[N, H, W, C]`` in the units they were read in
-(reflectance for a region; whatever the files hold for a folder), masks ``[N, H, W]`` (0 background,
-1 landslide, 255 no data / unlabelled) and a block id per chip for the spatially blocked split.
+A :class:`ChipSet` holds image chips ``[N, H, W, C]`` in the units they were read in (whatever the
+files hold), masks ``[N, H, W]`` (0 background, 1 landslide, 255 no data / unlabelled) and a block
+id and footprint per chip for the spatially blocked split. (A prepared region is one scene, split
+pixel by pixel: :mod:`slidemap.training.scene`.)
 
-Splits (both reported, so leakage between neighbouring chips shows):
+Splits:
 
 - random 80/20 over chips (the paper's);
-- blocked 80/20: whole blocks go to the test side. Region chips are grouped into square location
-  blocks of ``2 x chip`` pixels (smaller when the region is small); a chip folder is grouped into contiguous blocks of its file index
-  (the number in the file name), or into location blocks when every chip is a georeferenced
-  GeoTIFF. Training chips that overlap a test chip's footprint are dropped.
+- blocked 80/20: whole blocks go to the test side. A folder is grouped into contiguous blocks of
+  its file index (the number in the file name; neighbouring indices may be neighbouring ground), or
+  into location blocks of 2 x chip size when every chip is a georeferenced GeoTIFF. Training chips
+  within ``buffer`` of a held-out chip (index positions, or pixels for georeferenced chips) are
+  dropped, so the two sides do not touch.
 
-Normalisation (per band mean and standard deviation over valid pixels) is fitted on the training
-split only and stored in the model card; NaN becomes 0 after normalisation.
+Normalisation is :mod:`slidemap.compute.image_norm` (by default each chip's own robust percentiles,
+since chip folders such as Landslide4Sense stretch every image on its own).
 """
 
 from __future__ import annotations
@@ -27,13 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from slidemap.compute.chip_io import IMAGE_EXTS, MASK_ENCODINGS, read_image_file, read_mask_file, region_is_synthetic
 from slidemap.errors import BuildError, InputError
 
-CHIP = 128
 IGNORE = 255
-IMAGE_EXTS = (".png", ".tif", ".tiff")
-MASK_ENCODINGS = ("auto", "gt127", "binary", "sparse")
 DEFAULT_BANDS = ("B2", "B3", "B4", "B8")
+__all__ = ["ChipSet", "ChipSampler", "IMAGE_EXTS", "MASK_ENCODINGS", "chips_from_folder", "blocked_split",
+           "random_split", "split", "region_is_synthetic", "read_image_file", "read_mask_file"]
 
 
 @dataclass
@@ -73,104 +75,6 @@ class ChipSet:
         return digest.hexdigest()
 
 
-# ---- from a prepared region ------------------------------------------------------------------
-def region_is_synthetic(region_dir: Path) -> bool:
-    try:
-        from slidemap.compute.region import load_region
-
-        return bool(load_region(region_dir, check_files=False).synthetic)
-    except Exception:  # fall back to what prepare wrote
-        factors = region_dir / "build" / "factors.json"
-        if factors.is_file():
-            return bool(json.loads(factors.read_text()).get("synthetic", False))
-        return False
-
-
-def chips_from_region(
-    region_dir: str | Path,
-    size: int = CHIP,
-    stride: int | None = None,
-    bands: list[str] | None = None,
-    max_nodata: float = 0.5,
-) -> ChipSet:
-    """Cut ``size`` x ``size`` chips (step ``stride``) from ``build/imagery.tif`` and ``labels_imagery.tif``.
-
-    Chips with more than ``max_nodata`` of no-data pixels are skipped.
-    """
-    import rasterio
-
-    region_dir = Path(region_dir)
-    build = region_dir / "build"
-    imagery, labels = build / "imagery.tif", build / "labels_imagery.tif"
-    for path in (imagery, labels):
-        if not path.is_file():
-            raise BuildError(f"{path}: missing; run `slidemap prepare {region_dir}` (needs imagery and an inventory)")
-    stride = stride or size
-    with rasterio.open(imagery) as src:
-        names = [d or f"B{i + 1}" for i, d in enumerate(src.descriptions)]
-        wanted = list(bands) if bands else names
-        missing = [b for b in wanted if b not in names]
-        if missing:
-            raise BuildError(f"{imagery}: bands {missing} not present (has {names}); choose --bands from these")
-        img = src.read([names.index(b) + 1 for b in wanted]).astype(np.float32)
-        if src.nodata is not None and not np.isnan(src.nodata):
-            img[img == src.nodata] = np.nan
-    with rasterio.open(labels) as src:
-        lab = src.read(1)
-    if lab.shape != img.shape[1:]:
-        raise BuildError(f"{labels}: shape {lab.shape} differs from {imagery} {img.shape[1:]}; rerun prepare")
-    h, w = lab.shape
-    if h < size or w < size:
-        raise BuildError(f"{imagery}: {w}x{h} px is smaller than one {size}x{size} chip; use a larger region")
-    rows = list(range(0, h - size + 1, stride))
-    cols = list(range(0, w - size + 1, stride))
-    # cover the far edges too
-    if rows[-1] != h - size:
-        rows.append(h - size)
-    if cols[-1] != w - size:
-        cols.append(w - size)
-    # Blocks of 2 chips, but small enough that a small region still has a few of them
-    # (a blocked split needs at least two); overlapping train chips are dropped at split time.
-    block = max(size, min(2 * size, -(-max(h, w) // 2)))
-    n_block_cols = (w + block - 1) // block
-    chips, masks, chip_names, blocks, footprints = [], [], [], [], []
-    for r in rows:
-        for c in cols:
-            im = img[:, r : r + size, c : c + size]
-            m = lab[r : r + size, c : c + size].copy()
-            nodata = np.isnan(im).any(axis=0) | (m == IGNORE)
-            if nodata.mean() > max_nodata:
-                continue
-            m[nodata] = IGNORE
-            m[(m != IGNORE) & (m > 0)] = 1
-            chips.append(np.moveaxis(im, 0, -1))
-            masks.append(m.astype(np.uint8))
-            chip_names.append(f"r{r:05d}_c{c:05d}")
-            cr, cc = r + size // 2, c + size // 2
-            blocks.append((cr // block) * n_block_cols + cc // block)
-            footprints.append((r, c, r + size, c + size))
-    if not chips:
-        raise BuildError(f"{imagery}: no chip has enough valid pixels; check the imagery covers the region")
-    return ChipSet(
-        images=np.stack(chips).astype(np.float32),
-        masks=np.stack(masks),
-        names=chip_names,
-        bands=wanted,
-        blocks=np.asarray(blocks, dtype=np.int64),
-        footprints=np.asarray(footprints, dtype=np.int64),
-        source={
-            "kind": "region",
-            "path": str(region_dir.resolve()),
-            "synthetic": region_is_synthetic(region_dir),
-            "units": "reflectance",
-            "chip": size,
-            "stride": stride,
-            "block_px": block,
-            "blocking": f"location blocks of {block} px (2 chips, smaller on small regions)",
-        },
-    )
-
-
 # ---- from a chip folder ----------------------------------------------------------------------
 def _index_of(name: str) -> int | None:
     numbers = re.findall(r"\d+", Path(name).stem)
@@ -186,76 +90,6 @@ def _find_mask(mask_dir: Path, image: Path) -> Path | None:
             if path.is_file():
                 return path
     return None
-
-
-def read_image_file(path: Path) -> tuple[np.ndarray, list[str] | None, dict[str, Any]]:
-    """Read one chip image as float32 ``[H, W, C]``; PNG alpha that is constant is dropped."""
-    if path.suffix.lower() == ".png":
-        from PIL import Image
-
-        with Image.open(path) as im:
-            arr = np.asarray(im)
-        if arr.ndim == 2:
-            arr = arr[..., None]
-        if arr.shape[-1] in (2, 4) and np.all(arr[..., -1] == arr[..., -1].flat[0]):
-            arr = arr[..., :-1]  # constant alpha carries nothing
-        names = ["R", "G", "B"] if arr.shape[-1] == 3 else None
-        return arr.astype(np.float32), names, {"georef": None}
-    import rasterio
-
-    with rasterio.open(path) as src:
-        arr = src.read().astype(np.float32)
-        if src.nodata is not None and not np.isnan(src.nodata):
-            arr[arr == src.nodata] = np.nan
-        names = [d for d in src.descriptions] if all(src.descriptions) else None
-        georef = None
-        if src.crs is not None and not src.transform.is_identity:
-            georef = {"crs": src.crs.to_string(), "x": src.transform.c, "y": src.transform.f,
-                      "res": abs(src.transform.a), "width": src.width, "height": src.height}
-    return np.moveaxis(arr, 0, -1), names, {"georef": georef}
-
-
-def read_mask_file(path: Path, encoding: str = "auto") -> np.ndarray:
-    """Read a mask as uint8 0/1/255 following ``encoding``.
-
-    ``gt127``: first channel > 127 is landslide (8-bit masks, RGB(A) masks);
-    ``binary``: any non-zero value is landslide; ``sparse``: 0 unlabelled (ignored),
-    1 non-landslide, 2 landslide (ArcGIS classified tiles); ``auto`` picks ``gt127`` for
-    multi-channel or 0/255 masks and ``binary`` for 0/1 masks.
-    """
-    if encoding not in MASK_ENCODINGS:
-        raise InputError(f"mask encoding {encoding!r} unknown; use one of {', '.join(MASK_ENCODINGS)}")
-    if path.suffix.lower() == ".png":
-        from PIL import Image
-
-        with Image.open(path) as im:
-            arr = np.asarray(im)
-    else:
-        import rasterio
-
-        with rasterio.open(path) as src:
-            arr = np.moveaxis(src.read(), 0, -1)
-    multi = arr.ndim == 3 and arr.shape[-1] > 1
-    band = arr[..., 0] if arr.ndim == 3 else arr
-    if encoding == "auto":
-        values = np.unique(band)
-        if multi or set(values.tolist()) <= {0, 255}:
-            encoding = "gt127"
-        elif set(values.tolist()) <= {0, 1}:
-            encoding = "binary"
-        else:
-            raise InputError(
-                f"{path}: mask values {values[:8].tolist()} are ambiguous; pass --mask-encoding "
-                "gt127, binary or sparse (0 unlabelled, 1 background, 2 landslide)"
-            )
-    if encoding == "gt127":
-        return (band > 127).astype(np.uint8)
-    if encoding == "binary":
-        return (band > 0).astype(np.uint8)
-    out = np.full(band.shape, IGNORE, dtype=np.uint8)
-    out[band == 1] = 0
-    out[band == 2] = 1
-    return out
 
 
 def chips_from_folder(
@@ -317,7 +151,8 @@ def chips_from_folder(
         band_names = file_names or [f"B{i + 1}" for i in range(c)]
     index = np.asarray([i for i, _ in indexed], dtype=np.int64)
     n = len(images)
-    if all(g is not None for g in georefs):
+    georeferenced = all(g is not None for g in georefs)
+    if georeferenced:
         # location blocks of 2 x chip size in the chips' CRS
         res = georefs[0]["res"]
         block = 2 * w * res
@@ -354,6 +189,7 @@ def chips_from_folder(
             "chip": h,
             "mask_encoding": mask_encoding,
             "blocking": blocking,
+            "georeferenced": georeferenced,
             "index_range": [int(index.min()), int(index.max())],
         },
     )
@@ -367,21 +203,22 @@ def random_split(n: int, test_fraction: float = 0.2, seed: int = 0) -> tuple[np.
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
-def _overlaps(fp: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """For each footprint in ``fp``, whether it intersects any footprint in ``others``."""
-    if len(others) == 0:
+def _near(fp: np.ndarray, others: np.ndarray, buffer: int) -> np.ndarray:
+    """For each footprint in ``fp``, whether it comes within ``buffer`` of any footprint in ``others``."""
+    if len(others) == 0 or len(fp) == 0:
         return np.zeros(len(fp), dtype=bool)
-    r0 = np.maximum(fp[:, None, 0], others[None, :, 0])
-    c0 = np.maximum(fp[:, None, 1], others[None, :, 1])
-    r1 = np.minimum(fp[:, None, 2], others[None, :, 2])
-    c1 = np.minimum(fp[:, None, 3], others[None, :, 3])
+    grown = others + np.array([-buffer, -buffer, buffer, buffer])
+    r0 = np.maximum(fp[:, None, 0], grown[None, :, 0])
+    c0 = np.maximum(fp[:, None, 1], grown[None, :, 1])
+    r1 = np.minimum(fp[:, None, 2], grown[None, :, 2])
+    c1 = np.minimum(fp[:, None, 3], grown[None, :, 3])
     return ((r1 > r0) & (c1 > c0)).any(axis=1)
 
 
 def blocked_split(
-    chips: ChipSet, test_fraction: float = 0.2, seed: int = 0
+    chips: ChipSet, test_fraction: float = 0.2, seed: int = 0, buffer: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Whole blocks to the test side (about ``test_fraction`` of chips); no train chip overlaps a test chip."""
+    """Whole blocks to the test side (about ``test_fraction`` of chips); no train chip within ``buffer`` of a test chip."""
     n = len(chips)
     rng = np.random.default_rng(seed)
     unique = rng.permutation(np.unique(chips.blocks))
@@ -402,40 +239,64 @@ def blocked_split(
     is_test = np.isin(chips.blocks, test_blocks)
     test = np.flatnonzero(is_test)
     train = np.flatnonzero(~is_test)
-    train = train[~_overlaps(chips.footprints[train], chips.footprints[test])]
+    train = train[~_near(chips.footprints[train], chips.footprints[test], buffer)]
     return train, test
 
 
-def split(chips: ChipSet, kind: str, test_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def split(chips: ChipSet, kind: str, test_fraction: float = 0.2, seed: int = 0,
+          buffer: int = 0) -> tuple[np.ndarray, np.ndarray]:
     if kind == "random":
         return random_split(len(chips), test_fraction, seed)
     if kind == "blocked":
-        return blocked_split(chips, test_fraction, seed)
+        return blocked_split(chips, test_fraction, seed, buffer)
     raise ValueError(f"unknown split {kind!r}")
 
 
-# ---- normalisation ---------------------------------------------------------------------------
-def fit_normalisation(chips: ChipSet) -> dict[str, Any]:
-    """Per-band mean and standard deviation over the valid pixels of (training) chips."""
-    flat = chips.images.reshape(-1, chips.images.shape[-1]).astype(np.float64)
-    mean = np.nanmean(flat, axis=0)
-    std = np.nanstd(flat, axis=0)
-    std = np.where(std > 1e-12, std, 1.0)
-    return {
-        "method": "standardise",
-        "bands": list(chips.bands),
-        "mean": [float(v) for v in mean],
-        "std": [float(v) for v in std],
-        "units": chips.source.get("units", "reflectance"),
-        "fitted_on": "training split only",
-    }
+def chip_buffer(chips: ChipSet) -> int:
+    """The default gap between the sides of a blocked split: 4 index positions, or one chip width for georeferenced chips."""
+    return int(chips.images.shape[1]) if chips.source.get("georeferenced") else 4
 
 
-def normalise(images: np.ndarray, norm: dict[str, Any], channel_axis: int = -1) -> np.ndarray:
-    """``(x - mean) / std`` per band, NaN -> 0, float32. ``images`` has bands on ``channel_axis``."""
-    shape = [1] * images.ndim
-    shape[channel_axis] = -1
-    mean = np.asarray(norm["mean"], dtype=np.float32).reshape(shape)
-    std = np.asarray(norm["std"], dtype=np.float32).reshape(shape)
-    out = (images.astype(np.float32) - mean) / std
-    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+class ChipSampler:
+    """Training chips from a chip list: each epoch draws ``len(idx)`` chips, with chips holding a
+    landslide drawn at least ``positive_share`` of the time (with replacement when they are fewer)."""
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, positive_share: float = 0.5) -> None:
+        self.images, self.masks = images, masks
+        flat = masks.reshape(len(masks), -1)
+        self.positive = (flat == 1).any(axis=1)
+        self.positive_share = float(positive_share)
+        n_pos = int(self.positive.sum())
+        share = n_pos / max(len(masks), 1)
+        weights = np.ones(len(masks), dtype=np.float64)
+        if 0 < share < positive_share and n_pos < len(masks):
+            # raise the positives' weight so they make up positive_share of the draws
+            weights[self.positive] = positive_share / share
+            weights[~self.positive] = (1 - positive_share) / (1 - share)
+        self.p = weights / weights.sum()
+        self.drawn = 0
+        self.drawn_with_landslide = 0
+        self.labelled_pixels = 0
+        self.landslide_pixels = 0
+
+    def batch(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        idx = rng.choice(len(self.masks), size=n, p=self.p)
+        y = self.masks[idx]
+        self.drawn += n
+        self.drawn_with_landslide += int(self.positive[idx].sum())
+        self.landslide_pixels += int((y == 1).sum())
+        self.labelled_pixels += int((y != IGNORE).sum())
+        return self.images[idx], y
+
+    def balance_report(self) -> dict[str, Any]:
+        base = float((self.masks == 1).sum()) / max(int((self.masks != IGNORE).sum()), 1)
+        drawn = self.landslide_pixels / max(self.labelled_pixels, 1)
+        return {
+            "chips_drawn": self.drawn,
+            "chips_with_landslide": round(self.drawn_with_landslide / max(self.drawn, 1), 3),
+            "chips_with_landslide_available": round(float(self.positive.mean()), 3) if len(self.positive) else None,
+            "landslide_pixel_share_drawn": round(drawn, 4),
+            "landslide_pixel_share_training_chips": round(base, 4),
+            "oversampling": round(drawn / base, 2) if base > 0 else None,
+            "rule": f"chips with a landslide drawn at least {self.positive_share:.0%} of the time",
+        }

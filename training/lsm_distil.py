@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from slidemap.training.augment import transform_direction
+from slidemap.training.window_augment import transform_direction
 from slidemap.training.lsm import DENSE_HALO, build_dense_fcn, compiled_predict
 from slidemap.training.lsm_config import LsmConfig
 from slidemap.training.lsm_fit import FittedModel, StackCache, predict_cells

@@ -7,7 +7,7 @@ decision threshold is Youden's J on its validation predictions.
 
 Networks train with a warm-up and a cosine-decaying learning rate, class-balanced weights, and
 augmentation: a random symmetry of the square per sample (aspect turned with it,
-:mod:`slidemap.training.augment`) and a random shift of the window centre by up to ``jitter``
+:mod:`slidemap.training.window_augment`) and a random shift of the window centre by up to ``jitter``
 cells. Inputs are cut on demand from the encoded stack, so a training set never sits in memory as
 windows.
 """
@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from slidemap.compute.windows import OUT_SIZE, extract_windows, iter_windows
-from slidemap.training.augment import augment_batch
+from slidemap.training.window_augment import augment_batch
 from slidemap.training.baselines import fit_baseline, make_baseline
 from slidemap.training.cls_metrics import youden_threshold
 from slidemap.training.lsm_config import BASELINES, WINDOW_MODELS, LsmConfig

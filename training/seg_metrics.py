@@ -79,6 +79,18 @@ def pr_auc(y_true: np.ndarray, prob: np.ndarray) -> float:
     return float(average_precision_score(y, p))
 
 
+def best_f1(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """The highest landslide F1 over all thresholds (0 with no landslide pixel)."""
+    from sklearn.metrics import precision_recall_curve
+
+    y, p = _valid_pairs(y_true, prob)
+    if y.size == 0 or not y.any():
+        return 0.0
+    precision, recall, _ = precision_recall_curve(y, p)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)
+    return float(f1.max())
+
+
 def choose_threshold(y_true: np.ndarray, prob: np.ndarray, default: float = 0.5) -> float:
     """The probability cut maximising landslide F1 on (validation) data.
 
@@ -106,3 +118,34 @@ def segmentation_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float 
     metrics["landslide_pixels"] = int(y.sum())
     metrics["confusion"] = counts
     return metrics
+
+
+def f1_from_counts(counts: np.ndarray) -> np.ndarray:
+    """Landslide F1 from ``[..., 4]`` (tp, fp, fn, tn) counts; 0 where there is nothing to score."""
+    tp, fp, fn = counts[..., 0], counts[..., 1], counts[..., 2]
+    den = 2 * tp + fp + fn
+    return np.where(den > 0, 2 * tp / np.maximum(den, 1), 0.0)
+
+
+def bootstrap_f1(unit_counts: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the pooled F1, resampling whole test units (chips) with replacement.
+
+    ``unit_counts`` is ``[units, 4]`` (tp, fp, fn, tn) per unit. Resampling units rather than pixels
+    keeps the pixels of one chip together (they are not independent).
+    """
+    counts = np.asarray(unit_counts, dtype=np.int64)
+    if len(counts) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(counts), size=(n_boot, len(counts)))
+    pooled = counts[draws].sum(axis=1)  # [n_boot, 4]
+    f1 = f1_from_counts(pooled)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(f1, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def chance_f1(prevalence: float) -> float:
+    """F1 of the no-skill detector that calls every pixel a landslide: ``2p / (1 + p)``."""
+    p = float(prevalence)
+    return 2 * p / (1 + p) if p > 0 else 0.0

@@ -13,6 +13,7 @@ where M holds accuracy, precision, recall, f1, miou, pr_auc and threshold (see
 from __future__ import annotations
 
 import datetime as dt
+import json
 import secrets
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ METRIC_NOTE = (
     "Pixel metrics pooled over all valid pixels of the test chips; precision, recall, F1 and IoU "
     "are those of the landslide class; mIoU is the mean of the landslide IoU and the background IoU; "
     "PR-AUC is the average precision of the landslide probabilities; the threshold maximises landslide "
-    "F1 on a validation part carved from the training chips and is then applied unchanged to the test chips."
+    "F1 on the validation part (carved from the training side, never the test part) and is then applied "
+    "unchanged to the test part. The F1 interval is a percentile bootstrap over test chips."
 )
 
 
@@ -42,36 +44,57 @@ def _m(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def build_report(result: Any, model_versions: dict[str, str], data: dict[str, Any]) -> dict[str, Any]:
+def build_report(result: Any, model_versions: dict[str, str], data: dict[str, Any],
+                 run_id: str | None = None, default: str | None = None) -> dict[str, Any]:
     """Report dict from a :class:`~slidemap.training.unet_train.RunResult`."""
     models: dict[str, dict[str, Any]] = {}
     details: dict[str, dict[str, Any]] = {}
     for t in result.trained:
-        models.setdefault(t.spec.name, {})[t.split] = _m(t.metrics)
+        models.setdefault(t.spec.name, {})[t.split] = {**_m(t.metrics), "skill": t.skill}
         details.setdefault(t.spec.name, {"label": t.spec.label, "loss": t.spec.loss})[t.split] = {
             "hyperparameters": t.hyperparameters,
-            "chips": {"train": t.n_train, "validation": t.n_val, "test": t.n_test},
+            "training": t.training,
+            "sampling": t.balance,
+            "parameters": int(t.model.count_params()) if hasattr(t.model, "count_params") else None,
             "seconds": round(t.seconds, 1),
         }
+    hpo = [{k: r.get(k) for k in ("iteration", "optimizer", "learning_rate", "alpha", "gamma", "score", "proposed_by")}
+           for r in result.hpo]
     return {
         "kind": "unet",
-        "synthetic": bool(result.chips.synthetic),
+        "run_id": run_id,
+        "synthetic": bool(result.synthetic),
         "data": data,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "model_versions": model_versions,
+        "default_detector": default,
         "config": result.config.to_dict(),
         "splits": result.splits,
-        "hpo": [
-            {k: r[k] for k in ("iteration", "optimizer", "learning_rate", "alpha", "gamma", "score")}
-            for r in result.hpo
-        ],
-        "hpo_objective": "validation PR-AUC (blocked validation part of the chips that are training chips in every split)",
+        "hpo": hpo,
+        "hpo_objective": (result.hpo[0].get("objective", "validation PR-AUC") + " (fit and validation parts of "
+                          "the blocked split; no test pixel of any split)") if result.hpo else None,
         "best": result.best,
+        "search_note": search_note(result.best, result.hpo),
         "models": models,
         "model_details": details,
         "primary_model": result.primary.spec.name,
+        "seconds": round(result.seconds, 1),
+        "cpu_seconds": round(result.cpu_seconds, 1),
         "metric_definitions": METRIC_NOTE,
+        "skill_definition": result.primary.skill.get("rule"),
     }
+
+
+def search_note(best: dict[str, Any], hpo: list[dict[str, Any]]) -> str:
+    """One sentence on what the search found, saying so when the seeded paper point won."""
+    if not hpo:
+        return "Search off: the preset's hyperparameters were used as they are."
+    if best.get("seed_won"):
+        return (f"The seeded point (the paper's best alpha/gamma{' and optimiser/rate' if best.get('space') == 'paper' else ''}) "
+                f"won: none of the {len(hpo) - 1} other trials beat it, so the search confirmed the paper's set "
+                "rather than finding a better one.")
+    return (f"Best: trial {best.get('iteration')} ({best.get('source')}), validation score {best.get('score'):.4f}, "
+            "ahead of the seeded paper point.")
 
 
 def _fmt(v: Any) -> str:
@@ -88,28 +111,60 @@ def markdown(report: dict[str, Any], title: str = "Attention U-Net landslide inv
     if synthetic:
         lines += ["**SYNTHETIC**: computed on generated demo data; the figures say nothing about real terrain.", ""]
     data = report.get("data", {})
-    lines += [f"- data: `{data.get('path', '')}` ({data.get('chips', '?')} chips of {data.get('chip', '?')} px, "
+    cfg = report.get("config", {})
+    lines += [f"- data: `{data.get('path', '')}` ({data.get('kind', '')}, chips of {data.get('chip', '?')} px, "
               f"bands {', '.join(data.get('bands', []))})", f"- created: {report.get('created')}",
-              f"- preset: {report.get('config', {}).get('preset')}",
-              f"- splits: {report.get('splits')}", ""]
+              f"- preset: {cfg.get('preset')} (base width {cfg.get('base_width')}, loss {cfg.get('loss')}, "
+              f"at most {cfg.get('epochs')} epochs of {cfg.get('epoch_chips') or 'the default number of'} chips, patience {cfg.get('patience')} "
+              f"on validation {cfg.get('monitor')}, refit {cfg.get('refit')})",
+              f"- time: {report.get('seconds')} s wall, {report.get('cpu_seconds')} CPU s", ""]
+    for kind, info in (report.get("splits") or {}).items():
+        if isinstance(info, dict) and "rule" in info:
+            lines.append(f"- {kind} split: {info['rule']}; landslide areas {info.get('landslide_areas')}, "
+                         f"pixel shares {info.get('pixel_share')}")
+        elif isinstance(info, dict):
+            lines.append(f"- {kind} split: {json.dumps(info)}")
+    lines.append("")
     lines += ["## Test-split metrics (like the paper's Table 4)", "", METRIC_NOTE, ""]
-    lines += ["| model | split | accuracy | precision | recall | F1 | mIoU | PR-AUC | threshold |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| model | split | accuracy | precision | recall | F1 | F1 95 % CI | mIoU | PR-AUC | threshold | skill |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, per_split in report["models"].items():
         for split_name in ("random", "blocked"):
             m = per_split.get(split_name)
             if not m:
                 continue
+            sk = m.get("skill") or {}
+            ci = sk.get("ci95") or [None, None]
             lines.append(
                 f"| {name} | {split_name} | " + " | ".join(_fmt(m.get(k)) for k in
-                                                            ("accuracy", "precision", "recall", "f1", "miou", "pr_auc", "threshold")) + " |"
+                                                            ("accuracy", "precision", "recall", "f1")) +
+                f" | {_fmt(ci[0])}-{_fmt(ci[1])} | " + " | ".join(_fmt(m.get(k)) for k in ("miou", "pr_auc", "threshold")) +
+                f" | {'yes' if sk.get('has_skill') else 'NO SKILL'} |"
             )
     lines.append("")
+    if report.get("skill_definition"):
+        lines += [f"Skill: {report['skill_definition']}. Default detector: {report.get('default_detector') or 'none'}.", ""]
     details = report.get("model_details", {})
     if details:
         lines += ["Models:", ""]
         for name, d in details.items():
             lines.append(f"- `{name}`: {d.get('label', '')}")
+            for split_name, info in d.items():
+                if not isinstance(info, dict) or "training" not in info:
+                    continue
+                tr = info.get("training") or {}
+                if tr:
+                    refit = tr.get("refit")
+                    lines.append(f"  - {split_name}: {info.get('parameters')} parameters; {tr.get('epochs_run')} epochs, "
+                                 f"best {tr.get('best_epoch')}{' (stopped early)' if tr.get('stopped_early') else ''}, "
+                                 f"{tr.get('cpu_seconds')} CPU s" + (f"; refit {refit['epochs']} epochs on fit + validation "
+                                 f"(test F1 before refit {refit['test_before_refit']['f1']:.3f})" if refit else ""))
+                samp = info.get("sampling") or {}
+                if samp.get("chips_with_landslide") is not None:
+                    lines.append(f"  - sampling: {samp.get('chips_with_landslide'):.0%} of training chips hold a landslide; "
+                                 f"landslide pixel share {samp.get('landslide_pixel_share_drawn')} drawn vs "
+                                 f"{samp.get('landslide_pixel_share_training_area', samp.get('landslide_pixel_share_training_chips'))} "
+                                 f"in the training data ({samp.get('rule')})")
         lines.append("")
     if report.get("hpo"):
         best = report.get("best", {})
@@ -117,10 +172,12 @@ def markdown(report: dict[str, Any], title: str = "Attention U-Net landslide inv
                   f"Objective: {report.get('hpo_objective')}. Best: iteration {best.get('iteration')}, "
                   f"{best.get('optimizer')}, lr {best.get('learning_rate')}, alpha {_fmt(best.get('alpha'))}, "
                   f"gamma {_fmt(best.get('gamma'))}, score {_fmt(best.get('score'))}.", "",
-                  "| iteration | optimizer | learning rate | alpha | gamma | score |", "|---|---|---|---|---|---|"]
+                  str(report.get("search_note") or ""), "",
+                  "| iteration | proposed by | optimizer | learning rate | alpha | gamma | score |",
+                  "|---|---|---|---|---|---|---|"]
         for r in report["hpo"]:
-            lines.append(f"| {r['iteration']} | {r['optimizer']} | {r['learning_rate']:g} | {r['alpha']:.3f} | "
-                         f"{r['gamma']:.3f} | {r['score']:.4f} |")
+            lines.append(f"| {r['iteration']} | {r.get('proposed_by') or '-'} | {r['optimizer']} | {r['learning_rate']:g} | "
+                         f"{r['alpha']:.3f} | {r['gamma']:.3f} | {r['score']:.4f} |")
         lines.append("")
     if report.get("model_versions"):
         lines += ["## Saved models", ""] + [f"- {k}: `{v}`" for k, v in report["model_versions"].items()] + [""]
@@ -128,7 +185,7 @@ def markdown(report: dict[str, Any], title: str = "Attention U-Net landslide inv
 
 
 def plot_curves(result: Any, out_dir: Path) -> list[str]:
-    """One PNG per model: training and validation loss per epoch, both splits."""
+    """One PNG per model: training loss and validation PR-AUC per epoch, every split."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -138,17 +195,24 @@ def plot_curves(result: Any, out_dir: Path) -> list[str]:
     names = dict.fromkeys(t.spec.name for t in result.trained if t.history)
     for name in names:
         fig, ax = plt.subplots(figsize=(6, 4))
+        ax2 = ax.twinx()
         for t in result.trained:
             if t.spec.name != name or not t.history:
                 continue
-            for key, style in (("loss", "-"), ("val_loss", "--")):
+            for key, axis, style in (("loss", ax, "-"), ("refit_loss", ax, ":"), ("val_pr_auc", ax2, "--")):
                 if key in t.history:
-                    ax.plot(range(1, len(t.history[key]) + 1), t.history[key], style, label=f"{t.split} {key}")
-        prefix = "SYNTHETIC — " if result.chips.synthetic else ""
+                    axis.plot(range(1, len(t.history[key]) + 1), t.history[key], style, label=f"{t.split} {key}")
+            best = (t.training or {}).get("best_epoch")
+            if best:
+                ax2.axvline(best, color="grey", lw=0.8)
+        prefix = "SYNTHETIC — " if result.synthetic else ""
         ax.set_title(f"{prefix}{name}: training curves")
         ax.set_xlabel("epoch")
-        ax.set_ylabel("loss")
-        ax.legend()
+        ax.set_ylabel("training loss")
+        ax2.set_ylabel("validation PR-AUC")
+        handles = ax.get_legend_handles_labels()
+        handles2 = ax2.get_legend_handles_labels()
+        ax.legend(handles[0] + handles2[0], handles[1] + handles2[1], fontsize=8)
         fig.tight_layout()
         target = out_dir / f"curves_{name}.png"
         with atomic_path(target) as tmp:

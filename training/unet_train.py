@@ -1,63 +1,87 @@
-"""Train the attention U-Net: presets, search, the four-model comparison, baselines, artefact.
+"""Train the attention U-Net: presets, search, the model comparison, baselines, skill, artefacts.
 
-One run (:func:`run`) does, on one :class:`~slidemap.training.chips.ChipSet`:
+One run (:func:`run`) on a region scene (:mod:`slidemap.training.scene`) or a chip folder
+(:mod:`slidemap.training.chips`):
 
-1. both splits (random 80/20 and spatially blocked 80/20);
-2. the GP + EI search on chips that are training chips in *both* splits (so no test chip of
-   either split ever informs the hyperparameters), scored on a blocked validation part of them;
+1. the splits (spatially blocked with buffers; the paper's random one where the preset asks), each
+   with a fit part, a validation part and a test part (:mod:`slidemap.training.seg_data`);
+2. the GP + EI search (:mod:`slidemap.training.search`) on the blocked split's fit and validation
+   parts, never on a test pixel of any split; every trial is recorded with what proposed it;
 3. each model of the run (the attention U-Net with the best set, or the paper's four-model
-   comparison; optionally a plain U-Net with BCE and a per-pixel gradient-boosting baseline),
-   trained once per split with early stopping on a validation part carved from that split's
-   training chips, thresholded on that validation part, and scored on the test chips;
-4. the first model of the blocked split is saved as the artefact (its metrics are the honest
-   ones); training curves go beside the report.
+   comparison; optionally a plain U-Net with BCE and a per-pixel gradient-boosting baseline) trained
+   to convergence (:mod:`slidemap.training.unet_fit`: warm-up + cosine rate, augmentation, early
+   stopping on validation PR-AUC with the best weights restored), thresholded on the validation part,
+   then optionally refitted on fit + validation for the epoch count early stopping found (keeping the
+   threshold), and scored on the test part with a bootstrap interval over test chips;
+4. every U-Net of the blocked split is saved with a card carrying its skill; the best with skill
+   becomes the region's default detector (:func:`slidemap.compute.models.select.record_default`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from slidemap.training.chips import ChipSet, fit_normalisation, normalise, random_split, split
-from slidemap.training.search import HyperParams, bayesian_search
-from slidemap.training.seg_metrics import choose_threshold, segmentation_metrics
+from slidemap.training.chip_augment import AugmentConfig
+from slidemap.training.chips import ChipSet
+from slidemap.training.scene import Scene
+from slidemap.training.search import HyperParams, bayesian_search, seed_won
+from slidemap.training.seg_data import Evaluation, SplitData, chip_split_data, scene_split_data
+from slidemap.training.seg_metrics import (
+    bootstrap_f1,
+    chance_f1,
+    choose_threshold,
+    f1_from_counts,
+    segmentation_metrics,
+)
+from slidemap.training.unet_fit import FitConfig, FitResult, fit_network
 
 log = logging.getLogger(__name__)
 SPLITS = ("random", "blocked")
 DETECT_TILE = 256
 DETECT_OVERLAP = 64
+SKILL_FLOOR = 0.05  # an F1 interval reaching below this (or below chance) is no skill
 
 
 @dataclass
 class UnetConfig:
     preset: str = "demo"
-    base_width: int = 8
-    epochs: int = 12
+    base_width: int = 16
     batch_size: int = 8
-    patience: int = 4
-    search_iterations: int = 4
-    search_epochs: int = 2
+    chip: int = 128
+    epoch_chips: int | None = None  # None: 64 random chips for a scene, one pass over the fit chips for a folder
+    epochs: int = 24  # at most; early stopping decides
+    min_epochs: int = 6
+    patience: int = 6
+    monitor: str = "pr_auc"
+    warmup_epochs: int = 2
+    refit: bool = True
+    loss: str = "focal"  # focal | focal+dice
+    dice_weight: float = 1.0
+    search_iterations: int = 0
+    search_epochs: int = 8
+    search_space: str = "focal"  # focal: alpha, gamma at the fixed optimizer and rate | paper
     compare: bool = False
     compare_epochs: tuple[int, int] = (50, 100)
     baselines: bool = False
-    chip: int = 128
-    stride: int | None = None
-    bands: list[str] | None = None
+    splits: tuple[str, ...] = ("blocked",)
+    buffer: int | None = None  # px (scenes; default 16) or index positions / px (chip folders)
+    positive_share: float = 0.5
+    normalisation: str = "auto"  # auto (scene for regions, chip for chip folders) | scene | chip
     augment: bool = True
-    negatives_ratio: float | None = None  # keep at most this many landslide-free chips per landslide chip
+    jit: bool = False
+    bands: list[str] | None = None
     seed: int = 0
-    # used when the search is off (search_iterations = 0)
+    # used as they are when the search is off, and as the fixed part of the focal search space
     optimizer: str = "adam"
     learning_rate: float = 1e-3
-    alpha: float = 0.75
+    alpha: float = 0.5
     gamma: float = 2.0
-    splits: tuple[str, ...] = SPLITS
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,22 +90,34 @@ class UnetConfig:
         out["splits"] = list(self.splits)
         return out
 
+    def fit_config(self, max_epochs: int | None = None, epoch_chips: int = 64, **changes: Any) -> FitConfig:
+        return replace(FitConfig(
+            base_width=self.base_width, batch_size=self.batch_size, epoch_chips=self.epoch_chips or epoch_chips,
+            max_epochs=max_epochs or self.epochs, min_epochs=self.min_epochs, patience=self.patience,
+            monitor=self.monitor, learning_rate=self.learning_rate, optimizer=self.optimizer,
+            warmup_epochs=self.warmup_epochs, augment=AugmentConfig() if self.augment else None,
+            jit=self.jit, seed=self.seed,
+        ), **changes)
+
 
 PRESETS: dict[str, UnetConfig] = {
-    # tests and smoke runs: tiny widths, one or two epochs, three search iterations
+    # tests and smoke runs: tiny widths, a few short epochs
     "quick": UnetConfig(
-        preset="quick", base_width=4, epochs=2, batch_size=8, patience=2, search_iterations=3,
-        search_epochs=1, compare_epochs=(1, 2), stride=64, negatives_ratio=1.0,
+        preset="quick", base_width=4, batch_size=4, epoch_chips=16, epochs=3, min_epochs=1, patience=2,
+        warmup_epochs=1, refit=False, search_iterations=0, search_epochs=1, compare_epochs=(1, 2),
     ),
-    # the README's main job: small widths, a short search, then a final model
+    # the README's main job: a width that learns, trained to convergence within about 5 minutes
+    # on 2 cores for a 20 km region
     "demo": UnetConfig(
-        preset="demo", base_width=8, epochs=14, batch_size=8, patience=4, search_iterations=4,
-        search_epochs=3, compare_epochs=(6, 12), stride=128, negatives_ratio=1.0,
+        preset="demo", base_width=16, batch_size=8, epoch_chips=None, epochs=30, min_epochs=8, patience=8,
+        warmup_epochs=2, learning_rate=2e-3, refit=False, search_iterations=0, search_epochs=8,
     ),
-    # the paper's settings: width 64, batch 4, early stopping patience 10, 30 search iterations
+    # the paper's settings: width 64, batch 4, patience 10, 30 search iterations over its space,
+    # its four-model comparison, both splits
     "paper": UnetConfig(
-        preset="paper", base_width=64, epochs=100, batch_size=4, patience=10, search_iterations=30,
-        search_epochs=10, compare=True, compare_epochs=(50, 100), stride=64,
+        preset="paper", base_width=64, batch_size=4, epoch_chips=None, epochs=100, min_epochs=10, patience=10,
+        warmup_epochs=3, refit=True, search_iterations=30, search_epochs=15, search_space="paper", compare=True,
+        compare_epochs=(50, 100), splits=SPLITS,
     ),
 }
 
@@ -96,10 +132,14 @@ def preset(name: str, **overrides: Any) -> UnetConfig:
 @dataclass
 class ModelSpec:
     name: str
-    loss: str  # focal | bce | pixel-hgb
+    loss: str  # focal | focal+dice | bce | pixel-hgb
     epochs: int
     attention: bool = True
     label: str = ""
+
+    @property
+    def network(self) -> bool:
+        return self.loss != "pixel-hgb"
 
 
 @dataclass
@@ -110,143 +150,12 @@ class TrainedModel:
     normalisation: dict[str, Any]
     threshold: float
     metrics: dict[str, Any]
+    skill: dict[str, Any]
     history: dict[str, list[float]]
     hyperparameters: dict[str, Any]
-    n_train: int
-    n_val: int
-    n_test: int
+    training: dict[str, Any]
+    balance: dict[str, Any]
     seconds: float
-
-
-# ---- data feeding -------------------------------------------------------------------------
-def _targets(masks: np.ndarray) -> np.ndarray:
-    return masks.astype(np.float32)[..., None]  # 255 stays: the losses mask it out
-
-
-def _make_sequence(x: np.ndarray, y: np.ndarray, batch_size: int, augment: bool, seed: int) -> Any:
-    import keras
-
-    class ChipSequence(keras.utils.PyDataset):
-        """Shuffled batches with random flips and quarter turns (labels move with the image)."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.rng = np.random.default_rng(seed)
-            self.order = self.rng.permutation(len(x))
-
-        def __len__(self) -> int:
-            return int(np.ceil(len(x) / batch_size))
-
-        def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-            idx = self.order[i * batch_size : (i + 1) * batch_size]
-            bx, by = x[idx], y[idx]
-            if augment:
-                if self.rng.random() < 0.5:
-                    bx, by = bx[:, :, ::-1], by[:, :, ::-1]
-                if self.rng.random() < 0.5:
-                    bx, by = bx[:, ::-1], by[:, ::-1]
-                if bx.shape[1] == bx.shape[2]:
-                    k = int(self.rng.integers(4))
-                    bx, by = np.rot90(bx, k, axes=(1, 2)), np.rot90(by, k, axes=(1, 2))
-            return np.ascontiguousarray(bx), np.ascontiguousarray(by)
-
-        def on_epoch_end(self) -> None:
-            self.order = self.rng.permutation(len(x))
-
-    return ChipSequence()
-
-
-def _tqdm_callback(total: int, desc: str, enabled: bool) -> Any:
-    import keras
-    from tqdm.auto import tqdm
-
-    class EpochBar(keras.callbacks.Callback):
-        def on_train_begin(self, logs: Any = None) -> None:
-            self.bar = tqdm(total=total, desc=desc, unit="epoch", disable=not enabled, leave=False)
-
-        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            logs = logs or {}
-            self.bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items() if k.endswith("loss")})
-            self.bar.update(1)
-
-        def on_train_end(self, logs: Any = None) -> None:
-            self.bar.close()
-
-    return EpochBar()
-
-
-def _optimizer(name: str, learning_rate: float) -> Any:
-    import keras
-
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate=learning_rate)
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9)
-    raise ValueError(f"unknown optimizer {name!r}")
-
-
-def fit_network(
-    x_train: np.ndarray,
-    y_train: np.ndarray,
-    x_val: np.ndarray | None,
-    y_val: np.ndarray | None,
-    bands: int,
-    hp: HyperParams,
-    loss: str,
-    epochs: int,
-    cfg: UnetConfig,
-    attention: bool = True,
-    progress: bool = True,
-    desc: str = "train",
-) -> tuple[Any, dict[str, list[float]]]:
-    """Build and train one network on normalised arrays; early stopping restores the best epoch."""
-    import keras
-
-    from slidemap.compute.inference import configure_tensorflow
-    from slidemap.training.losses import make_loss
-    from slidemap.training.unet import build_unet
-
-    configure_tensorflow()
-    keras.utils.set_random_seed(cfg.seed)
-    model = build_unet(bands, cfg.base_width, attention=attention)
-    model.compile(optimizer=_optimizer(hp.optimizer, hp.learning_rate), loss=make_loss(loss, hp.alpha, hp.gamma))
-    data = _make_sequence(x_train, y_train, cfg.batch_size, cfg.augment, cfg.seed)
-    has_val = x_val is not None and len(x_val) > 0
-    callbacks = [_tqdm_callback(epochs, desc, progress)]
-    if cfg.patience and epochs > 1:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss" if has_val else "loss", patience=cfg.patience, restore_best_weights=True
-            )
-        )
-    history = model.fit(
-        data,
-        validation_data=(x_val, y_val) if has_val else None,
-        validation_batch_size=cfg.batch_size,
-        epochs=epochs,
-        verbose=0,
-        callbacks=callbacks,
-    )
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    return model, hist
-
-
-def predict_chips(model: Any, x: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """Probabilities ``[N, H, W]`` for normalised chips ``[N, H, W, C]``."""
-    out = [np.asarray(model.predict_on_batch(x[i : i + batch_size]))[..., 0] for i in range(0, len(x), batch_size)]
-    return np.concatenate(out, axis=0) if out else np.zeros((0,) + x.shape[1:3], np.float32)
-
-
-def _carve_validation(chips: ChipSet, idx: np.ndarray, kind: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split training indices into fit / validation parts the same way the test split was made."""
-    sub = chips.subset(idx)
-    try:
-        fit, val = split(sub, kind, 0.2, seed + 1)
-    except Exception:  # too few blocks inside the training part: fall back to random chips
-        fit, val = random_split(len(sub), 0.2, seed + 1)
-    if len(fit) == 0 or len(val) == 0:
-        fit, val = random_split(len(sub), 0.2, seed + 1)
-    return idx[fit], idx[val]
 
 
 # ---- the per-pixel gradient-boosting baseline ----------------------------------------------
@@ -267,123 +176,178 @@ def pixel_features(x: np.ndarray) -> np.ndarray:
     return np.concatenate(feats, axis=-1).astype(np.float32)
 
 
-def fit_pixel_hgb(x: np.ndarray, masks: np.ndarray, seed: int, max_pixels: int = 300_000) -> Any:
-    from sklearn.ensemble import HistGradientBoostingClassifier
+class PixelGradientBoosting:
+    """scikit-learn's HistGradientBoostingClassifier on :func:`pixel_features`, with the network's
+    ``predict_on_batch`` interface so the same evaluation code scores it."""
 
-    f = pixel_features(x).reshape(-1, pixel_features(x[:1]).shape[-1])
-    y = masks.reshape(-1)
-    keep = np.flatnonzero(y != 255)
-    rng = np.random.default_rng(seed)
-    if len(keep) > max_pixels:
-        keep = rng.choice(keep, max_pixels, replace=False)
-    clf = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, random_state=seed, early_stopping=True)
-    clf.fit(f[keep], y[keep])
-    return clf
+    def __init__(self, seed: int = 0, max_pixels: int = 300_000) -> None:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        self.clf = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, random_state=seed,
+                                                  early_stopping=True)
+        self.seed, self.max_pixels = seed, max_pixels
+
+    def fit(self, x: np.ndarray, masks: np.ndarray) -> PixelGradientBoosting:
+        y = masks.reshape(-1)
+        keep = np.flatnonzero(y != 255)
+        rng = np.random.default_rng(self.seed)
+        if len(keep) > self.max_pixels:
+            keep = np.sort(rng.choice(keep, self.max_pixels, replace=False))
+        feats = []
+        per_chip = int(np.prod(masks.shape[1:]))
+        for i in np.unique(keep // per_chip):  # features chip by chip, only where pixels were drawn
+            f = pixel_features(x[i : i + 1]).reshape(per_chip, -1)
+            sel = keep[(keep // per_chip) == i] - i * per_chip
+            feats.append(f[sel])
+        self.clf.fit(np.concatenate(feats), y[keep])
+        return self
+
+    def predict_on_batch(self, x: np.ndarray) -> np.ndarray:
+        f = pixel_features(np.asarray(x, dtype=np.float32))
+        p = self.clf.predict_proba(f.reshape(-1, f.shape[-1]))[:, 1]
+        return p.reshape(f.shape[:3] + (1,)).astype(np.float32)
 
 
-def predict_pixel_hgb(clf: Any, x: np.ndarray) -> np.ndarray:
-    out = []
-    for i in range(0, len(x), 32):
-        f = pixel_features(x[i : i + 32])
-        p = clf.predict_proba(f.reshape(-1, f.shape[-1]))[:, 1]
-        out.append(p.reshape(f.shape[:3]).astype(np.float32))
-    return np.concatenate(out, axis=0)
+# ---- skill -----------------------------------------------------------------------------------
+def detection_skill(ev: Evaluation, threshold: float, pr: float, seed: int = 0) -> dict[str, Any]:
+    """The card's ``skill`` block: F1 at the model's threshold on the blocked test, a bootstrap 95 %
+    interval over test chips, and whether that is skill.
+
+    No skill: the interval reaches down to the F1 of calling every pixel a landslide
+    (``2p / (1 + p)``, p = landslide share of the test pixels) or to :data:`SKILL_FLOOR`, or the
+    PR-AUC is no better than p (a random ranking).
+    """
+    counts = ev.counts_by_unit(threshold)
+    f1 = float(f1_from_counts(counts.sum(axis=0)))
+    lo, hi = bootstrap_f1(counts, seed=seed)
+    prevalence = float(ev.labels.mean()) if len(ev.labels) else 0.0
+    chance = chance_f1(prevalence)
+    skilled = bool(np.isfinite(lo) and lo > max(chance, SKILL_FLOOR) and np.isfinite(pr) and pr > prevalence)
+    return {
+        "metric": "f1", "value": f1, "ci95": [lo, hi], "chance": chance, "prevalence": prevalence,
+        "pr_auc": pr, "threshold": float(threshold),
+        "method": f"blocked test, F1 at the model's threshold, percentile bootstrap over {len(counts)} test chips",
+        "has_skill": skilled,
+        "rule": "no skill when the 95 % interval reaches the F1 of calling every pixel a landslide "
+                f"(2p/(1+p)) or {SKILL_FLOOR}, or PR-AUC <= p",
+    }
 
 
 # ---- one model on one split ----------------------------------------------------------------
-def train_and_evaluate(
-    chips: ChipSet,
-    train_idx: np.ndarray,
-    test_idx: np.ndarray,
-    split_kind: str,
-    spec: ModelSpec,
-    hp: HyperParams,
-    cfg: UnetConfig,
-    progress: bool = True,
-) -> TrainedModel:
+def _hp_used(spec: ModelSpec, hp: HyperParams, cfg: UnetConfig) -> dict[str, Any]:
+    if not spec.network:
+        return {"model": "HistGradientBoostingClassifier", "max_iter": 200, "learning_rate": 0.1,
+                "features": "bands, 3x3 and 9x9 means, 9x9 std, Sobel gradient (normalised inputs)"}
+    used: dict[str, Any] = {**hp.to_dict(), "loss": spec.loss, "max_epochs": spec.epochs,
+                            "base_width": cfg.base_width, "attention": spec.attention,
+                            "batch_size": cfg.batch_size, "epoch_chips": cfg.epoch_chips or "default",
+                            "patience": cfg.patience, "min_epochs": cfg.min_epochs,
+                            "monitor": f"validation {cfg.monitor}", "warmup_epochs": cfg.warmup_epochs,
+                            "schedule": "linear warm-up from lr/10, cosine decay to 2 % of lr",
+                            "augmentation": AugmentConfig().to_dict() if cfg.augment else None,
+                            "positive_share": cfg.positive_share}
+    if spec.loss == "bce":
+        used.pop("alpha")
+        used.pop("gamma")
+    if spec.loss == "focal+dice":
+        used["dice_weight"] = cfg.dice_weight
+    return used
+
+
+def _clean_metrics(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in m.items() if k not in ("confusion",)}
+
+
+def train_and_evaluate(data: SplitData, spec: ModelSpec, hp: HyperParams, cfg: UnetConfig,
+                       progress: bool = True) -> TrainedModel:
     t0 = time.perf_counter()
-    fit_idx, val_idx = _carve_validation(chips, train_idx, split_kind, cfg.seed)
-    norm = fit_normalisation(chips.subset(train_idx))
-    x_fit = normalise(chips.images[fit_idx], norm)
-    x_val = normalise(chips.images[val_idx], norm)
-    x_test = normalise(chips.images[test_idx], norm)
     history: dict[str, list[float]] = {}
-    if spec.loss == "pixel-hgb":
-        model = fit_pixel_hgb(x_fit, chips.masks[fit_idx], cfg.seed)
-        p_val = predict_pixel_hgb(model, x_val)
-        p_test = predict_pixel_hgb(model, x_test)
-        used = {"model": "HistGradientBoostingClassifier", "features": "bands, 3x3 and 9x9 means, 9x9 std, Sobel gradient"}
+    training: dict[str, Any] = {}
+    if not spec.network:
+        assert data.fit_arrays is not None
+        x, y = data.fit_arrays()
+        model: Any = PixelGradientBoosting(cfg.seed).fit(x, y)
+        val = data.predict_val(model)
+        threshold = choose_threshold(val.labels, val.prob)
+        test = data.predict_test(model)
+        balance: dict[str, Any] = {"rule": "all training pixels, subsampled to 300,000"}
     else:
-        model, history = fit_network(
-            x_fit, _targets(chips.masks[fit_idx]), x_val, _targets(chips.masks[val_idx]), len(chips.bands), hp,
-            spec.loss, spec.epochs, cfg, attention=spec.attention, progress=progress,
-            desc=f"{spec.name} ({split_kind})",
-        )
-        p_val = predict_chips(model, x_val, cfg.batch_size * 2)
-        p_test = predict_chips(model, x_test, cfg.batch_size * 2)
-        used = {**hp.to_dict(), "loss": spec.loss, "max_epochs": spec.epochs,
-                "epochs_run": len(history.get("loss", [])), "base_width": cfg.base_width,
-                "attention": spec.attention, "batch_size": cfg.batch_size, "patience": cfg.patience}
-        if spec.loss == "bce":
-            used.pop("alpha")
-            used.pop("gamma")
-    threshold = choose_threshold(chips.masks[val_idx], p_val)
-    metrics = segmentation_metrics(chips.masks[test_idx], p_test, threshold)
-    metrics["validation"] = segmentation_metrics(chips.masks[val_idx], p_val, threshold)
-    return TrainedModel(spec, split_kind, model, norm, threshold, metrics, history, used,
-                        len(fit_idx), len(val_idx), len(test_idx), time.perf_counter() - t0)
+        fit_cfg = cfg.fit_config(spec.epochs, data.epoch_chips)
+        first = fit_network(data.sampler, data.val_x, data.val_y, len(data.bands), fit_cfg, spec.loss, hp.alpha,
+                            hp.gamma, cfg.dice_weight, spec.attention, progress=progress,
+                            desc=f"{spec.name} ({data.kind})")
+        history = first.history
+        val = data.predict_val(first.model)
+        threshold = choose_threshold(val.labels, val.prob)
+        test = data.predict_test(first.model)
+        model = first.model
+        balance = data.sampler.balance_report()
+        training = {**_training_block(first), "epoch_chips": fit_cfg.epoch_chips}
+        if cfg.refit and data.refit_sampler is not None:
+            before = segmentation_metrics(test.labels, test.prob, threshold)
+            refit_cfg = cfg.fit_config(spec.epochs, data.refit_epoch_chips)
+            second = fit_network(data.refit_sampler, None, None, len(data.bands), refit_cfg, spec.loss, hp.alpha,
+                                 hp.gamma, cfg.dice_weight, spec.attention, epochs=first.best_epoch,
+                                 progress=progress, desc=f"{spec.name} refit ({data.kind})")
+            model = second.model
+            test = data.predict_test(model)
+            history = {**history, "refit_loss": second.history["loss"]}
+            training["refit"] = {
+                "epochs": second.epochs_run, "seconds": round(second.seconds, 1),
+                "cpu_seconds": round(second.cpu_seconds, 1),
+                "data": "fit + validation parts (the test part and its ring still held out)",
+                "threshold": "kept from the model trained without the validation part",
+                "test_before_refit": {k: before[k] for k in ("f1", "precision", "recall", "miou", "pr_auc")},
+            }
+    metrics = segmentation_metrics(test.labels, test.prob, threshold)
+    metrics["validation"] = segmentation_metrics(val.labels, val.prob, threshold)
+    skill = detection_skill(test, threshold, metrics["pr_auc"], cfg.seed)
+    return TrainedModel(spec, data.kind, model, data.normalisation, float(threshold), metrics, skill, history,
+                        _hp_used(spec, hp, cfg), training, balance, time.perf_counter() - t0)
+
+
+def _training_block(fit: FitResult) -> dict[str, Any]:
+    return {"epochs_run": fit.epochs_run, "best_epoch": fit.best_epoch, "stopped_early": fit.stopped_early,
+            "seconds": round(fit.seconds, 1), "cpu_seconds": round(fit.cpu_seconds, 1),
+            "best_validation": {k: fit.history[k][fit.best_epoch - 1] for k in ("val_pr_auc", "val_f1")
+                                if k in fit.history and len(fit.history[k]) >= fit.best_epoch}}
 
 
 # ---- the search ---------------------------------------------------------------------------
-def search_pool(splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """Chips on the training side of every split."""
-    pool: np.ndarray | None = None
-    for train, _ in splits.values():
-        pool = train if pool is None else np.intersect1d(pool, train)
-    assert pool is not None
-    return pool
-
-
-def run_search(
-    chips: ChipSet, pool: np.ndarray, cfg: UnetConfig, progress: bool = True,
-    on_iteration: Callable[[dict[str, Any]], None] | None = None,
-) -> tuple[HyperParams, list[dict[str, Any]]]:
-    """GP + EI over the paper's space; objective = validation PR-AUC of a short focal-loss run.
+def run_search(data: SplitData, cfg: UnetConfig, progress: bool = True) -> tuple[HyperParams, list[dict[str, Any]]]:
+    """GP + EI; each trial trains ``search_epochs`` epochs on the fit part (same recipe, early stopping
+    off) and scores the best validation PR-AUC it reached.
 
     PR-AUC rather than the paper's accuracy: with a few per cent landslide pixels, predicting
     "background" everywhere already scores ~0.97 accuracy, so accuracy cannot rank the sets.
     """
-    fit_idx, val_idx = _carve_validation(chips, pool, "blocked", cfg.seed + 7)
-    norm = fit_normalisation(chips.subset(pool))
-    x_fit, y_fit = normalise(chips.images[fit_idx], norm), _targets(chips.masks[fit_idx])
-    x_val = normalise(chips.images[val_idx], norm)
-    short = replace(cfg, patience=0)
-
-    def objective(hp: HyperParams) -> float:
-        from slidemap.training.seg_metrics import pr_auc
-
-        model, _ = fit_network(x_fit, y_fit, None, None, len(chips.bands), hp, "focal", cfg.search_epochs,
-                               short, progress=False)
-        score = pr_auc(chips.masks[val_idx], predict_chips(model, x_val, cfg.batch_size * 2))
-        return 0.0 if not np.isfinite(score) else score
-
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=cfg.search_iterations, desc="GP+EI search", unit="iter", disable=not progress, leave=False)
+    fixed = HyperParams(cfg.optimizer, cfg.learning_rate, cfg.alpha, cfg.gamma)
+    trial_cfg = cfg.fit_config(cfg.search_epochs, data.epoch_chips, patience=0, min_epochs=1)
+
+    def objective(hp: HyperParams) -> float:
+        fit = fit_network(data.sampler, data.val_x, data.val_y, len(data.bands),
+                          replace(trial_cfg, learning_rate=hp.learning_rate, optimizer=hp.optimizer),
+                          "focal", hp.alpha, hp.gamma)
+        scores = [s for s in fit.history.get("val_pr_auc", []) if np.isfinite(s)]
+        return max(scores) if scores else 0.0
+
+    bar = tqdm(total=cfg.search_iterations, desc="GP+EI search", unit="trial", disable=not progress, leave=False)
 
     def record(rec: dict[str, Any]) -> None:
         bar.update(1)
         bar.set_postfix(score=f"{rec['score']:.4f}")
-        if on_iteration:
-            on_iteration(rec)
 
     try:
-        best, records = bayesian_search(objective, cfg.search_iterations, cfg.seed, on_iteration=record)
+        best, records = bayesian_search(objective, cfg.search_iterations, cfg.seed, on_iteration=record,
+                                        space=cfg.search_space, fixed=fixed)
     finally:
         bar.close()
     for rec in records:
-        rec["objective"] = "validation PR-AUC"
+        rec["objective"] = "best validation PR-AUC over the trial's epochs"
         rec["epochs"] = cfg.search_epochs
+        rec["epoch_chips"] = trial_cfg.epoch_chips
     return best, records
 
 
@@ -392,121 +356,159 @@ def model_specs(cfg: UnetConfig) -> list[ModelSpec]:
     if cfg.compare:
         e1, e2 = cfg.compare_epochs
         specs = [
-            ModelSpec(f"model-1-focal-{e1}", "focal", e1, label=f"attention U-Net, focal, {e1} epochs"),
-            ModelSpec(f"model-2-bce-{e1}", "bce", e1, label=f"attention U-Net, BCE, {e1} epochs"),
-            ModelSpec(f"model-3-focal-{e2}", "focal", e2, label=f"attention U-Net, focal, {e2} epochs"),
-            ModelSpec(f"model-4-bce-{e2}", "bce", e2, label=f"attention U-Net, BCE, {e2} epochs"),
+            ModelSpec(f"model-1-focal-{e1}", "focal", e1, label=f"attention U-Net, focal, at most {e1} epochs"),
+            ModelSpec(f"model-2-bce-{e1}", "bce", e1, label=f"attention U-Net, BCE, at most {e1} epochs"),
+            ModelSpec(f"model-3-focal-{e2}", "focal", e2, label=f"attention U-Net, focal, at most {e2} epochs"),
+            ModelSpec(f"model-4-bce-{e2}", "bce", e2, label=f"attention U-Net, BCE, at most {e2} epochs"),
         ]
     else:
-        specs = [ModelSpec("attention-unet-focal", "focal", cfg.epochs, label="attention U-Net, focal loss")]
+        label = "attention U-Net, focal loss" + (" + Dice" if cfg.loss == "focal+dice" else "")
+        specs = [ModelSpec("attention-unet-" + cfg.loss.replace("+", "-"), cfg.loss, cfg.epochs, label=label)]
     if cfg.baselines:
         specs.append(ModelSpec("unet-bce", "bce", specs[0].epochs, attention=False, label="plain U-Net, BCE"))
-        specs.append(ModelSpec("pixel-hgb", "pixel-hgb", 0, attention=False,
-                               label="per-pixel HistGradientBoosting"))
+        specs.append(ModelSpec("pixel-hgb", "pixel-hgb", 0, attention=False, label="per-pixel HistGradientBoosting"))
     return specs
 
 
 @dataclass
 class RunResult:
     config: UnetConfig
-    chips: ChipSet
-    splits: dict[str, dict[str, int]]
+    source: dict[str, Any]
+    bands: list[str]
+    chip: int
+    synthetic: bool
+    fingerprint: str
+    splits: dict[str, dict[str, Any]]
     hpo: list[dict[str, Any]]
     best: dict[str, Any]
     trained: list[TrainedModel]
     primary: TrainedModel
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
 
-def balance(chips: ChipSet, ratio: float | None, seed: int) -> ChipSet:
-    """Keep every chip with a landslide pixel and at most ``ratio`` times as many without (seeded)."""
-    if ratio is None:
-        return chips
-    positive = (chips.masks == 1).reshape(len(chips), -1).any(axis=1)
-    pos, neg = np.flatnonzero(positive), np.flatnonzero(~positive)
-    n_neg = int(round(ratio * max(len(pos), 1)))
-    if len(neg) <= n_neg:
-        return chips
-    rng = np.random.default_rng(seed)
-    keep = np.sort(np.concatenate([pos, rng.choice(neg, n_neg, replace=False)]))
-    out = chips.subset(keep)
-    out.source = {**chips.source, "balanced": f"all {len(pos)} landslide chips + {n_neg} of {len(neg)} landslide-free chips"}
-    return out
+def _split_data(source: Scene | ChipSet, kind: str, cfg: UnetConfig, exclude: np.ndarray | None = None) -> SplitData:
+    if isinstance(source, Scene):
+        buffer = 16 if cfg.buffer is None else cfg.buffer
+        if cfg.normalisation not in ("auto", "scene"):
+            raise ValueError("a region is one scene: use --normalisation scene (or auto)")
+        return scene_split_data(source, kind, cfg.chip, buffer if kind == "blocked" else 0, cfg.seed,
+                                cfg.positive_share, exclude)
+    scope = "chip" if cfg.normalisation == "auto" else cfg.normalisation
+    return chip_split_data(source, kind, cfg.seed, cfg.positive_share, scope, cfg.buffer, exclude)
 
 
-def run(chips: ChipSet, cfg: UnetConfig, progress: bool = True) -> RunResult:
-    """Search, train every model on every split, and return everything the report needs."""
-    chips = balance(chips, cfg.negatives_ratio, cfg.seed)
-    if len(chips) < 10:
-        raise ValueError(f"only {len(chips)} chips; a run needs at least 10 (use a larger region or a smaller --stride)")
-    splits = {kind: split(chips, kind, 0.2, cfg.seed) for kind in cfg.splits}
-    split_info = {k: {"train": int(len(tr)), "test": int(len(te))} for k, (tr, te) in splits.items()}
+def _test_part(source: Scene | ChipSet, kind: str, cfg: UnetConfig) -> np.ndarray:
+    """The test pixels (scene: bool mask) or chips (folder: indices) of split ``kind``."""
+    if isinstance(source, Scene):
+        from slidemap.training import scene as sc
+
+        buffer = 16 if cfg.buffer is None else cfg.buffer
+        return sc.split_scene(source, kind, cfg.chip, buffer if kind == "blocked" else 0, cfg.seed).mask(sc.TEST)
+    from slidemap.training.chips import chip_buffer, split
+
+    buffer = chip_buffer(source) if cfg.buffer is None else cfg.buffer
+    return split(source, kind, 0.2, cfg.seed, buffer if kind == "blocked" else 0)[1]
+
+
+def run(source: Scene | ChipSet, cfg: UnetConfig, progress: bool = True) -> RunResult:
+    """Search, train every model on every split, score, and return everything the cards and report need."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    if cfg.search_space not in ("focal", "paper"):
+        raise ValueError(f"search space {cfg.search_space!r} unknown; use focal or paper")
+    order = sorted(cfg.splits, key=lambda s: s != "blocked")  # blocked first: its model is the artefact
+    data = {kind: _split_data(source, kind, cfg) for kind in order}
+    split_info = {kind: d.summary for kind, d in data.items()}
     hp = HyperParams(cfg.optimizer, cfg.learning_rate, cfg.alpha, cfg.gamma)
     records: list[dict[str, Any]] = []
     if cfg.search_iterations > 0:
-        pool = search_pool(splits)
-        hp, records = run_search(chips, pool, cfg, progress)
-        split_info["search_pool"] = {"chips": int(len(pool))}
-    best = {**hp.to_dict(), "score": max((r["score"] for r in records), default=None),
-            "iteration": max(records, key=lambda r: r["score"])["iteration"] if records else None,
-            "source": (max(records, key=lambda r: r["score"]).get("proposed_by", "GP+EI search")
-                       if records else "preset defaults (search off)")}
+        search_kind = "blocked" if "blocked" in data else order[0]
+        others = [k for k in order if k != search_kind]
+        search_data = data[search_kind]
+        if others:  # never search on a pixel that is test data in any split
+            exclude = np.zeros(0, dtype=np.int64) if isinstance(source, ChipSet) else None
+            for other in others:
+                part = _test_part(source, other, cfg)
+                if isinstance(source, ChipSet):
+                    exclude = np.union1d(exclude, part)
+                else:
+                    exclude = part if exclude is None else exclude | part
+            search_data = _split_data(source, search_kind, cfg, exclude)
+        hp, records = run_search(search_data, cfg, progress)
+        split_info["search"] = {"split": search_kind, "excludes_test_of": others}
+    if records:
+        top = max(records, key=lambda r: r["score"])
+        best = {**hp.to_dict(), "score": top["score"], "iteration": top["iteration"],
+                "source": top.get("proposed_by"), "seed_won": seed_won(records), "space": cfg.search_space}
+    else:
+        best = {**hp.to_dict(), "score": None, "iteration": None, "source": "preset defaults (search off)",
+                "seed_won": False, "space": None}
     trained: list[TrainedModel] = []
     specs = model_specs(cfg)
-    # blocked first: its first model is the artefact, so it is ready even if a later model fails
-    order = sorted(cfg.splits, key=lambda s: s != "blocked")
     for kind in order:
-        train_idx, test_idx = splits[kind]
         for spec in specs:
-            trained.append(train_and_evaluate(chips, train_idx, test_idx, kind, spec, hp, cfg, progress))
-            m = trained[-1].metrics
+            t = train_and_evaluate(data[kind], spec, hp, cfg, progress)
+            trained.append(t)
+            m = t.metrics
             log.info("%s [%s]: F1 %.3f mIoU %.3f PR-AUC %.3f", spec.name, kind, m["f1"], m["miou"], m["pr_auc"])
-    primary_split = "blocked" if "blocked" in cfg.splits else cfg.splits[0]
+    primary_split = "blocked" if "blocked" in cfg.splits else order[0]
     primary = next(t for t in trained if t.split == primary_split and t.spec.name == specs[0].name)
-    return RunResult(cfg, chips, split_info, records, best, trained, primary)
+    synthetic = bool(source.synthetic)
+    return RunResult(cfg, dict(source.source), list(source.bands), cfg.chip if isinstance(source, Scene)
+                     else int(source.images.shape[1]), synthetic, source.fingerprint(), split_info, records, best,
+                     trained, primary, time.perf_counter() - t0, time.process_time() - c0)
 
 
-def model_card(result: RunResult) -> dict[str, Any]:
-    """The card of the primary model (attention U-Net, focal, trained on the blocked split)."""
+# ---- cards and artefacts -------------------------------------------------------------------
+def rank_models(result: RunResult) -> list[TrainedModel]:
+    """The run's networks on the primary split, best blocked F1 first (ranks go into the skill blocks)."""
+    networks = [t for t in result.trained if t.split == result.primary.split and t.spec.network]
+    ranked = sorted(networks, key=lambda t: t.skill["value"], reverse=True)
+    for rank, t in enumerate(ranked, start=1):
+        t.skill["rank"] = rank
+    return ranked
+
+
+def model_card(result: RunResult, t: TrainedModel, run_id: str) -> dict[str, Any]:
+    """The card of one trained network of the primary split."""
     from slidemap.training.unet import TILE_MULTIPLE
 
-    p = result.primary
-    chips = result.chips
-    twin = {t.split: t.metrics for t in result.trained if t.spec.name == p.spec.name}
-    clean = {k: {kk: vv for kk, vv in v.items() if kk not in ("confusion", "validation")} for k, v in twin.items()}
+    twins = {o.split: _clean_metrics({k: v for k, v in o.metrics.items() if k != "validation"})
+             for o in result.trained if o.spec.name == t.spec.name}
     return {
-        "synthetic": chips.synthetic,
-        "inputs": list(chips.bands),
-        "bands": list(chips.bands),
-        "normalisation": p.normalisation,
-        "units": chips.source.get("units", "reflectance"),
+        "synthetic": result.synthetic,
+        "run_id": run_id,
+        "inputs": list(result.bands),
+        "bands": list(result.bands),
+        "normalisation": t.normalisation,
+        "units": result.source.get("units", "reflectance"),
         "tile_multiple": TILE_MULTIPLE,
-        "chip": int(chips.images.shape[1]),
+        "chip": result.chip,
         "halo": DETECT_OVERLAP,
         "detect_tile": DETECT_TILE,
-        "threshold": p.threshold,
-        "training_data": {
-            "fingerprint": chips.fingerprint(),
-            "source": chips.source,
-            "chips": len(chips),
-            "split": p.split,
-            "train_chips": p.n_train,
-            "validation_chips": p.n_val,
-            "test_chips": p.n_test,
+        "threshold": t.threshold,
+        "threshold_from": "maximises landslide F1 on the validation part (never the test part)",
+        "architecture": {
+            "network": "attention U-Net (Oktay et al. 2018)" if t.spec.attention else "U-Net",
+            "base_width": result.config.base_width,
+            "depth": 4,
+            "parameters": int(t.model.count_params()),
         },
-        "hyperparameters": p.hyperparameters,
-        "metrics": {"blocked" if p.split == "blocked" else p.split: clean.get(p.split, {}),
-                    **{f"{k}_split_twin": v for k, v in clean.items() if k != p.split}},
+        "training_data": {
+            "fingerprint": result.fingerprint,
+            "source": result.source,
+            "split": t.split,
+            "split_summary": result.splits.get(t.split),
+            "sampling": t.balance,
+        },
+        "hyperparameters": t.hyperparameters,
+        "training": t.training,
+        "metrics": {t.split: twins.get(t.split, {}),
+                    **{f"{k}_split_twin": v for k, v in twins.items() if k != t.split}},
+        "skill": {**t.skill, "run_id": run_id},
         "search": {"iterations": len(result.hpo), "best": result.best},
+        "label": t.spec.label,
     }
-
-
-def save_model(result: RunResult, models_root: Path | None, name: str, out_dir: Path | None = None) -> Path:
-    from slidemap.compute.models.store import save_artefact
-
-    return save_artefact(
-        models_root or Path("."), "unet", name, model_card(result), lambda path: save_weights_only(result.primary.model, path),
-        weights_file="model.keras", out_dir=out_dir,
-    )
 
 
 def save_weights_only(model: Any, path: Path) -> None:
@@ -516,3 +518,48 @@ def save_weights_only(model: Any, path: Path) -> None:
     clone = keras.Model.from_config(model.get_config())  # architecture only: no compile state
     clone.set_weights(model.get_weights())
     clone.save(path)
+
+
+@dataclass
+class SavedModel:
+    name: str
+    path: Path
+    card: dict[str, Any]
+    trained: TrainedModel
+
+
+def save_models(result: RunResult, run_id: str, models_root: Path | None, name: str,
+                out_dir: Path | None = None, primary_only: bool = False) -> list[SavedModel]:
+    """Save the primary split's networks (the primary under ``name``; with ``out_dir``, only the primary, there)."""
+    from slidemap.compute.models.store import read_card, save_artefact
+
+    saved = []
+    for t in rank_models(result):
+        is_primary = t is result.primary
+        if (primary_only or out_dir is not None) and not is_primary:
+            continue
+        model_name = name if is_primary else t.spec.name
+        path = save_artefact(models_root or Path("."), "unet", model_name, model_card(result, t, run_id),
+                             lambda p, m=t.model: save_weights_only(m, p), weights_file="model.keras",
+                             out_dir=out_dir if is_primary else None)
+        saved.append(SavedModel(model_name, path, read_card(path), t))
+    return saved
+
+
+def record_region_default(region_dir: Path, saved: list[SavedModel]) -> SavedModel | None:
+    """Record the best saved detector with skill as the region's default (None when none has skill)."""
+    from slidemap.compute.models.select import record_default
+    from slidemap.compute.models.store import ModelInfo
+
+    skilled = [s for s in saved if s.card.get("skill", {}).get("has_skill")]
+    best = max(skilled, key=lambda s: s.card["skill"]["value"]) if skilled else None
+    if best is None:
+        record_default(region_dir, "detection", None,
+                       "no detector of the latest run has skill on its blocked test (F1 interval at chance)")
+        return None
+    info = ModelInfo(best.name, "unet", best.card["version"], best.path, best.card)
+    record_default(region_dir, "detection", info,
+                   f"best blocked-test F1 with skill in run {best.card.get('run_id')} "
+                   f"({best.card['skill']['value']:.3f}, 95 % CI {best.card['skill']['ci95'][0]:.3f}-"
+                   f"{best.card['skill']['ci95'][1]:.3f})")
+    return best
