@@ -48,13 +48,16 @@ fi
 
 step "6/8 inventory mapping and the susceptibility map"
 "$SM" inventory "$DEMO_DIR"
-"$SM" map susceptibility "$DEMO_DIR" --mode dense
+"$SM" map susceptibility "$DEMO_DIR"
 
 step "7/8 start the tile server on 127.0.0.1:${PORT}"
 for f in "$LOG_DIR/serve.pid" "$LOG_DIR/dashboard.pid"; do
     if [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then kill "$(cat "$f")" 2>/dev/null || true; sleep 1; fi
 done
-nohup "$SM" serve "$DEMO_DIR" --host "${BIND_HOST:-127.0.0.1}" --port "$PORT" > "$LOG_DIR/serve.log" 2>&1 &
+# CORS for the dashboard's page only, so a click on its map can read the server's /point answer
+nohup "$SM" serve "$DEMO_DIR" --host "${BIND_HOST:-127.0.0.1}" --port "$PORT" \
+    --cors-origin "http://127.0.0.1:${DASHBOARD_PORT}" --cors-origin "http://localhost:${DASHBOARD_PORT}" \
+    > "$LOG_DIR/serve.log" 2>&1 &
 echo $! > "$LOG_DIR/serve.pid"
 for _ in $(seq 1 120); do
     if .venv/bin/python -c "import httpx,sys; sys.exit(0 if httpx.get('http://127.0.0.1:${PORT}/health', timeout=1).status_code == 200 else 1)" 2>/dev/null; then break; fi

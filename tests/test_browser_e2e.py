@@ -36,6 +36,7 @@ pytestmark = [
                        "(apt-get install chromium); the browser test needs it"),
 ]
 from playwright import sync_api  # noqa: E402  (a test dependency: imported, never skipped)
+from server_models import skill_block  # noqa: E402
 from test_dashboard import StubServer, free_port, lsm_report, write_report  # noqa: E402
 
 
@@ -131,19 +132,27 @@ def tile_server(request, tmp_path):
                     ignore=shutil.ignore_patterns("cache", "models"))
     # Stand-in models behind the real block engine (training a real one would take minutes here):
     # saved as artefacts, so versions, ?model= and the version selector work as with real ones.
-    for kind, name in (("unet", "attention_unet"), ("lsm", "multiscale_dense")):
-        save_artefact(region / "models", kind, name, {"synthetic": True, "inputs": {}},
+    # Each carries a skill block (as a trained card does): only a model with skill is a region's default.
+    for kind, name, metric in (("unet", "attention_unet", "f1"), ("lsm", "multiscale", "roc_auc")):
+        card = {"synthetic": True, "inputs": {}, "run_id": f"stand-in-{kind}",
+                "skill": {**skill_block(metric=metric), "run_id": f"stand-in-{kind}"}}
+        if kind == "lsm":
+            card["class_breaks"] = [0.1, 0.2, 0.35, 0.5, 1.0]
+        save_artefact(region / "models", kind, name, card,
                       lambda p, kind=kind: p.write_bytes(f"stand-in {kind}".encode()))
+    # CORS is off by default: like scripts/demo.sh, name the dashboard's origin so its page may read /point.
+    request.node.dashboard_port = free_port()
     settings = ServerSettings(cache_dir=tmp_path / "cache", block_size=64,
+                              cors_origins=(f"http://127.0.0.1:{request.node.dashboard_port}",),
                               loaders={"unet": StandInDetector, "lsm": StandInSusceptibility})
     with ThreadedApp(create_app(region, settings)) as server:
         yield request.param, server.url, region
 
 
 @pytest.fixture()
-def dashboard(tile_server, tmp_path):
+def dashboard(request, tile_server, tmp_path):
     _, server_url, region = tile_server
-    port = free_port()
+    port = getattr(request.node, "dashboard_port", None) or free_port()
     env = dict(os.environ, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
     log = tmp_path / "dashboard.log"
     with log.open("w") as out:
@@ -222,8 +231,9 @@ def test_dashboard_in_headless_chromium(dashboard, tile_server, output_dir):
             assert tiles_of(slope), f"switching to {slope} loaded no tile of it ({visible})"
 
             # Click the map: the server's /point values for that spot appear in a popup.
-            box = frame.locator("#map").bounding_box()  # the map is fitted to the region: click its middle
-            frame.locator("#map").click(position={"x": box["width"] * 0.45, "y": box["height"] * 0.5})
+            # The map is fitted to the region: click left of the middle (the layer control, open now, is top right).
+            box = frame.locator("#map").bounding_box()
+            frame.locator("#map").click(position={"x": box["width"] * 0.3, "y": box["height"] * 0.55})
             frame.wait_for_function("() => window.slidemapPoint !== null && window.slidemapPoint !== undefined",
                                     timeout=20000)
             point = frame.evaluate("() => window.slidemapPoint")

@@ -47,7 +47,7 @@ def lsm_model(region) -> Path:
 @pytest.fixture(scope="module")
 def detector(region) -> Path:
     args = ["train", "unet", str(region), "--preset", "quick", "--search-iterations", "0", "--epochs", "2",
-            "--splits", "blocked", "--chip", "64", "--stride", "64", "--learning-rate", "0.01", "--quiet"]
+            "--splits", "blocked", "--chip", "64", "--learning-rate", "0.01", "--quiet"]
     assert main(args) == 0
     unets = [m for m in list_models(region) if m.kind == "unet"]
     assert len(unets) == 1

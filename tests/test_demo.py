@@ -12,9 +12,9 @@ import numpy as np
 from scipy import ndimage
 import pytest
 
-rasterio = pytest.importorskip("rasterio")
-gpd = pytest.importorskip("geopandas")
-pyogrio = pytest.importorskip("pyogrio")
+import geopandas as gpd  # required dependencies: imported, never skipped
+import pyogrio
+import rasterio
 
 from rasterio.features import rasterize  # noqa: E402
 

@@ -650,7 +650,7 @@ def test_inventory_overlay_includes_detected_polygons(region, tmp_path):
 @pytest.mark.browser
 @pytest.mark.skipif(not Path("/usr/bin/chromium").is_file(), reason="Debian's chromium is not installed")
 def test_map_page_in_headless_chromium_loads_tiles_and_nothing_external(region, tmp_path):
-    pw = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api as pw  # a test dependency: imported, never skipped
     app = new_app(region, tmp_path)
     with served(app) as base:
         with pw.sync_playwright() as p:
@@ -749,8 +749,8 @@ def test_real_tiny_models_blocks_match_whole_region_runs(prepared_region, tmp_pa
         h = eng.runner.halo
         whole = eng.runner.run(np.pad(stack, ((0, 0), (h, h), (h, h)), constant_values=np.nan))
         assert (np.isnan(mosaic) == np.isnan(whole)).all()
-        # The output varies: blocks stitched one cell off would miss the tolerance many times over.
-        assert np.nanmean(np.abs(whole[:, 1:] - whole[:, :-1])) > 5 * tol_mean, lid
+        # The output varies: blocks stitched one cell off would miss the mean tolerance several times over.
+        assert np.nanmean(np.abs(whole[:, 1:] - whole[:, :-1])) > 3 * tol_mean, lid
         assert np.nanmax(np.abs(mosaic - whole)) <= tol_max, lid
         assert np.nanmean(np.abs(mosaic - whole)) <= tol_mean, lid
 
