@@ -48,7 +48,9 @@ fi
 
 step "6/8 inventory mapping and the susceptibility map"
 "$SM" inventory "$DEMO_DIR"
-"$SM" map susceptibility "$DEMO_DIR"
+# --mode dense: a quick whole-region look (a window 3D-CNN through its fast form, whose agreement
+# is printed); the server's tiles follow the model card's rule (fast form only where r >= 0.97)
+"$SM" map susceptibility "$DEMO_DIR" --mode dense
 
 step "7/8 start the tile server on 127.0.0.1:${PORT}"
 for f in "$LOG_DIR/serve.pid" "$LOG_DIR/dashboard.pid"; do
