@@ -664,7 +664,10 @@ class LayerRegistry:
                              block_size=self.block_size, wait_timeout=self.wait_timeout,
                              fingerprint=state.fingerprint)
         with self._lock:
-            self._engines[key] = engine
+            # Two first requests may both have built one: the first stored wins, so every request
+            # shares one engine (and its single flight) for the key.
+            engine = self._engines.setdefault(key, engine)
+            self._engines.move_to_end(key)
             while len(self._engines) > 2 * self.max_loaded_models:
                 self._engines.popitem(last=False)
             return engine
