@@ -767,3 +767,32 @@ def test_unloadable_model_is_409_json(region, tmp_path):
     h = client.get("/health").json()
     assert h["status"] == "degraded" and any("cannot load the unet model" in p for p in h["problems"])
     assert client.get("/layers/factors/slope/legend").status_code == 200  # the rest keeps working
+
+
+def test_two_first_requests_share_one_block_engine(server):
+    """Requests that arrive together for a model nobody has used yet must share one engine (and so
+    its single flight): both build one while the model loads, and the first one stored wins."""
+    _, app, _ = server
+    reg = app.state.registry
+    layer = reg.get("detection")
+    info = reg.model_info(layer)
+    reg._engines.clear()
+    both_loading = threading.Barrier(2, timeout=20)
+    load = reg._load_model
+
+    def slow_load(i):
+        both_loading.wait()  # neither thread stores its engine before both have missed the lookup
+        return load(i)
+
+    reg._load_model = slow_load
+    try:
+        got = []
+        threads = [threading.Thread(target=lambda: got.append(reg.engine(layer, info))) for _ in range(2)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(30)
+    finally:
+        reg._load_model = load
+    assert len(got) == 2 and got[0] is got[1]
+    assert reg.engine(layer, info) is got[0]
