@@ -203,3 +203,40 @@ def test_bad_settings_are_one_line_errors(item, message):
         make_config("quick", item)
     cfg = make_config("quick", {"max_samples": "none", "widths": "4,8", "augment": "false"})
     assert cfg.max_samples is None and cfg.widths == (4, 8) and cfg.augment is False
+
+
+def test_window_network_starts_as_the_logistic_regression_and_its_fast_form_copies_it():
+    """The centre-linear path: the untrained network's probabilities are exactly the logreg peer's
+    (standardised logistic regression folded onto the raw values), and the fast form built from it
+    starts with the same linear path on every cell."""
+    from slidemap.training.baselines import fit_baseline, make_baseline
+    from slidemap.training.lsm import (
+        DENSE_HALO,
+        build_dense_fcn,
+        build_window_cnn,
+        centre_linear_weights,
+        set_centre_linear,
+    )
+    from slidemap.training.lsm_fit import logistic_start
+
+    rng = np.random.default_rng(3)
+    n, n_ch = 300, 5
+    centre = rng.normal(size=(n, n_ch)).astype(np.float32) * [1, 10, 0.1, 100, 3] + [0, 50, 0, 900, 0]
+    y = (centre[:, 0] + 0.05 * centre[:, 1] + rng.normal(size=n) > 2.5).astype(int)
+    weight = np.where(y == 1, 0.5 / y.mean(), 0.5 / (1 - y.mean()))
+    peer = fit_baseline(make_baseline("logreg", {}), centre, y, weight)
+    net = build_window_cnn(3, 3, n_ch, widths=(2, 2), dense=4, centre_linear=True)
+    set_centre_linear(net, *logistic_start(centre, y, weight))
+    windows = rng.normal(size=(n, 3, 12, 12, 3)).astype(np.float32)
+    p_net = np.asarray(net([windows, centre], training=False)).reshape(-1)
+    np.testing.assert_allclose(p_net, peer.predict_proba(centre)[:, 1], atol=2e-5)
+
+    fast = build_dense_fcn(n_ch, width=4, dense=4, centre_linear=True)
+    set_centre_linear(fast, *centre_linear_weights(net))
+    side = 2 * DENSE_HALO + 4
+    grid = rng.normal(size=(1, side, side, n_ch)).astype(np.float32)
+    p_fast = np.asarray(fast(grid, training=False))[0, :, :, 0]
+    inner = grid[0, DENSE_HALO:-DENSE_HALO, DENSE_HALO:-DENSE_HALO].reshape(-1, n_ch)
+    np.testing.assert_allclose(p_fast.reshape(-1), peer.predict_proba(inner)[:, 1], atol=2e-5)
+    # the paper's network has no such path
+    assert centre_linear_weights(build_window_cnn(3, 3, n_ch, widths=(2, 2), dense=4)) is None

@@ -65,6 +65,7 @@ class LsmConfig(BaseModel):
     dense_units: int = Field(32, ge=1)
     dropout: float = Field(0.3, ge=0, lt=1)
     window_classes: bool = Field(False, description="categorical one-hot channels in the windows too (not only at the centre)")
+    centre_linear: bool = Field(True, description="a linear path from the centre values to the logit, started at a logistic regression of the training fold")
     augment: bool = True
     jitter: int = Field(1, ge=0, le=2, description="random shift of the window centre, cells")
     ensemble: int = Field(1, ge=1, le=8, description="networks per model, averaged (different seeds)")
@@ -128,7 +129,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": dict(
         models=ALL_MODELS, max_samples=None, per_polygon_cap=None, epochs=25, patience=0, warmup_epochs=0,
         batch=64, lr=0.01, schedule="constant", widths=(32, 64), dense_units=64, window_classes=True,
-        augment=False, jitter=0, ensemble=1, fast_steps=1500, fast_width=32, fast_dense=64,
+        centre_linear=False, augment=False, jitter=0, ensemble=1, fast_steps=1500, fast_width=32, fast_dense=64,
         gbdt_trees=200, rf_trees=500,
     ),
 }

@@ -26,13 +26,20 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from slidemap.training.window_augment import transform_direction
-from slidemap.training.lsm import DENSE_HALO, build_dense_fcn, compiled_predict
+from slidemap.training.lsm import (
+    DENSE_HALO,
+    build_dense_fcn,
+    centre_linear_weights,
+    compiled_predict,
+    set_centre_linear,
+)
 from slidemap.training.lsm_config import LsmConfig
 from slidemap.training.lsm_fit import FittedModel, StackCache, predict_cells
 from slidemap.training.samples import RegionData, SampleSet
 
 log = logging.getLogger(__name__)
 DISTIL_BATCH = 4
+DISTIL_LR = 2e-3
 
 
 @dataclass
@@ -135,9 +142,12 @@ def distil(
     padded = np.zeros((h + 2 * halo, w + 2 * halo, len(enc.channels)), dtype=np.float32)
     padded[halo : halo + h, halo : halo + w] = data.encoded.transpose(1, 2, 0)
     keras.utils.set_random_seed(seed)
+    teacher_linear = centre_linear_weights(fitted.model)
     model = build_dense_fcn(len(enc.channels), width=cfg.fast_width, dense=cfg.fast_dense,
-                            name=f"{fitted.name}_fast", seed=seed)
-    schedule = keras.optimizers.schedules.CosineDecay(2e-3, decay_steps=cfg.fast_steps, alpha=0.05)
+                            name=f"{fitted.name}_fast", seed=seed, centre_linear=teacher_linear is not None)
+    if teacher_linear is not None:  # the window model's linear path, copied: the student learns the rest
+        set_centre_linear(model, *teacher_linear)
+    schedule = keras.optimizers.schedules.CosineDecay(DISTIL_LR, decay_steps=cfg.fast_steps, alpha=0.05)
     optimizer = keras.optimizers.Adam(learning_rate=schedule)
 
     @tf.function(reduce_retracing=True)

@@ -145,36 +145,56 @@ def _fit_window(
 ) -> FittedModel:
     import keras
 
-    from slidemap.training.lsm import average_models, build_window_cnn
+    from slidemap.training.lsm import average_models, build_window_cnn, set_centre_linear
 
     sizes = WINDOW_MODELS[name]
     stack = stacks.window_stack(inputs.window_channels)
     val_windows = extract_windows(stack, val.rows, val.cols, sizes, OUT_SIZE)
     val_centre = stacks.centre(inputs.centre_channels, val.rows, val.cols)
-    members, history, best_epochs, seen = [], {"loss": [], "val_roc_auc": [], "lr": []}, [], 0
+    members, best_epochs, seen = [], [], 0
+    history: dict[str, list[float]] = {"loss": [], "val_roc_auc": [], "lr": [], "start_val_roc_auc": []}
+    start = (logistic_start(stacks.centre(inputs.centre_channels, train.rows, train.cols), train.y, train.weight)
+             if cfg.centre_linear else None)
     for member in range(cfg.ensemble):
         member_seed = seed + 1000 * member
         keras.utils.set_random_seed(member_seed)
         model = build_window_cnn(
             len(inputs.window_channels), len(sizes), len(inputs.centre_channels), widths=cfg.widths,
             dense=cfg.dense_units, dropout=cfg.dropout, name=f"{name}_m{member}", seed=member_seed,
+            centre_linear=cfg.centre_linear,
         )
+        if start is not None:
+            set_centre_linear(model, *start)
         batches = _batches_class()(stack, stacks, inputs, train, sizes, cfg, member_seed)
         steps = len(batches) * cfg.epochs
         model.compile(optimizer=keras.optimizers.Adam(learning_rate=_schedule(cfg, len(batches), steps)),
                       loss="binary_crossentropy", weighted_metrics=[])
-        stopper = _EarlyStopping(val_windows, val_centre, val.y, cfg.patience, on_epoch)
+        stopper = _EarlyStopping(val_windows, val_centre, val.y, cfg.patience, on_epoch,
+                                 start_is_candidate=cfg.centre_linear)
         model.fit(batches, epochs=cfg.epochs, verbose=0, callbacks=[stopper.callback()])
         stopper.restore(model)
         members.append(model)
         history["loss"] += list(stopper.losses)
         history["val_roc_auc"] += list(stopper.scores)
+        if cfg.centre_linear:
+            history["start_val_roc_auc"].append(round(stopper.start_score, 5))
         best_epochs.append(stopper.best_epoch + 1)
         seen += len(train) * len(stopper.scores)
     model = average_models(members, name) if len(members) > 1 else members[0]
     fitted = FittedModel(name, model, "window", inputs, sizes, history=history, best_epochs=best_epochs)
     fitted.samples_seen = seen
     return fitted
+
+
+def logistic_start(centre: np.ndarray, y: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, float]:
+    """Kernel and bias on the raw centre values of the ``logreg`` peer's model (standardised
+    logistic regression, the same class weights) fitted on these samples: the centre-linear path's
+    starting point."""
+    model = fit_baseline(make_baseline("logreg", {}), centre, np.asarray(y).astype(int), weight)
+    scaler, lr = model.steps[0][1], model.steps[-1][1]
+    kernel = lr.coef_[0] / scaler.scale_
+    bias = float(lr.intercept_[0] - np.sum(lr.coef_[0] * scaler.mean_ / scaler.scale_))
+    return kernel.astype(np.float32), bias
 
 
 def _schedule(cfg: LsmConfig, steps_per_epoch: int, total_steps: int) -> Any:
@@ -197,7 +217,8 @@ class _EarlyStopping:
     epochs without improvement (0: never stops early, still keeps the best)."""
 
     def __init__(self, windows: np.ndarray, centre: np.ndarray, y: np.ndarray, patience: int,
-                 on_epoch: Callable[[], None] | None):
+                 on_epoch: Callable[[], None] | None, start_is_candidate: bool = False):
+        self.start_is_candidate = start_is_candidate
         self.windows, self.centre, self.y = windows, centre, np.asarray(y)
         self.patience, self.on_epoch = patience, on_epoch
         self.scores: list[float] = []
@@ -205,6 +226,7 @@ class _EarlyStopping:
         self.best_epoch = -1
         self.best_score = -np.inf
         self.best_weights: list[np.ndarray] | None = None
+        self.start_score = float("nan")
 
     def score(self, model: Any) -> float:
         p = np.concatenate([
@@ -219,6 +241,15 @@ class _EarlyStopping:
         outer = self
 
         class Callback(keras.callbacks.Callback):
+            def on_train_begin(self, logs: Any = None) -> None:
+                # a network started at a logistic regression keeps that start when no epoch beats
+                # it on validation (best epoch 0); a random start is never a candidate
+                if not outer.start_is_candidate:
+                    return
+                outer.start_score = outer.score(self.model)
+                outer.best_score, outer.best_epoch = outer.start_score, -1
+                outer.best_weights = [w.copy() for w in self.model.get_weights()]
+
             def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
                 score = outer.score(self.model)
                 outer.scores.append(round(score, 5))

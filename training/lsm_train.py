@@ -303,7 +303,10 @@ def train_lsm(
         p_area = scored.p_area if scored.fitted is fitted else predict_cells(fitted, run.stacks, area_rows, area_cols)
         if fitted.kind == "window" and cfg.distil:
             tick(f"fast form of {m}")
-            p_test = primary["results"]["blocked"][m].p_test
+            # the AUC difference compares the fast form with the model it copies, on the same cells
+            # (under CV the final model is refitted on all samples, so not the scored one)
+            p_test = (scored.p_test if scored.fitted is fitted
+                      else predict_cells(fitted, run.stacks, blocked_test.rows, blocked_test.cols))
             ff = distil(fitted, run.stacks, cfg, blocked_test, cfg.seed, p_test)
             fast_forms[m] = ff
             if ff.pearson_r >= cfg.fast_agreement:
