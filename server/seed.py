@@ -119,7 +119,8 @@ def _chunks(items: Sequence, n: int) -> Iterable[list]:
 class _Runner:
     """Runs task lists locally or on Dask, with a progress bar."""
 
-    def __init__(self, dask: str | None) -> None:
+    def __init__(self, dask: str | None, progress: bool = True) -> None:
+        self.progress = progress
         self.client = None
         self.cluster = None
         if dask:
@@ -140,13 +141,14 @@ class _Runner:
 
         results = []
         if self.client is None:
-            for args in tqdm(args_list, desc=desc, unit="task", leave=False):
+            for args in tqdm(args_list, desc=desc, unit="task", leave=False, disable=not self.progress):
                 results.append(fn(*args))
             return results
         from dask.distributed import as_completed
 
         futures = [self.client.submit(fn, *args, pure=False) for args in args_list]
-        for fut in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="task", leave=False):
+        for fut in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="task", leave=False,
+                        disable=not self.progress):
             results.append(fut.result())
         return results
 
@@ -169,6 +171,7 @@ def seed(
     dask: str | None = None,
     model: str | None = None,
     block_size: int = BLOCK_SIZE,
+    progress: bool = True,
 ) -> SeedReport:
     """Seed ``layers``; return what was done (``str(report)`` is a one-paragraph summary)."""
     from slidemap.server.app import ServerSettings, build_service
@@ -189,7 +192,7 @@ def seed(
     settings = _settings_dict(cache_dir, block_size)
     service = build_service(region, ServerSettings(**settings))
     tms = get_tms(tms_id)
-    runner = _Runner(dask)
+    runner = _Runner(dask, progress)
     t0 = time.perf_counter()
     report = SeedReport(service.registry.region_name, service.registry.synthetic)
     try:

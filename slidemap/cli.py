@@ -8,11 +8,13 @@ become one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from slidemap import __version__
 from slidemap.errors import SlidemapError
@@ -24,8 +26,44 @@ COMMAND_MODULES = ("region", "unet", "lsm", "serve", "dashboard")
 TENSORFLOW_COMMANDS = frozenset({"train", "detect", "inventory", "map", "serve", "seed", "status"})
 
 
+QUIET_HELP = "no progress bars or server chatter; results and errors still print"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a "did you mean" for misspelt commands, choices and options."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        unknown = re.search(r"unrecognized arguments: (\S+)", message)
+        if choice:
+            close = difflib.get_close_matches(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)), n=1)
+        elif unknown and unknown.group(1).startswith("--"):
+            close = difflib.get_close_matches(unknown.group(1), sorted(_option_strings(self)), n=1)
+        else:
+            close = []
+        super().error(f"{message}; did you mean {close[0]!r}?" if close else message)
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield child
+                yield from _subparsers(child)
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    return {o for p in (parser, *_subparsers(parser)) for a in p._actions for o in a.option_strings if o.startswith("--")}
+
+
+def _leaf_commands(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    for child in _subparsers(parser):
+        if child.get_default("handler") is not None:
+            yield child
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="slidemap",
         description="Landslide inventory and susceptibility maps, served as tiles.",
     )
@@ -33,13 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     root = parser.add_subparsers(dest="command", metavar="COMMAND")
     root.required = True
-    train = root.add_parser("train", help="train models (unet, lsm)").add_subparsers(
-        dest="train_kind", metavar="KIND"
-    )
+    train = root.add_parser(
+        "train", help="train models (unet, lsm)",
+        description="Train a model family: unet (the landslide detector) or lsm (the susceptibility models).",
+    ).add_subparsers(dest="train_kind", metavar="KIND", help="unet or lsm")
     train.required = True
-    map_ = root.add_parser("map", help="make whole-region maps").add_subparsers(
-        dest="map_kind", metavar="KIND"
-    )
+    map_ = root.add_parser(
+        "map", help="make whole-region maps", description="Make a whole-region map: susceptibility.",
+    ).add_subparsers(dest="map_kind", metavar="KIND", help="susceptibility")
     map_.required = True
     groups = {"root": root, "train": train, "map": map_}
     for name in COMMAND_MODULES:
@@ -50,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(groups)
+    for command in _leaf_commands(parser):  # one spelling of "quiet" on every command
+        command.add_argument("-q", "--quiet", "--no-progress", dest="quiet", action="store_true", help=QUIET_HELP)
     return parser
 
 
@@ -74,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("slidemap: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `slidemap status --json | head`: the reader left, which is not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+        return 0
     except Exception as exc:  # a bug, not a user error: one line, traceback on request
         if args.verbose:
             raise

@@ -26,7 +26,7 @@ def register(groups: dict[str, Any]) -> None:
         "and record the best one with skill as the region's default. Writes versioned artefacts to "
         "REGION_DIR/models/lsm/ and a report to REGION_DIR/reports/lsm/<run_id>/.",
     )
-    train.add_argument("region_dir", type=Path, metavar="REGION_DIR")
+    train.add_argument("region_dir", type=Path, metavar="REGION_DIR", help="a prepared region folder")
     train.add_argument("--preset", default="demo", choices=("quick", "demo", "default", "paper"), help=PRESET_HELP)
     train.add_argument(
         "--set",
@@ -42,7 +42,6 @@ def register(groups: dict[str, Any]) -> None:
     train.add_argument("--lr", type=float, help="shortcut for --set lr=X")
     train.add_argument("--batch", type=int, help="shortcut for --set batch=N")
     train.add_argument("--models", help=f"comma-separated models (default: the preset's); names: {MODEL_NAMES}")
-    train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
 
     mp = groups["map"].add_parser(
@@ -56,14 +55,13 @@ def register(groups: dict[str, Any]) -> None:
         "COG (breaks from the model card) and a JSON of class areas and the share of known landslides "
         "per class.",
     )
-    mp.add_argument("region_dir", type=Path, metavar="REGION_DIR")
+    mp.add_argument("region_dir", type=Path, metavar="REGION_DIR", help="a prepared region folder")
     mp.add_argument("--model", help="a model name (newest version), a version hash or a model folder; "
                     "default: the region's default model (`slidemap status`)")
     mp.add_argument("--mode", default="auto", choices=("auto", "window", "dense"),
                     help="window models only: the window path, the fast form, or auto (default)")
     mp.add_argument("--out", type=Path, help="probability COG path (default REGION_DIR/maps/susceptibility_<model>-<version>.tif)")
     mp.add_argument("--block", type=int, help="block side in cells (default 512, 128 for the window path)")
-    mp.add_argument("--quiet", action="store_true", help="no progress bar")
     mp.set_defaults(handler=_map)
 
 

@@ -17,7 +17,7 @@ def register(groups: dict[str, Any]) -> None:
         description="Write a deterministic, self-consistent SYNTHETIC region (DEM, imagery, "
         "thematic rasters, vectors, planted landslides) with its region.toml.",
     )
-    demo.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    demo.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to write the region into")
     demo.add_argument("--size-km", type=float, default=20.0, help="side of the square region (default 20)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.set_defaults(handler=_demo_region)
@@ -28,12 +28,11 @@ def register(groups: dict[str, Any]) -> None:
         description="Validate region.toml and build the factor COG, imagery COG, labels and "
         "normalisation into REGION_DIR/build; unchanged inputs are reused.",
     )
-    prepare.add_argument("region_dir", type=Path, metavar="REGION_DIR")
-    prepare.add_argument("--quiet", action="store_true", help="no progress bar")
+    prepare.add_argument("region_dir", type=Path, metavar="REGION_DIR", help="a folder with region.toml")
     prepare.set_defaults(handler=_prepare)
 
     status = root.add_parser("status", help="what is built for a region", description="List what is built, with absolute paths.")
-    status.add_argument("region_dir", type=Path, metavar="REGION_DIR")
+    status.add_argument("region_dir", type=Path, metavar="REGION_DIR", help="a region folder")
     status.add_argument("--json", action="store_true", help="machine-readable JSON")
     status.set_defaults(handler=_status)
 

@@ -8,10 +8,15 @@ from pathlib import Path
 
 def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     root = groups["root"]
-    p = root.add_parser("serve", help="serve a region as XYZ/TileJSON/WMTS tiles with on-demand model compute")
-    p.add_argument("region", type=Path, metavar="REGION_DIR")
+    p = root.add_parser(
+        "serve", help="serve a region as XYZ/TileJSON/WMTS tiles with on-demand model compute",
+        description="Serve a prepared region's factors, imagery and model layers as XYZ tiles, TileJSON, WMTS "
+        "and /point answers; model layers are computed block by block on request and cached under "
+        "REGION_DIR/cache. Prints the map, layer, WMTS and API URLs.",
+    )
+    p.add_argument("region", type=Path, metavar="REGION_DIR", help="a prepared region folder")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--cache-dir", type=Path, default=None, help="block store and tile cache (default REGION/cache)")
     p.add_argument("--cache-size-mb", type=float, default=512.0, help="tile cache limit, LRU eviction (0 = off)")
     p.add_argument("--max-blocks", type=int, default=16, help="model blocks one request may compute")
@@ -35,19 +40,28 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
                    help="browser origin allowed to read answers (repeatable; '*' = any); default: none (CORS off)")
     p.add_argument("--limit-concurrency", type=int, default=256,
                    help="open connections beyond which uvicorn answers 503 (default 256)")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                   help="uvicorn's log level (default info; --quiet means warning)")
     p.set_defaults(handler=_serve)
 
-    s = root.add_parser("seed", help="fill a region's block store and tile cache ahead of users")
-    s.add_argument("region", type=Path, metavar="REGION_DIR")
+    s = root.add_parser(
+        "seed", help="fill a region's block store and tile cache ahead of users",
+        description="Render a layer's tiles over a zoom range ahead of users: into the server's tile cache "
+        "(--format tree, REGION_DIR/cache) or into one MBTiles or PMTiles archive (--out), in this process "
+        "or on a Dask cluster. Prints tiles, blocks and seconds per layer.",
+    )
+    s.add_argument("region", type=Path, metavar="REGION_DIR", help="a prepared region folder")
     s.add_argument("--layer", action="append", required=True, help="layer id (repeatable), e.g. susceptibility")
     s.add_argument("--zoom", default=None, help="zoom range, e.g. 8-12 (default: the layer's own range)")
-    s.add_argument("--tms", default="WebMercatorQuad")
-    s.add_argument("--tile-format", default="png", choices=("png", "webp", "tif", "npy"))
+    s.add_argument("--tms", default="WebMercatorQuad",
+                   help="tile matrix set (default WebMercatorQuad; the server's /tileMatrixSets lists the others)")
+    s.add_argument("--tile-format", default="png", choices=("png", "webp", "tif", "npy"),
+                   help="tile encoding (default png)")
     s.add_argument("--format", dest="out_format", default="tree", choices=("tree", "mbtiles", "pmtiles"),
                    help="tree = the server's tile cache; mbtiles / pmtiles = one archive at --out")
     s.add_argument("--out", type=Path, default=None, help="archive path for mbtiles/pmtiles")
-    s.add_argument("--cache-dir", type=Path, default=None)
+    s.add_argument("--cache-dir", type=Path, default=None,
+                   help="block store and tile cache (default REGION/cache; use the server's)")
     s.add_argument("--dask", default=None, help="'local' (LocalCluster) or tcp://scheduler:8786; default: in process")
     s.add_argument("--model", default=None, help="model name or version (default: the region's default model)")
     s.add_argument("--block-size", type=int, default=256, help="model block size; use the server's (default 256)")
@@ -88,7 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"  note: bound to {args.host}; other machines can reach this server "
               f"(Host headers accepted: {', '.join(settings.allowed_hosts)}; add names with --allowed-host or --public-url)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else args.log_level,
                 limit_concurrency=args.limit_concurrency, timeout_graceful_shutdown=5)
     return 0
 
@@ -99,7 +113,7 @@ def _seed(args: argparse.Namespace) -> int:
     report = seed(
         args.region, layers=args.layer, zoom=args.zoom, tms_id=args.tms, tile_format=args.tile_format,
         out_format=args.out_format, out=args.out, cache_dir=args.cache_dir, dask=args.dask, model=args.model,
-        block_size=args.block_size,
+        block_size=args.block_size, progress=not args.quiet,
     )
     print(report)
     return 0

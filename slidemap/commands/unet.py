@@ -49,13 +49,15 @@ def register(groups: dict[str, Any]) -> None:
     p.add_argument("--mask-encoding", default="auto", choices=("auto", "gt127", "binary", "sparse"),
                    help="chip-folder masks: gt127 (first channel > 127), binary (non-zero), "
                    "sparse (0 unlabelled, 1 background, 2 landslide); auto decides from the values")
-    p.add_argument("--preset", default="demo", choices=("quick", "demo", "paper"))
+    p.add_argument("--preset", default="demo", choices=("quick", "demo", "paper"),
+                   help="quick: smoke runs; demo (default): width 16 trained to convergence, minutes on 2 cores; "
+                   "paper: the paper's width 64, 30 GP+EI trials and four-model comparison")
     p.add_argument("--name", help="model name (default attention-unet)")
     p.add_argument("--base-width", type=int, help="filters of the first level (doubling per level)")
     p.add_argument("--epochs", type=int, help="maximum epochs (early stopping decides)")
     p.add_argument("--epoch-chips", type=int, help="chips drawn per epoch")
     p.add_argument("--min-epochs", type=int, help="never stop before this many epochs")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="chips per optimiser step")
     p.add_argument("--patience", type=int, help="epochs without a better validation score before stopping (0 = off)")
     p.add_argument("--monitor", choices=("pr_auc", "f1"), help="validation score early stopping watches")
     p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
@@ -80,12 +82,11 @@ def register(groups: dict[str, Any]) -> None:
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="flips, quarter turns, brightness/contrast/gamma jitter")
     p.add_argument("--splits", type=_csv, help="blocked and/or random (default: the preset's)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--optimizer", choices=("adam", "sgd"))
-    p.add_argument("--learning-rate", type=float)
-    p.add_argument("--alpha", type=float)
-    p.add_argument("--gamma", type=float)
-    p.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bars")
+    p.add_argument("--seed", type=int, help="random seed of splits, sampling and weights (default 0)")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), help="optimiser when the search is off (default adam)")
+    p.add_argument("--learning-rate", type=float, help="peak learning rate when the search does not set it")
+    p.add_argument("--alpha", type=float, help="focal loss alpha (landslide weight) when the search is off")
+    p.add_argument("--gamma", type=float, help="focal loss gamma (focusing) when the search is off")
     p.set_defaults(handler=train_handler)
 
     d = groups["root"].add_parser(
@@ -105,20 +106,21 @@ def register(groups: dict[str, Any]) -> None:
                    help="also write a 0/1 mask cut at the model's threshold (OUT_mask.tif, or OUT/masks/)")
     d.add_argument("--band-order", type=_csv, help="the file's band names in order, e.g. B4,B3,B2,B8 or R,G,B,NIR")
     d.add_argument("--scale", type=float, help="reflectance = value / SCALE (e.g. 10000 for Sentinel-2 DN)")
-    d.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bar")
     d.set_defaults(handler=detect_handler)
 
     i = groups["root"].add_parser(
         "inventory",
         help="map landslide areas over a region: detect, mask, vectorise, compare with the inventory",
+        description="Run the detector over the region's imagery, cut at the model's threshold, vectorise the "
+        "landslide areas into a GeoPackage beside the probability COG, and compare them with the region's "
+        "inventory (areas, overlap). Writes to REGION_DIR/maps/.",
     )
-    i.add_argument("region", metavar="REGION_DIR")
+    i.add_argument("region", metavar="REGION_DIR", help="a prepared region folder")
     i.add_argument("--model", metavar="NAME|VERSION|DIR",
                    help="detector: a name, a version hash or a folder (default: the region's default detector, "
                    "the best by blocked F1 with skill)")
     i.add_argument("--threshold", type=float, help="probability cut (default: the model's own, from its card)")
     i.add_argument("--min-pixels", type=int, default=4, help="drop areas smaller than this many pixels")
-    i.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bar")
     i.set_defaults(handler=inventory_handler)
 
 
@@ -159,7 +161,7 @@ def train_handler(args: argparse.Namespace) -> int:
     from slidemap.training.scene import scene_from_region
 
     cfg = _config(args)
-    progress = not args.no_progress
+    progress = not args.quiet
     name = args.name or "attention-unet"
     run_id = unet_report.new_run_id()
     region = None
@@ -251,7 +253,7 @@ def detect_handler(args: argparse.Namespace) -> int:
     model_dir, input_path, out = _detect_model(args)
     _warn_if_no_skill(model_dir)
     summary = detect_file(model_dir, input_path, out, band_order=args.band_order, scale=args.scale,
-                          progress=not args.no_progress, mask=args.mask)
+                          progress=not args.quiet, mask=args.mask)
     summary["model_dir"] = str(model_dir)
     print(json.dumps(summary, indent=2))
     return 0
@@ -265,7 +267,7 @@ def inventory_handler(args: argparse.Namespace) -> int:
     model_dir = pick_detector(Path(args.region), args.model)
     _warn_if_no_skill(model_dir)
     result = map_inventory(args.region, model_dir=model_dir, threshold=args.threshold,
-                           min_pixels=args.min_pixels, progress=not args.no_progress)
+                           min_pixels=args.min_pixels, progress=not args.quiet)
     print(f"areas: {result['areas_kept']} kept of {result['areas_detected']} detected -> {result['gpkg']}")
     obj = result.get("object_level") or {}
     if obj:
