@@ -335,6 +335,9 @@ def display_stretch(sample: np.ndarray) -> float:
     return 255.0 / top if top > 0 else 1.0
 
 
+MASK_COLOUR = (228, 26, 28)  # the inventory overlay's landslide red
+
+
 def mask_path_for(out_path: Path) -> Path:
     """Where the 0/1 mask goes beside a probability GeoTIFF: ``OUT_mask.tif``."""
     return out_path.with_name(f"{out_path.stem}_mask{out_path.suffix or '.tif'}")
@@ -433,6 +436,7 @@ def detect_file(
                     mask_dst = rasterio.open(mask_work, "w", **{**profile, "dtype": "uint8", "nodata": MASK_NODATA})
                     mask_dst.set_band_description(1, "landslide")
                     mask_dst.update_tags(**tags, values="1 landslide (probability >= threshold), 0 not, 255 no data")
+                    mask_dst.write_colormap(1, {0: (0, 0, 0, 0), 1: (*MASK_COLOUR, 255)})
                 with rasterio.open(work, "w", **profile) as dst, tqdm(
                     total=h, desc=f"detect {input_path.name}", unit="row", disable=not progress, leave=False
                 ) as bar:
@@ -463,12 +467,23 @@ def detect_file(
                 for leftover in (work, mask_work):
                     if leftover.exists():
                         leftover.unlink()
+    _write_styles(out_path, mask_target)
     return {"input": str(input_path), "output": str(out_path), "model_version": det.version,
             "model": det.card.get("name"), "bands": dict(zip(det.bands, indexes, strict=True)), "scaling": how,
             "valid_pixels": stats_acc["n"],
             "mean_probability": stats_acc["sum"] / stats_acc["n"] if stats_acc["n"] else None,
             "pixels_above_threshold": stats_acc["above"], "threshold": threshold,
             "mask": str(mask_target) if mask_target else None}
+
+
+def _write_styles(prob_path: Path, mask_path: Path | None) -> None:
+    """QGIS/SLD styles beside the probability COG (the server's ramp) and the mask (its classes)."""
+    from slidemap.compute.styles import DETECTION_COLORMAP, Stop, colormap_stops, write_category_names, write_raster_styles
+
+    write_raster_styles(prob_path, colormap_stops(DETECTION_COLORMAP, units="probability"), classes=False)
+    if mask_path is not None:
+        write_category_names(mask_path, {0: "not a landslide", 1: "landslide"})
+        write_raster_styles(mask_path, [Stop(1, MASK_COLOUR, "landslide")], classes=True)
 
 
 def detect_folder(

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from slidemap.compute.inventory_layers import DETECTED_LAYER, DETECTED_NAME, read_inventory, write_detected_styles
 from slidemap.errors import BuildError
 
 log = logging.getLogger(__name__)
@@ -149,15 +150,16 @@ def map_inventory(
     frame = gpd.GeoDataFrame(rows, geometry="geometry", crs=crs) if rows else gpd.GeoDataFrame(
         {"id": [], "pixels": [], "mean_probability": []}, geometry=[], crs=crs)
     frame["area"] = frame.geometry.area if len(frame) else []
-    gpkg = out_dir / "landslides_detected.gpkg"
+    gpkg = out_dir / DETECTED_NAME
     marked = region_is_synthetic(region_dir) or bool(det.card.get("synthetic"))
     with atomic_path(gpkg, suffix=".gpkg") as tmp:
-        frame.to_file(tmp, layer="landslides", driver="GPKG",
+        frame.to_file(tmp, layer=DETECTED_LAYER, driver="GPKG",
                       **({"layer_metadata": {"SYNTHETIC": "true"}} if marked else {}))
+        write_detected_styles(tmp)
     inventory = None
     inv_path = build / "inventory.gpkg"
     if inv_path.is_file():
-        inv = gpd.read_file(inv_path, layer="landslides")
+        inv = read_inventory(inv_path)
         if "label" in inv.columns:
             inv = inv[inv["label"].astype(bool)]
         inventory = inv.to_crs(crs) if inv.crs is not None and crs is not None else inv

@@ -78,14 +78,18 @@ def write_cog(
     nodata: float | None = None,
     tags: dict[str, str] | None = None,
     overview_resampling: str = "average",
+    colormap: dict[int, tuple[int, ...]] | None = None,
 ) -> None:
-    """Write ``data`` ([bands, H, W] or [H, W]) as a Cloud-Optimised GeoTIFF with overviews."""
+    """Write ``data`` ([bands, H, W] or [H, W]) as a Cloud-Optimised GeoTIFF with overviews;
+    ``colormap`` (``{value: rgb(a)}``, uint8 data) becomes its colour table."""
     if data.ndim == 2:
         data = data[np.newaxis]
     if data.shape[1:] != grid.shape:
         raise ValueError(f"array shape {data.shape[1:]} does not match grid {grid.shape}")
     with cog_writer(target, grid, data.shape[0], data.dtype.name, band_names, nodata, tags, overview_resampling) as dst:
         dst.write(data)
+        if colormap:
+            dst.write_colormap(1, colormap)
 
 
 @contextlib.contextmanager

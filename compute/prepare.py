@@ -30,6 +30,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from slidemap.compute import terrain
+from slidemap.compute.inventory_layers import read_inventory, write_inventory
 from slidemap.compute.factors import (
     CATEGORICAL_FACTORS,
     FACTOR_ORDER,
@@ -60,6 +61,7 @@ class PrepareResult:
     built: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    inventory: dict[str, Any] = field(default_factory=dict)  # features read, kept and dropped per input
 
 
 def _key(*parts: Any) -> str:
@@ -490,23 +492,28 @@ class _Builder:
         if not specs:
             return
         shas = [self.sha(s.path) for s in specs]
-        key = _key("inventory", shas, [s.model_dump() for s in specs], self.grid.crs.to_string())
+        key = _key("inventory", "layers-by-geometry", shas, [s.model_dump() for s in specs], self.grid.crs.to_string())
         target = self.build / "inventory.gpkg"
 
         def build() -> dict[str, Any]:
             import geopandas as gpd
             import pandas as pd
 
-            frames = [self._read_inventory(s) for s in specs]
-            frame = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=self.grid.crs)
+            read = [self._read_inventory(s) for s in specs]
+            frame = gpd.GeoDataFrame(pd.concat([f for f, _ in read], ignore_index=True), crs=self.grid.crs)
+            if frame.empty:
+                raise RegionError(f"{', '.join(s['file'] for _, s in read)}: no inventory feature lies inside the "
+                                  "region; check the inventory's CRS and the DEM's extent")
             with atomic_path(target) as tmp:
-                frame.to_file(tmp, layer="landslides", driver="GPKG", **self.gpkg_metadata())
+                layers = write_inventory(tmp, frame, **self.gpkg_metadata())
             return {
                 "landslides": int(frame["label"].sum()),
                 "non_landslides": int((~frame["label"]).sum()),
+                "layers": layers,
+                "inputs": [s for _, s in read],
             }
 
-        self.step("inventory", key, [target], build)
+        self.result.inventory = self.step("inventory", key, [target], build)
         self.part_keys["inventory"] = key
 
     def _read_inventory(self, spec: Any):
@@ -539,8 +546,19 @@ class _Builder:
         else:
             labels = [True] * len(frame)
         out = gpd.GeoDataFrame({"label": np.asarray(labels, dtype=bool), "source": path.name}, geometry=frame.geometry.values, crs=frame.crs)
+        n_read = len(out)
         out = out[out.geometry.notna() & ~out.geometry.is_empty]
-        return out.to_crs(self.grid.crs)
+        no_geometry = n_read - len(out)
+        out = out.to_crs(self.grid.crs)
+        from shapely.geometry import box
+
+        inside = out.intersects(box(*self.grid.bounds))
+        outside = int((~inside).sum())
+        out = out[inside]
+        stats = {"file": path.name, "read": n_read, "kept": len(out), "landslides": int(out["label"].sum()),
+                 "non_landslides": int((~out["label"]).sum()),
+                 "dropped": {k: v for k, v in (("no or empty geometry", no_geometry), ("outside the region", outside)) if v}}
+        return out, stats
 
     def labels(self) -> None:
         if "inventory" not in self.part_keys:
@@ -555,7 +573,7 @@ class _Builder:
             def build(name: str = name, grid: Grid = grid, target: Path = target) -> dict[str, Any]:
                 import geopandas as gpd
 
-                frame = gpd.read_file(self.build / "inventory.gpkg")
+                frame = read_inventory(self.build / "inventory.gpkg")
                 labels = np.zeros(grid.shape, dtype=np.uint8)
                 negatives = frame[~frame["label"].astype(bool)]
                 positives = frame[frame["label"].astype(bool)]

@@ -211,7 +211,14 @@ def map_region(
 
     from slidemap.compute.grid import Grid
     from slidemap.compute.io import write_cog, write_json_atomic
-    from slidemap.training.lsm_report import classify, jenks_classes
+    from slidemap.compute.classes import class_table, classify, jenks_classes
+    from slidemap.compute.styles import (
+        SUSCEPTIBILITY_COLORMAP,
+        Stop,
+        colormap_stops,
+        write_category_names,
+        write_raster_styles,
+    )
 
     if mode not in MODES:
         raise InputError(f"--mode {mode}: choose auto, window or dense")
@@ -248,8 +255,13 @@ def map_region(
     classes = jenks_classes(prob.ravel(), slides, breaks=breaks, cell_area_km2=cell_km2)
     class_map = classify(prob, classes["breaks"])
     classes_tif = out.with_name(out.stem + "_classes.tif")
+    table = class_table()
     write_cog(classes_tif, class_map, grid, band_names=["susceptibility_class"], nodata=0, tags=tags,
-              overview_resampling="mode")
+              overview_resampling="mode", colormap={0: (0, 0, 0, 0), **{v: (*rgb, 255) for v, (_, rgb) in table.items()}})
+    # styles beside both maps, so QGIS opens them as the server shows them
+    write_category_names(classes_tif, {0: "no data", **{v: name for v, (name, _) in table.items()}})
+    styles = write_raster_styles(classes_tif, [Stop(v, rgb, name) for v, (name, rgb) in table.items()], classes=True)
+    styles += write_raster_styles(out, colormap_stops(SUSCEPTIBILITY_COLORMAP, units="probability"), classes=False)
     summary = {
         "kind": "lsm_map",
         "synthetic": synthetic,
@@ -259,6 +271,7 @@ def map_region(
         "computed_by": sm.computed_by,
         "probability": str(out),
         "classes_raster": str(classes_tif),
+        "styles": [str(p) for p in styles],
         "cells": n_cells,
         "seconds": round(seconds, 2),
         "cells_per_s": round(n_cells / seconds, 1) if seconds > 0 else None,

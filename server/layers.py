@@ -41,8 +41,11 @@ from slidemap.compute.blocks import (
     short_error,
     susceptibility_runner,
 )
+from slidemap.compute.classes import CLASS_COLOURS, CLASS_NAMES
 from slidemap.compute.grid import Grid
+from slidemap.compute.inventory_layers import latest_detected, read_inventory
 from slidemap.compute.io import write_cog
+from slidemap.compute.styles import DETECTION_COLORMAP, SUSCEPTIBILITY_COLORMAP
 from slidemap.compute.models.select import ROLES, default_model, has_skill, resolve_model, skill_note
 from slidemap.compute.models.store import ModelInfo, list_models, verify
 from slidemap.errors import BuildError, ModelError, SlidemapError
@@ -50,8 +53,6 @@ from slidemap.server.errors import LayerNotFound, ModelNotFound
 
 log = logging.getLogger(__name__)
 
-CLASS_NAMES = ("very low", "low", "moderate", "high", "very high")
-CLASS_COLOURS = ((26, 152, 80), (145, 207, 96), (254, 224, 139), (252, 141, 89), (215, 48, 39))
 ROLE_OF_KIND = {kind: role for role, kind in ROLES.items()}
 RENDER_VERSION = "2"  # bump when the same inputs would render different tile bytes
 
@@ -283,8 +284,7 @@ class LayerRegistry:
     # ---- following the inputs ------------------------------------------------------------------
     def _detected_source(self) -> Path:
         """The newest `slidemap inventory` run's detected polygons (run ids start with a UTC timestamp)."""
-        runs = sorted((self.region_dir / "reports" / "inventory").glob("*/landslides_detected.gpkg"))
-        return runs[-1] if runs else self.build / "detected.gpkg"
+        return latest_detected(self.region_dir) or self.build / "detected.gpkg"
 
     def _signature(self) -> tuple:
         """(size, mtime, inode) of every file the layers are made from: a few stat calls."""
@@ -373,7 +373,7 @@ class LayerRegistry:
             )
         layers["detection"] = Layer(
             "detection", f"Landslide probability (U-Net){tag}", "detection", "probability",
-            rescale=((0.0, 1.0),), colormap_name="magma", model_kind="unet", output="probability",
+            rescale=((0.0, 1.0),), colormap_name=DETECTION_COLORMAP, model_kind="unet", output="probability",
             description=f"U-Net landslide probability, computed on request at the imagery resolution{tag}",
             input="imagery",
         )
@@ -408,7 +408,7 @@ class LayerRegistry:
                 )
         layers["susceptibility"] = Layer(
             "susceptibility", f"Susceptibility probability{tag}", "susceptibility", "probability",
-            rescale=((0.0, 1.0),), colormap_name="rdylgn_r", model_kind="lsm", output="probability",
+            rescale=((0.0, 1.0),), colormap_name=SUSCEPTIBILITY_COLORMAP, model_kind="lsm", output="probability",
             description=f"Landslide susceptibility probability on the analysis grid, computed on request{tag}",
             input="factors",
         )
@@ -489,7 +489,7 @@ class LayerRegistry:
             if not path.is_file():
                 continue
             try:
-                gdf = gpd.read_file(path)
+                gdf = read_inventory(path)
             except Exception as exc:  # noqa: BLE001 - a broken optional overlay source is skipped
                 log.warning("%s: cannot read (%s); inventory overlay skips it", path.name, exc)
                 continue
@@ -706,7 +706,7 @@ class LayerRegistry:
 
     def classify(self, prob: np.ndarray, breaks: list[float]) -> np.ndarray:
         """Class 1..5 per value, 0 for NaN: the same rule as the susceptibility report."""
-        from slidemap.training.lsm_report import classify
+        from slidemap.compute.classes import classify
 
         return classify(prob, breaks)
 

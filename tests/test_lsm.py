@@ -12,7 +12,8 @@ import rasterio
 from scipy import stats
 
 from slidemap.training.cls_metrics import classification_metrics, mcnemar_test, rate_curve, youden_threshold
-from slidemap.training.lsm_report import classify, jenks_breaks, jenks_classes, single_factor_auc
+from slidemap.compute.classes import classify, jenks_breaks, jenks_classes
+from slidemap.training.lsm_report import single_factor_auc
 from slidemap.training.samples import SOURCES, balanced_weights, build_samples, load_region_data
 
 METRIC_KEYS = {"accuracy", "precision", "recall", "f1", "f1_macro", "roc_auc", "pr_auc", "threshold"}

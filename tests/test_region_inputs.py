@@ -10,7 +10,7 @@ import geopandas as gpd
 import numpy as np
 import rasterio
 from affine import Affine
-from shapely.geometry import Point
+from shapely.geometry import Point, box
 
 from slidemap.cli import main
 from slidemap.compute.region import load_region
@@ -119,3 +119,17 @@ def test_a_valid_region_with_points_still_prepares(tmp_path):
     _region(tmp_path, 'dem = "dem.tif"\ninventory = { path = "inv.gpkg" }')
     assert main(["prepare", str(tmp_path), "--quiet"]) == 0
     assert (tmp_path / "build" / "factors.tif").is_file()
+
+
+def test_prepare_says_what_it_loaded_and_dropped(tmp_path, capsys):
+    _raster(tmp_path / "dem.tif")  # 40 x 40 cells of 30 m from (500000, 3200000)
+    (tmp_path / "pts.csv").write_text("x,y,label\n500100,3199900,1\n500300,3199500,0\n490000,3199500,1\n")
+    gpd.GeoDataFrame({"label": [True]}, geometry=[box(500600, 3199000, 500700, 3199100)], crs=UTM).to_file(
+        tmp_path / "polys.gpkg", layer="slides")
+    _region(tmp_path, 'dem = "dem.tif"\ninventory = [{ path = "pts.csv", label = "label" }, { path = "polys.gpkg" }]')
+    assert main(["prepare", str(tmp_path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "pts.csv: 3 features read, 2 kept (1 landslides, 1 non-landslides); dropped: 1 outside the region" in out
+    assert "polys.gpkg: 1 features read, 1 kept (1 landslides, 0 non-landslides); dropped: none" in out
+    assert "inventory_polygons 1, inventory_points 2" in out
+

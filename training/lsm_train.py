@@ -236,7 +236,8 @@ def train_lsm(
     from tqdm.auto import tqdm
 
     from slidemap.training.lsm_distil import distil
-    from slidemap.training.lsm_report import jenks_breaks, jenks_classes, planted_rule, single_factor_auc, write_report
+    from slidemap.compute.classes import jenks_breaks, jenks_classes
+    from slidemap.training.lsm_report import planted_rule, single_factor_auc, write_report
 
     overrides = dict(overrides or {})
     if models is not None:

@@ -150,11 +150,11 @@ def balanced_weights(y: np.ndarray) -> np.ndarray:
 
 
 def find_detected_inventory(region_dir: str | Path) -> Path | None:
-    """The newest detected-inventory GeoPackage written by ``slidemap inventory``, if any."""
-    candidates = sorted(
-        (Path(region_dir) / "reports" / "inventory").glob("*/*.gpkg"), key=lambda p: p.stat().st_mtime
-    )
-    return candidates[-1] if candidates else None
+    """The newest detected-inventory GeoPackage written by ``slidemap inventory``, if any (the one
+    rule: :func:`slidemap.compute.inventory_layers.latest_detected`)."""
+    from slidemap.compute.inventory_layers import latest_detected
+
+    return latest_detected(Path(region_dir))
 
 
 def rasterise_detected(path: Path, grid: Grid) -> np.ndarray:

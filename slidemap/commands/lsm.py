@@ -122,7 +122,8 @@ def _map(args: argparse.Namespace) -> int:
         f"{path}): {summary['cells']} cells in {summary['seconds']} s ({summary['cells_per_s']} cells/s)"
     )
     print(f"  probability: {Path(summary['probability']).resolve()}")
-    print(f"  classes:     {Path(summary['classes_raster']).resolve()}")
+    print(f"  classes:     {Path(summary['classes_raster']).resolve()} (colour table and class names inside)")
+    print(f"  styles:      {', '.join(Path(p).name for p in summary['styles'])} (QGIS .qml, OGC .sld) beside them")
     cls = summary["classes"]
     for i, name in enumerate(cls["names"]):
         share = cls.get("landslide_share", [float("nan")] * 5)[i]

@@ -58,6 +58,14 @@ def _prepare(args: argparse.Namespace) -> int:
         f"{len(result.factor_names)} factors ({', '.join(result.factor_names)}); "
         f"built {len(result.built)} steps, reused {len(result.reused)}"
     )
+    inv = result.inventory
+    for item in inv.get("inputs", []):
+        dropped = "; ".join(f"{n} {why}" for why, n in item["dropped"].items()) or "none"
+        print(f"  inventory {item['file']}: {item['read']} features read, {item['kept']} kept "
+              f"({item['landslides']} landslides, {item['non_landslides']} non-landslides); dropped: {dropped}")
+    if inv.get("layers"):
+        layers = ", ".join(f"{name} {n}" for name, n in inv["layers"].items())
+        print(f"  inventory layers in {result.build_dir / 'inventory.gpkg'}: {layers} (styled for QGIS)")
     return 0
 
 
