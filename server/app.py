@@ -105,6 +105,7 @@ class LayerEntry(BaseModel):
     title: str = Field(description="computed layers name their model and its skill, e.g. 'NO SKILL (...)'")
     kind: str = Field(description="imagery | factor | detection | susceptibility | overlay")
     units: str
+    categorical: bool = Field(False, description="class values (nearest-neighbour at every zoom, a class legend)")
     description: str
     synthetic: bool
     computed: bool = Field(description="computed on request by a model through the block engine")
@@ -176,6 +177,8 @@ class PointResponse(BaseModel):
     inside: bool = Field(description="the point lies inside the region's analysis grid")
     synthetic: bool
     factors: dict[str, float | None] = Field(description="factor values in physical units (null = nodata)")
+    factor_classes: dict[str, str] = Field(default_factory=dict,
+                                           description="class names of the categorical factors' values there")
     units: dict[str, str]
     detection_probability: float | None = Field(None, description="U-Net landslide probability, 0..1")
     detection_model: str | None = None
@@ -372,6 +375,7 @@ def create_app(region_dir: Path, settings: ServerSettings | None = None) -> Fast
         b = base(request)
         entry: dict[str, Any] = {
             "id": layer.id, "title": layer.title, "kind": layer.kind, "units": layer.units,
+            "categorical": bool(layer.categorical),
             "description": layer.description, "synthetic": registry.synthetic, "computed": layer.computed,
             "formats": list(FORMATS), "available": True, "problem": None,
             "tilejson": f"{b}/layers/{layer.id}/WebMercatorQuad/tilejson.json",
@@ -609,7 +613,7 @@ def create_app(region_dir: Path, settings: ServerSettings | None = None) -> Fast
     def _point(lon: float, lat: float, chosen: dict[str, str | None], cancel: threading.Event) -> dict[str, Any]:
         catalog = registry.refresh()
         out: dict[str, Any] = {"lon": lon, "lat": lat, "inside": False, "synthetic": catalog.synthetic,
-                               "factors": {}, "units": {}, "notes": {}}
+                               "factors": {}, "factor_classes": {}, "units": {}, "notes": {}}
         factors = catalog.inputs.get("factors")
         if factors is not None:
             for layer in catalog.layers.values():
@@ -633,6 +637,10 @@ def create_app(region_dir: Path, settings: ServerSettings | None = None) -> Fast
                     if vals is not None:
                         for name, v in zip(factors.bands, vals, strict=False):
                             out["factors"][name] = float(v) if math.isfinite(float(v)) else None
+                            layer = catalog.layers.get(f"factors/{name}")
+                            if layer is not None and layer.categorical and math.isfinite(float(v)):
+                                code = int(round(float(v)))
+                                out["factor_classes"][name] = layer.classes.get(code, f"class {code}")
             else:
                 out["notes"]["factors"] = scrub(factors.problem or "factors unreadable")
         for prefix in ("detection", "susceptibility"):

@@ -255,3 +255,45 @@ def test_dashboard_in_headless_chromium(dashboard, tile_server, output_dir):
     assert any(u.startswith(server_url) for u in requests)
     assert shot.stat().st_size > 10_000
     print(f"screenshot: {shot}")
+
+
+@pytest.mark.parametrize("tile_server", ["real"], indirect=True)
+def test_server_map_page_in_headless_chromium(tile_server):
+    """The tile server's own map page: a legend for every visible layer, class names in the popup."""
+    _, server_url, _ = tile_server
+    requests: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            context.on("request", lambda r: requests.append(r.url))
+            page = context.new_page()
+            page.goto(f"{server_url}/", wait_until="domcontentloaded")
+            legend = page.locator("#legend")
+            legend.wait_for(state="visible", timeout=30000)  # the first layer is on, with its legend
+            page.wait_for_function("() => document.querySelectorAll('#legend b').length === 1", timeout=20000)
+            titles = {lyr["id"]: lyr["title"] for lyr in
+                      page.evaluate("() => fetch('layers').then(r => r.json())")["layers"]}
+            for layer_id in ("factors/slope", "factors/landcover"):
+                page.locator(".leaflet-control-layers-overlays label", has_text=titles[layer_id]).first.click()
+            page.wait_for_function("() => document.querySelectorAll('#legend b').length === 3", timeout=20000)
+            text = legend.inner_text()
+            assert titles["factors/slope"] in text and titles["factors/landcover"] in text
+            # the layer switched on last is drawn on top, and its legend comes first
+            assert text.index(titles["factors/landcover"]) < text.index(titles["factors/slope"])
+            page.locator(".leaflet-control-layers-overlays label", has_text=titles["factors/slope"]).first.click()
+            page.wait_for_function("() => document.querySelectorAll('#legend b').length === 2", timeout=20000)
+            box = page.locator("#map").bounding_box()
+            page.locator("#map").click(position={"x": box["width"] * 0.3, "y": box["height"] * 0.55})
+            popup = page.locator(".leaflet-popup-content")
+            popup.wait_for(state="visible", timeout=20000)
+            page.wait_for_function("() => document.querySelector('.leaflet-popup-content').innerText.includes('landcover:')",
+                                   timeout=20000)
+            line = next(ln for ln in popup.inner_text().splitlines() if ln.startswith("landcover:"))
+            value = line.split(":", 1)[1].strip()
+            assert value and not value[0].isdigit(), line  # a class name, not "1.000 class"
+        finally:
+            browser.close()
+    outside = [u for u in requests if urlsplit(u).scheme in ("http", "https", "ws", "wss")
+               and urlsplit(u).hostname not in LOCAL_HOSTS]
+    assert not outside, f"requests left loopback: {outside[:5]}"

@@ -455,6 +455,13 @@ def test_point_returns_factors_and_model_outputs(server):
     assert 0 <= p["detection_probability"] <= 1 and p["detection_model"]
     assert 0 <= p["susceptibility_probability"] <= 1 and 1 <= p["susceptibility_class"] <= 5
     assert p["susceptibility_class_name"]
+    # categorical factors are named as the region's class tables name them
+    landcover = client.get("/layers/factors/landcover/legend").json()
+    names = {c["label"] for c in landcover["classes"]}
+    assert p["factors"]["landcover"] is not None and p["factor_classes"]["landcover"] in names
+    assert set(p["factor_classes"]) <= {"landcover", "soil", "lithology"}
+    layers = {lyr["id"]: lyr for lyr in client.get("/layers").json()["layers"]}
+    assert layers["factors/landcover"]["categorical"] and not layers["factors/slope"]["categorical"]
     out = client.get("/point", params={"lon": 0.0, "lat": 0.0}).json()
     assert out["inside"] is False and out["detection_probability"] is None
 
