@@ -57,7 +57,7 @@ def time_map(sm, stack, block) -> tuple[float, np.ndarray]:
 def untrained(card_model, keras_model, mode):
     from dataclasses import replace
 
-    from slidemap.training.lsm import compiled_predict
+    from slidemap.compute.inference import compiled_predict
 
     return replace(card_model, model=keras_model, mode=mode, version="untrained", halo=11,
                    predict_fn=compiled_predict(keras_model))

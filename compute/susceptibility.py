@@ -147,7 +147,7 @@ def load_susceptibility(model_dir: str | Path, mode: str | None = None) -> Susce
     model = _load_weights(run_dir, run_card)
     run_arch = run_card.get("architecture", "")
     kind = "centre" if run_arch.startswith("centre") else "dense" if run_arch == "dense_fcn" else "window"
-    from slidemap.training.lsm import compiled_predict
+    from slidemap.compute.inference import compiled_predict
 
     windows = card.get("windows") or {}
     n = len(encoding.channels)

@@ -175,29 +175,3 @@ def _leaf_layers(model: Any) -> list[Any]:
     for layer in model.layers:
         out.extend(_leaf_layers(layer) if hasattr(layer, "layers") and layer.layers else [layer])
     return out
-
-
-def compiled_predict(model: Any) -> Any:
-    """``numpy -> numpy`` inference traced once for any batch (and, for the fast form, any block)
-    size: Keras' ``predict_on_batch`` retraces for every new input shape (e.g. the last batch).
-    A model with several inputs takes a list of arrays."""
-    cached = getattr(model, "_slidemap_predict", None)
-    if cached is not None:
-        return cached
-    from slidemap.compute.inference import configure_tensorflow
-
-    tf = configure_tensorflow()
-    specs = [tf.TensorSpec([None, *t.shape[1:]], tf.float32) for t in model.inputs]
-    if len(specs) == 1:
-        fn = tf.function(lambda x: model(x, training=False), input_signature=specs, reduce_retracing=True)
-
-        def predict(x: Any) -> np.ndarray:
-            return fn(tf.convert_to_tensor(x, tf.float32)).numpy()
-    else:
-        fn = tf.function(lambda *xs: model(list(xs), training=False), input_signature=specs, reduce_retracing=True)
-
-        def predict(x: Any) -> np.ndarray:
-            return fn(*[tf.convert_to_tensor(a, tf.float32) for a in x]).numpy()
-
-    model._slidemap_predict = predict
-    return predict

@@ -30,9 +30,9 @@ from slidemap.training.lsm import (
     DENSE_HALO,
     build_dense_fcn,
     centre_linear_weights,
-    compiled_predict,
     set_centre_linear,
 )
+from slidemap.compute.inference import compiled_predict
 from slidemap.training.lsm_config import LsmConfig
 from slidemap.training.lsm_fit import FittedModel, StackCache, predict_cells
 from slidemap.training.samples import RegionData, SampleSet

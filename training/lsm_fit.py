@@ -100,7 +100,7 @@ def predict_cells(fitted: FittedModel, stacks: StackCache, rows: np.ndarray, col
     if fitted.kind == "centre":
         out[:] = fitted.model.predict_proba(centre)[:, 1]
         return out
-    from slidemap.training.lsm import compiled_predict
+    from slidemap.compute.inference import compiled_predict
 
     predict = compiled_predict(fitted.model)
     stack = stacks.window_stack(fitted.inputs.window_channels)
