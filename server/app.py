@@ -521,6 +521,35 @@ def create_app(region_dir: Path, settings: ServerSettings | None = None) -> Fast
 
     y_pattern = rf"^[0-9]{{1,9}}(@[1-{min(9, settings.max_scale)}]x)?\.({'|'.join(FORMATS)})$"
 
+    number = r"-?[0-9]{1,3}(\.[0-9]{1,12})?"
+
+    @app.get(
+        "/layers/{layer_id:path}/bbox/{bbox}.tif",
+        tags=["Data"],
+        responses={200: {"content": {"image/tiff; application=geotiff": {}}}, **error_responses(400, 404, 409, 422, 503)},
+        response_class=Response,
+    )
+    async def bbox_extract(
+        request: Request,
+        layer_id: str,
+        bbox: Annotated[str, PathParam(pattern=rf"^{number},{number},{number},{number}$",
+                                       description="west,south,east,north in WGS84 degrees")],
+        model: Annotated[str | None, Query(pattern=MODEL_SPEC, description=MODEL_HELP)] = None,
+    ) -> Response:
+        """The layer's values over a box as a GeoTIFF on its own grid (native CRS and cells, no
+        resampling): factor values, probabilities, or class codes with their colour table."""
+        from slidemap.server.extract import extract_bbox
+
+        box = tuple(float(v) for v in bbox.split(","))
+        if not (-180 <= box[0] <= 180 and -180 <= box[2] <= 180 and -90 <= box[1] <= 90 and -90 <= box[3] <= 90):
+            raise server_errors.BadTileRequest(f"bbox {bbox}: longitudes within -180..180, latitudes within -90..90")
+        result = await run_cancellable(request, lambda cancel: extract_bbox(service, layer_id, box, model, cancel))
+        name = f"{layer_id.replace('/', '_')}_{bbox.replace(',', '_')}.tif"
+        headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+        if registry.synthetic:
+            headers["X-Slidemap-Synthetic"] = "true"
+        return Response(result.to_geotiff(), media_type="image/tiff; application=geotiff", headers=headers)
+
     @app.get(
         "/layers/{layer_id:path}/tiles/{tms_id}/{z}/{x}/{y_fmt}",
         tags=["Tiles"],

@@ -803,3 +803,65 @@ def test_two_first_requests_share_one_block_engine(server):
         reg._load_model = load
     assert len(got) == 2 and got[0] is got[1]
     assert reg.engine(layer, info) is got[0]
+
+
+# ---- data out: bbox extracts ------------------------------------------------------------------
+def _extract(client, layer: str, bbox: tuple[float, float, float, float], **q):
+    r = client.get(f"/layers/{layer}/bbox/{','.join(f'{v:.6f}' for v in bbox)}.tif", params=q)
+    return r
+
+
+def _inner_bbox(client, layer: str, frac: float = 0.25) -> tuple[float, float, float, float]:
+    w, s, e, n = next(lyr for lyr in client.get("/layers").json()["layers"] if lyr["id"] == layer)["bounds"]
+    cx, cy, dx, dy = (w + e) / 2, (s + n) / 2, (e - w) * frac / 2, (n - s) * frac / 2
+    return (cx - dx, cy - dy, cx + dx, cy + dy)
+
+
+def test_bbox_extract_of_a_factor_is_its_data(server, region):
+    client, _, _ = server
+    r = _extract(client, "factors/slope", _inner_bbox(client, "factors/slope"))
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("image/tiff") and r.headers["x-slidemap-synthetic"] == "true"
+    with rasterio.MemoryFile(r.content) as mem, mem.open() as ext, rasterio.open(region / "build" / "factors.tif") as src:
+        assert ext.crs == src.crs and ext.res == src.res and ext.descriptions == ("slope",)
+        col, row = ~src.transform * (ext.transform.c, ext.transform.f)
+        window = rasterio.windows.Window(round(col), round(row), ext.width, ext.height)
+        band = list(src.descriptions).index("slope") + 1
+        np.testing.assert_array_equal(ext.read(1), src.read(band, window=window))
+
+
+def test_bbox_extract_of_a_computed_layer_matches_points_and_classes(server):
+    client, _, _ = server
+    bbox = _inner_bbox(client, "susceptibility", 0.1)
+    prob = _extract(client, "susceptibility", bbox)
+    classes = _extract(client, "susceptibility/classes", bbox)
+    assert prob.status_code == 200 and classes.status_code == 200, prob.text + classes.text
+    with rasterio.MemoryFile(prob.content) as m1, m1.open() as p, rasterio.MemoryFile(classes.content) as m2, m2.open() as c:
+        values, codes = p.read(1), c.read(1)
+        assert values.dtype == np.float32 and codes.dtype == np.uint8 and c.colormap(1)[5][:3] == (215, 48, 39)
+        assert np.isfinite(values).all() and set(np.unique(codes)) <= {1, 2, 3, 4, 5}
+        # higher probability never gets a lower class
+        order = np.argsort(values.ravel())
+        assert (np.diff(codes.ravel()[order].astype(int)) >= 0).all()
+        # the value at a cell equals /point's there
+        row, col = values.shape[0] // 2, values.shape[1] // 2
+        x, y = p.xy(row, col)
+        lon, lat = rasterio.warp.transform(p.crs, "EPSG:4326", [x], [y])
+        point = client.get("/point", params={"lon": lon[0][0] if isinstance(lon[0], list) else lon[0],
+                                             "lat": lat[0]}).json()
+        assert point["susceptibility_probability"] == pytest.approx(float(values[row, col]), abs=1e-6)
+
+
+@pytest.mark.parametrize("bbox, status", [
+    ((10.0, 10.0, 10.1, 10.1), 400),      # not over the region
+    ((10.1, 10.0, 10.0, 10.1), 400),      # west > east
+    ((-179.0, -80.0, 179.0, 80.0), 422),  # more cells than an extract may hold (the limit lowered here)
+])
+def test_bad_bbox_extracts_are_clear_errors(server, bbox, status, monkeypatch):
+    from slidemap.server import extract
+
+    client, _, _ = server
+    monkeypatch.setattr(extract, "MAX_CELLS", 100)
+    r = _extract(client, "factors/slope", bbox)
+    assert r.status_code == status and "bbox" in r.json()["detail"], r.text
+    assert client.get("/layers/factors/slope/bbox/1,2,3.tif").status_code in (404, 422)

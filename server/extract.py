@@ -1,0 +1,114 @@
+"""Data out: a layer's values over a bounding box as one GeoTIFF (as titiler's ``/bbox`` does).
+
+The extract is on the layer's own grid (its native CRS and cell size; no resampling), so its values
+are exactly the layer's data: factor values in physical units, model probabilities (computed through
+the block engine, as tiles are), or class codes for class layers (with the colour table inside).
+Its size is bounded (``MAX_CELLS``) and a computed layer may need at most the per-request block
+budget of the server; beyond either the answer is a 422 that says what to do.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import rasterio
+from rasterio.io import MemoryFile
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window, from_bounds
+
+from slidemap.compute.blocks import QueueFull
+from slidemap.compute.grid import Grid
+from slidemap.server.errors import BadTileRequest, OverBudget
+
+MAX_CELLS = 4096 * 4096
+
+
+@dataclass
+class Extract:
+    data: np.ndarray  # [bands, rows, cols]
+    grid: Grid
+    nodata: float | int
+    band_names: list[str]
+    colormap: dict[int, tuple[int, int, int, int]] | None
+    tags: dict[str, str]
+
+    def to_geotiff(self) -> bytes:
+        profile = self.grid.profile(count=self.data.shape[0], dtype=self.data.dtype.name, nodata=self.nodata)
+        profile.update(driver="GTiff", tiled=self.grid.width >= 256 and self.grid.height >= 256,
+                       compress="DEFLATE")
+        with MemoryFile() as mem:
+            with mem.open(**profile) as dst:
+                dst.write(self.data)
+                for i, name in enumerate(self.band_names, start=1):
+                    dst.set_band_description(i, name)
+                if self.colormap:
+                    dst.write_colormap(1, self.colormap)
+                dst.update_tags(**self.tags)
+            return mem.read()
+
+
+def _window(grid: Grid, bbox: tuple[float, float, float, float]) -> Window:
+    """The grid cells a WGS84 ``bbox`` covers (whole cells, clipped to the grid)."""
+    west, south, east, north = bbox
+    if not (west < east and south < north):
+        raise BadTileRequest(f"bbox {bbox}: give west,south,east,north with west < east and south < north")
+    native = transform_bounds("EPSG:4326", grid.crs, west, south, east, north, densify_pts=21)
+    raw = from_bounds(*native, transform=grid.transform)
+    c0, r0 = max(0, math.floor(raw.col_off)), max(0, math.floor(raw.row_off))
+    c1 = min(grid.width, math.ceil(raw.col_off + raw.width))
+    r1 = min(grid.height, math.ceil(raw.row_off + raw.height))
+    if c1 <= c0 or r1 <= r0:
+        raise BadTileRequest(f"bbox {bbox} does not overlap the layer (its bounds are in /layers)")
+    win = Window(c0, r0, c1 - c0, r1 - r0)
+    if win.width * win.height > MAX_CELLS:
+        raise OverBudget(f"bbox {bbox} covers {int(win.width)} x {int(win.height)} cells, more than "
+                         f"{MAX_CELLS:,}; ask for a smaller box, or use the COGs under build/ and maps/")
+    return win
+
+
+def extract_bbox(service, layer_id: str, bbox: tuple[float, float, float, float], model: str | None = None,
+                 cancel: threading.Event | None = None) -> Extract:
+    registry = service.registry
+    catalog = registry.refresh()
+    layer = registry.get(layer_id, catalog)
+    state = registry.check_input(layer, catalog)
+    info, data_version = service.resolve(layer, model, catalog)
+    tags = {"layer": layer.id, "units": layer.units or "", "data_version": data_version,
+            "synthetic": str(bool(registry.synthetic)).lower()}
+    colormap = None
+    if layer.categorical and layer.colormap:
+        colormap = {int(k): tuple(int(c) for c in v) for k, v in layer.colormap.items()}
+    if not layer.computed:
+        grid = registry.grid_of(layer, catalog)
+        win = _window(grid, bbox)
+        with rasterio.open(state.path) as src:
+            data = src.read(list(layer.indexes), window=win, out_dtype="float32")
+        names = [layer.id.split("/", 1)[-1]] if len(layer.indexes) == 1 else [f"band{i}" for i in layer.indexes]
+        out_grid = grid.window_grid(int(win.row_off), int(win.col_off), int(win.height), int(win.width))
+        return Extract(data, out_grid, float("nan"), names, None, tags)
+    assert info is not None
+    tags.update(model=info.name, model_version=info.version)
+    engine = service._engine(layer, info, catalog)
+    win = _window(engine.grid, bbox)
+    out_grid = engine.grid.window_grid(int(win.row_off), int(win.col_off), int(win.height), int(win.width))
+    blocks = engine.blocks_for_bounds(out_grid.bounds, 0)
+    missing = engine.missing_native(blocks, 0)
+    if len(missing) > service.max_blocks:
+        raise OverBudget(f"this box needs {len(missing)} model blocks of {layer.id!r}, more than the per-request "
+                         f"budget of {service.max_blocks}; ask for a smaller box, or compute them first with "
+                         f"`slidemap seed REGION --layer {layer.id}`")
+    result = engine.ensure(missing, budget=service.max_blocks, cancel=cancel)
+    if result.missing:
+        raise QueueFull(f"{layer.id}: the inference queue has no room for this box's blocks; retry shortly",
+                        registry.executor.retry_after)
+    arr, mosaic_grid, _ = engine.mosaic(out_grid.bounds, 0)
+    r0 = round((mosaic_grid.transform.f - out_grid.transform.f) / engine.grid.res[1])
+    c0 = round((out_grid.transform.c - mosaic_grid.transform.c) / engine.grid.res[0])
+    values = arr[r0 : r0 + out_grid.height, c0 : c0 + out_grid.width].astype(np.float32)
+    if layer.output == "class":
+        classes = registry.classify(values, registry.class_breaks(info))
+        return Extract(classes[None], out_grid, 0, [layer.id.replace("/", "_")], colormap, tags)
+    return Extract(values[None], out_grid, float("nan"), [layer.id.replace("/", "_")], None, tags)
