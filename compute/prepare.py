@@ -236,7 +236,7 @@ class _Builder:
         spec = self.region.inputs.dem
         key = _key("terrain", self.sha(spec.path), spec.band, self.dem_grid.to_dict(), self.grid.to_dict())
         names = list(terrain.TERRAIN_FACTORS)
-        outputs = [self.part(n) for n in names] + [self.native(n) for n in names]
+        outputs = [self.part(n) for n in names] + [self.native(n) for n in names] + [self.build / "hillshade.tif"]
 
         def build() -> dict[str, Any]:
             dem_path = self.region.path(spec.path)
@@ -244,6 +244,10 @@ class _Builder:
             if not np.isfinite(dem).any():
                 raise RegionError(f"{dem_path}: inputs.dem has no valid cells (all nodata); check the file and its nodata value")
             factors = terrain.terrain_factors(dem, self.dem_grid.res)
+            # the base map of a region without imagery: shaded relief at the DEM's own resolution
+            write_cog(self.build / "hillshade.tif", terrain.hillshade(dem, self.dem_grid.res), self.dem_grid,
+                      band_names=["hillshade"], nodata=0, overview_resampling="average",
+                      tags=dict(SYNTHETIC_TAGS) if self.synthetic else {})
             same = self.dem_grid == self.grid
             for n in names:
                 _write_float(self.native(n), factors[n], self.dem_grid, n, self.synthetic)

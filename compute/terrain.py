@@ -258,3 +258,17 @@ def terrain_factors(dem: np.ndarray, cellsize: tuple[float, float]) -> dict[str,
         "roughness": rough,
         "twi": _twi(area, slope, dx, dy),
     }
+
+
+def hillshade(dem: np.ndarray, cellsize: tuple[float, float], azimuth: float = 315.0, altitude: float = 45.0) -> np.ndarray:
+    """Shaded relief as ``gdaldem hillshade`` computes it (Horn's gradient, light from ``azimuth``
+    degrees clockwise from north at ``altitude`` degrees): uint8 1-255, 0 where the DEM (or a
+    neighbour) has no data. The base map of a region without imagery."""
+    slope, aspect = slope_aspect(dem, cellsize)
+    zenith = np.deg2rad(90.0 - altitude)
+    s = np.deg2rad(slope.astype(np.float64))
+    a = np.deg2rad(np.where(aspect < 0, 0.0, aspect).astype(np.float64))
+    shade = np.cos(zenith) * np.cos(s) + np.sin(zenith) * np.sin(s) * np.cos(np.deg2rad(azimuth) - a)
+    out = (1.0 + 254.0 * np.clip(shade, 0.0, 1.0)).round()
+    out[~np.isfinite(slope)] = 0
+    return out.astype(np.uint8)

@@ -133,7 +133,7 @@ def model_kind_of(layer: dict[str, Any]) -> str | None:
 
 def _is_base(layer: dict[str, Any]) -> bool:
     text = f"{layer.get('id', '')} {layer.get('kind', '')}".lower()
-    return "imagery" in text
+    return "imagery" in text or layer.get("kind") == "basemap"
 
 
 def _legend_entries(raw: Any) -> list[dict[str, str]]:
@@ -473,7 +473,9 @@ _TEMPLATE = """<!DOCTYPE html>
     byId[l.id] = t;
     (l.base ? base : overlays)[label(l)] = t;
   });
-  const firstBase = cfg.layers.find(function (l) { return l.base; });
+  // imagery first; the DEM's hillshade where there is no imagery
+  const firstBase = cfg.layers.find(function (l) { return l.base && l.kind !== 'basemap'; }) ||
+                    cfg.layers.find(function (l) { return l.base; });
   if (firstBase) byId[firstBase.id].addTo(map);
   if (cfg.defaultOverlay && byId[cfg.defaultOverlay]) byId[cfg.defaultOverlay].addTo(map);
   if (regionBounds) map.fitBounds(regionBounds); else map.setView([0, 0], 2);

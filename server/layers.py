@@ -236,10 +236,12 @@ class LayerRegistry:
         self._model_faults: dict[str, str] = {}
         self.factors_path = self.build / "factors.tif"
         self.imagery_path = self.build / "imagery.tif"
+        self.hillshade_path = self.build / "hillshade.tif"
         if not self.factors_path.exists() and not self.imagery_path.exists():
             raise BuildError(f"{self.build}: no factors.tif or imagery.tif; run `slidemap prepare {self.region_dir}` first")
         self.region_name = self._region_name()
-        self._watched = [str(p) for p in (self.factors_path, self.imagery_path, self.build / "factors.json",
+        self._watched = [str(p) for p in (self.factors_path, self.imagery_path, self.hillshade_path,
+                                          self.build / "factors.json",
                                           self.build / "inventory.gpkg", self.build / "detected.gpkg")]
         self._inventory_runs = str(self.region_dir / "reports" / "inventory")
         self._overlay_tmp: Path | None = None
@@ -329,7 +331,8 @@ class LayerRegistry:
 
     def _build_catalog(self, sig: tuple) -> Catalog:
         inputs: dict[str, InputState] = {}
-        for key, path in (("factors", self.factors_path), ("imagery", self.imagery_path)):
+        for key, path in (("factors", self.factors_path), ("imagery", self.imagery_path),
+                          ("hillshade", self.hillshade_path)):
             if path.exists() or (self._catalog is not None and key in self._catalog.inputs):
                 inputs[key] = probe_raster(key, path, self.rel(path))
         meta, meta_problem = self._read_factors_json()
@@ -338,6 +341,12 @@ class LayerRegistry:
         layers: dict[str, Layer] = {}
         synthetic = bool(meta.get("synthetic", False))
         tag = " (SYNTHETIC)" if synthetic else ""
+        if "hillshade" in inputs:
+            layers["hillshade"] = Layer(
+                "hillshade", f"Hillshade{tag}", "basemap", "", inputs["hillshade"].path, (1,),
+                rescale=((1.0, 255.0),), colormap_name="greys_r", input="hillshade",
+                description=f"Shaded relief of the DEM (gdaldem's: light from 315 deg at 45 deg){tag}",
+            )
         if "imagery" in inputs:
             self._imagery_layers(inputs["imagery"], layers, tag)
         if "factors" in inputs:

@@ -692,7 +692,10 @@ def _amplified_copy(region: Path, kind: str, factor: float) -> str:
     # amplify that one and serve it directly.
     info = next((m for m in models if m.card.get("architecture") == "dense_fcn"), models[0])
     model = keras.saving.load_model(info.path / info.card["weights"], compile=False)
-    last = [layer for layer in model.layers if layer.get_weights()][-1]
+    # the neighbourhood path (what block stitching can get wrong); a network with a centre-linear path
+    # has it in `deep_logit`, the per-cell linear part needs no amplifying
+    names = {layer.name for layer in model.layers}
+    last = model.get_layer("deep_logit") if "deep_logit" in names else [layer for layer in model.layers if layer.get_weights()][-1]
     weights = last.get_weights()
     weights[0] = weights[0] * factor
     last.set_weights(weights)
@@ -865,3 +868,17 @@ def test_bad_bbox_extracts_are_clear_errors(server, bbox, status, monkeypatch):
     r = _extract(client, "factors/slope", bbox)
     assert r.status_code == status and "bbox" in r.json()["detail"], r.text
     assert client.get("/layers/factors/slope/bbox/1,2,3.tif").status_code in (404, 422)
+
+
+def test_hillshade_base_layer_from_the_dem(server, region):
+    """A region's shaded relief (made by prepare from the DEM) is a base layer, drawn in greys."""
+    client, _, _ = server
+    layers = {lyr["id"]: lyr for lyr in client.get("/layers").json()["layers"]}
+    assert layers["hillshade"]["kind"] == "basemap" and (region / "build" / "hillshade.tif").is_file()
+    url, _ = tile_url(client, "hillshade")
+    r = client.get(url)
+    assert r.status_code == 200
+    rgba = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGBA"))
+    shown = rgba[rgba[..., 3] > 0]
+    assert len(shown) and (shown[:, 0] == shown[:, 1]).all() and (shown[:, 1] == shown[:, 2]).all()
+    assert shown[:, 0].std() > 5  # relief, not a flat grey

@@ -405,6 +405,16 @@ def test_rbsf_slope_vs_gdaldem_compute_edges(rbsf: dict[str, np.ndarray]) -> Non
     assert d[ok].max() < 0.005 and d[ok].mean() < 0.001
 
 
+def test_rbsf_hillshade_vs_gdaldem(rbsf: dict[str, np.ndarray]) -> None:
+    """The hillshade base map is gdaldem's (az 315, alt 45): equal within rounding where gdaldem has data."""
+    ref = _read(RBSF / "gdaldem_reference" / "hillshade_az315_alt45.tif")
+    hs = terrain.hillshade(rbsf["dem"], tuple(rbsf["res"])).astype(np.float64)
+    ok = np.isfinite(ref)
+    assert ok.sum() == 156_734 and (hs[ok] > 0).all()
+    d = np.abs(hs[ok] - ref[ok])
+    assert d.max() <= 1 and d.mean() < 1e-4
+
+
 def test_rbsf_aspect_vs_gdaldem(rbsf: dict[str, np.ndarray]) -> None:
     ref = _read(RBSF / "gdaldem_reference" / "aspect_deg_horn.tif")
     asp = rbsf["aspect"]

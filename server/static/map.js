@@ -60,16 +60,19 @@
       // their class edges stay sharp instead of being smeared.
       var options = {
         minZoom: 0, maxZoom: Math.max(lyr.maxzoom + 3, 18),
-        attribution: data.synthetic ? "SYNTHETIC data" : "slidemap", opacity: lyr.kind === "imagery" ? 1 : 0.75
+        attribution: data.synthetic ? "SYNTHETIC data" : "slidemap",
+        opacity: (lyr.kind === "imagery" || lyr.kind === "basemap") ? 1 : 0.75
       };
       if (!lyr.categorical) { options.maxNativeZoom = lyr.maxzoom; }
       var t = L.tileLayer(lyr.tiles, options);
       t.legendUrl = lyr.legend;
-      if (lyr.kind === "imagery") { bases[lyr.title] = t; if (!first) { first = t; } }
+      // bases: the imagery first, else the hillshade made from the DEM
+      if (lyr.kind === "imagery") { bases[lyr.title] = t; if (!first || first.isHillshade) { first = t; } }
+      else if (lyr.kind === "basemap") { bases[lyr.title] = t; t.isHillshade = true; if (!first) { first = t; } }
       else { overlays[lyr.title] = t; }
       if (!bounds) { bounds = [[lyr.bounds[1], lyr.bounds[0]], [lyr.bounds[3], lyr.bounds[2]]]; }
     });
-    if (!first) {  // no imagery: start with the first overlay rather than a blank map
+    if (!first) {  // no imagery and no DEM: start with the first overlay rather than a blank map
       var names = Object.keys(overlays);
       if (names.length) { first = overlays[names[0]]; }
     }
