@@ -117,7 +117,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "demo": dict(
         models=("multiscale", *BASELINES), max_samples=2400, epochs=8, patience=3, batch=64,
-        widths=(8, 16), dense_units=32, area_sample=4000, fast_steps=250, fast_cells=12000, fast_patch=16,
+        widths=(8, 16), dense_units=32, area_sample=4000, fast_steps=600, fast_cells=12000, fast_patch=16,
         fast_width=16, fast_dense=32, agreement_cells=3000, anywhere_networks=False,
     ),
     "default": dict(
