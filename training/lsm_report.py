@@ -16,6 +16,31 @@ import numpy as np
 
 from slidemap.compute.io import atomic_path, write_bytes_atomic, write_json_atomic
 
+def _network_epochs(report: dict[str, Any]) -> list[str]:
+    """Each network's best epoch per split (and per CV fold): with the centre-linear start, 0 means
+    no epoch beat the logistic regression it started from, so on that split it *is* that regression."""
+    rows = []
+    for name, per in report["models"].items():
+        epochs = {s: per[s]["best_epochs"] for s in ("random", "blocked") if isinstance(per.get(s), dict)
+                  and per[s].get("best_epochs")}
+        if isinstance(per.get("cv"), dict) and per["cv"].get("best_epochs"):
+            epochs["CV folds"] = per["cv"]["best_epochs"]
+        if epochs:
+            kept = sum(e == 0 for v in epochs.values() for e in v)
+            total = sum(len(v) for v in epochs.values())
+            rows.append(f"| {name} | " + "; ".join(f"{s}: {', '.join(map(str, v))}" for s, v in epochs.items())
+                        + f" | {kept} of {total} |")
+    if not rows:
+        return []
+    start = (report.get("config") or {}).get("centre_linear")
+    head = ("Best epoch of each network (early stopping on validation ROC-AUC). The networks start at the "
+            "logistic regression of their training part (centre-linear path); best epoch 0 means no epoch "
+            "improved on it, so there the network answers as that logistic regression." if start else
+            "Best epoch of each network (early stopping on validation ROC-AUC).")
+    return ["## Networks: best epochs", "", head, "", "| network | best epochs | kept the start |", "|---|---|---|",
+            *rows, ""]
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return "nan" if not np.isfinite(v) else f"{v:.3f}"
@@ -118,6 +143,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {e['rank']} | {e['model']} | {e['value']:.3f} | [{lo:.3f}, {hi:.3f}] | "
                      f"{'yes' if e['has_skill'] else '**NO SKILL**'} | {e['method']} |")
     lines.append("")
+    lines += _network_epochs(report)
     for split, info in data["splits"].items():
         extra = ""
         if split == "blocked":

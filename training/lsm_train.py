@@ -137,14 +137,17 @@ def _sampling_run(run: Run, negatives: str, primary: bool, detected: np.ndarray 
                                        rate_curves=primary, models=models)
     folds: list[Split] = []
     cv: dict[str, list[float]] = {}
+    cv_epochs: dict[str, list[int]] = {}  # best epoch of each fold's network (0: it kept its start)
     if use_cv:
         folds = spatial_kfold(layout, cfg.cv_folds, cfg.cv_repeats, seed=cfg.seed)
         for k, fold in enumerate(folds):
             scored = _fit_and_score(run, samples, layout, fold, f"{negatives}/{fold.name}", False, cfg.seed + 101 * (k + 1))
             for m, s in scored.items():
                 cv.setdefault(m, []).append(s.metrics["roc_auc"])
+                if s.metrics.get("best_epochs"):
+                    cv_epochs.setdefault(m, []).extend(s.metrics["best_epochs"])
     return {"samples": samples, "rule": rule, "layout": layout, "splits": splits, "results": results,
-            "folds": folds, "cv": cv, "use_cv": use_cv}
+            "folds": folds, "cv": cv, "cv_epochs": cv_epochs, "use_cv": use_cv}
 
 
 def _scores(run: Run, primary: dict[str, Any]) -> dict[str, Score]:
@@ -276,6 +279,8 @@ def train_lsm(
         results[m]["ranking_score"] = score.to_dict()
         if primary["use_cv"]:
             results[m]["cv"] = {"roc_auc": score.value, "ci95": list(score.ci95), "folds": primary["cv"][m]}
+            if m in primary["cv_epochs"]:
+                results[m]["cv"]["best_epochs"] = primary["cv_epochs"][m]
     for neg, res in per_sampling.items():
         if neg == cfg.negatives:
             continue
