@@ -15,7 +15,7 @@ from pathlib import Path
 import streamlit as st
 
 from slidemap.dashboard import map as map_page
-from slidemap.dashboard import paper, reports
+from slidemap.dashboard import downloads, paper, reports
 from slidemap.compute.models.store import list_models
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -25,6 +25,7 @@ PAGES = (
     reports.PAGE_TITLES["lsm"],
     reports.PAGE_TITLES["inventory"],
     "Paper comparison",
+    "Downloads",
 )
 MODEL_KINDS = {"unet": "Detector (U-Net) version", "lsm": "Susceptibility model version"}
 
@@ -79,6 +80,9 @@ def main() -> None:
         region = None
     if page == "Map":
         map_page.render(server, versions)
+        return
+    if page == "Downloads":
+        downloads.render(region)
         return
     found = reports.find_reports(region, extra)
     if page == "Paper comparison":

@@ -672,3 +672,26 @@ def test_committed_real_reports_in_the_paper_comparison(monkeypatch, tmp_path):
     ours = dict(zip(table6["model"], table6["ours blocked ROC-AUC"], strict=True))
     multiscale = next(row["model"] for row in paper.TABLE6 if row["ours"] == "multiscale")
     assert ours[multiscale] == pytest.approx(ecuador.data["models"]["multiscale"]["blocked"]["roc_auc"])
+
+
+def test_downloads_page_offers_every_output(monkeypatch, tmp_path):
+    """Maps with their styles, inventories and reports, one button each; caches are not outputs."""
+    region = tmp_path / "region"
+    files = {
+        "maps/susceptibility_multiscale-abc.tif": b"II*\x00cog",
+        "maps/susceptibility_multiscale-abc.qml": b"<qgis/>",
+        "maps/susceptibility_multiscale-abc_classes.json": b"{}",
+        "build/inventory.gpkg": b"SQLite format 3\x00",
+        "reports/inventory/20261203-000000-aaaaaa/landslides_detected.gpkg": b"SQLite format 3\x00",
+        "reports/lsm/run1/report.json": b"{}",
+        "maps/seeded.pmtiles": b"PMTiles",
+        "cache/blocks/x.mbtiles": b"not an output",
+    }
+    for rel, data in files.items():
+        (region / rel).parent.mkdir(parents=True, exist_ok=True)
+        (region / rel).write_bytes(data)
+    at = run_app(monkeypatch, region, f"http://127.0.0.1:{free_port()}", page="Downloads")
+    labels = [b.proto.label for b in at.get("download_button")]
+    for rel in files:
+        name = Path(rel).name
+        assert any(label.startswith(name) for label in labels) == (not rel.startswith("cache/")), (rel, labels)
