@@ -695,6 +695,17 @@ def create_app(region_dir: Path, settings: ServerSettings | None = None) -> Fast
                 out["notes"][prefix] = scrub(str(exc))
         return out
 
+    from slidemap.server.vectors import SOURCES, InventoryVectors
+
+    vectors = InventoryVectors(registry)
+
+    @app.get("/inventory/{source}.geojson", tags=["Layers"], response_class=Response,
+             responses={200: {"content": {"application/geo+json": {}}}, **error_responses(400, 404, 422)})
+    def inventory_geojson(source: Literal[SOURCES]) -> Response:  # type: ignore[valid-type]
+        """The known inventory (landslides and non-landslides, points and polygons) or the latest
+        detected landslide polygons, as GeoJSON in WGS84, for web maps."""
+        return Response(vectors.geojson(source), media_type="application/geo+json")
+
     # ---- map page -----------------------------------------------------------------------------
     from starlette.templating import Jinja2Templates
 

@@ -274,6 +274,13 @@ def test_server_map_page_in_headless_chromium(tile_server):
             page.wait_for_function("() => document.querySelectorAll('#legend b').length === 1", timeout=20000)
             titles = {lyr["id"]: lyr["title"] for lyr in
                       page.evaluate("() => fetch('layers').then(r => r.json())")["layers"]}
+            # the inventory as vectors: its polygons drawn as SVG paths when switched on
+            known = page.locator(".leaflet-control-layers-overlays label", has_text="Known landslides")
+            known.wait_for(timeout=20000)
+            known.first.click()
+            page.wait_for_function("() => document.querySelectorAll('.leaflet-overlay-pane path').length > 0",
+                                   timeout=20000)
+            known.first.click()
             for layer_id in ("factors/slope", "factors/landcover"):
                 page.locator(".leaflet-control-layers-overlays label", has_text=titles[layer_id]).first.click()
             page.wait_for_function("() => document.querySelectorAll('#legend b').length === 3", timeout=20000)

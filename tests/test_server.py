@@ -882,3 +882,24 @@ def test_hillshade_base_layer_from_the_dem(server, region):
     shown = rgba[rgba[..., 3] > 0]
     assert len(shown) and (shown[:, 0] == shown[:, 1]).all() and (shown[:, 1] == shown[:, 2]).all()
     assert shown[:, 0].std() > 5  # relief, not a flat grey
+
+
+def test_inventories_as_geojson_for_web_maps(server, region):
+    client, _, _ = server
+    r = client.get("/inventory/known.geojson")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/geo+json")
+    gj = r.json()
+    assert gj["type"] == "FeatureCollection" and gj["synthetic"] is True and gj["features"]
+    labels = {f["properties"]["label"] for f in gj["features"]}
+    assert True in labels
+    lon, lat = next(iter(_coords(gj["features"][0]["geometry"])))
+    w, s, e, n = next(lyr for lyr in client.get("/layers").json()["layers"] if lyr["id"] == "factors/slope")["bounds"]
+    assert w - 0.05 <= lon <= e + 0.05 and s - 0.05 <= lat <= n + 0.05  # WGS84, over the region
+    assert client.get("/inventory/nothing.geojson").status_code in (404, 422)
+
+
+def _coords(geometry):
+    coords = geometry["coordinates"]
+    while isinstance(coords[0], list):
+        coords = coords[0]
+    yield coords[0], coords[1]

@@ -78,7 +78,8 @@
     }
     if (first) { first.addTo(map); show(first); }
     // collapsed on small screens, so the list does not cover the map and its popups
-    L.control.layers(bases, overlays, { collapsed: window.innerWidth < 900 }).addTo(map);
+    var control = L.control.layers(bases, overlays, { collapsed: window.innerWidth < 900 }).addTo(map);
+    addInventories(control);
     map.on("overlayadd baselayerchange", function (e) { show(e.layer); });
     map.on("overlayremove", function (e) { hide(e.layer); });
     map.on("baselayerchange", function (e) {
@@ -86,6 +87,35 @@
     });
     if (bounds) { map.fitBounds(bounds); } else { map.setView([0, 0], 2); }
   });
+
+  // The inventories as vectors (sharp at every zoom): known landslides red, known non-landslides
+  // blue points, detected landslides orange outlines; their legend is the layer names' swatches.
+  var STYLE = {
+    landslide: { color: "#e41a1c", weight: 1.5, fillOpacity: 0.25 },
+    other: { color: "#377eb8", weight: 1.5, fillOpacity: 0.25 },
+    detected: { color: "#ff7f00", weight: 2, fill: false }
+  };
+  function swatch(colour) { return '<span class="swatch" style="background:' + colour + '"></span>'; }
+  function addInventories(control) {
+    [["known", true, "Known landslides"], ["known", false, "Known non-landslides"],
+     ["detected", null, "Detected landslides"]].forEach(function (spec) {
+      fetch(root + "/inventory/" + spec[0] + ".geojson").then(function (r) { return r.ok ? r.json() : null; })
+        .then(function (gj) {
+          if (!gj) { return; }
+          var feats = gj.features.filter(function (f) { return spec[1] === null || f.properties.label === spec[1]; });
+          if (!feats.length) { return; }
+          var style = spec[1] === null ? STYLE.detected : (spec[1] ? STYLE.landslide : STYLE.other);
+          var lyr = L.geoJSON({ type: "FeatureCollection", features: feats }, {
+            style: function () { return style; },
+            pointToLayer: function (f, latlng) {
+              return L.circleMarker(latlng, { radius: 4, color: "#222", weight: 1, fillColor: style.color, fillOpacity: 0.9 });
+            }
+          });
+          control.addOverlay(lyr, swatch(style.color) + spec[2] + (gj.synthetic ? " (SYNTHETIC)" : "") +
+                             " (" + feats.length + ")");
+        });
+    });
+  }
 
   map.on("click", function (e) {
     var url = root + "/point?lon=" + e.latlng.lng.toFixed(6) + "&lat=" + e.latlng.lat.toFixed(6);
