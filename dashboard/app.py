@@ -15,7 +15,7 @@ from pathlib import Path
 import streamlit as st
 
 from slidemap.dashboard import map as map_page
-from slidemap.dashboard import downloads, paper, reports
+from slidemap.dashboard import downloads, evidence, paper, reports
 from slidemap.compute.models.store import list_models
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
@@ -79,7 +79,8 @@ def main() -> None:
         st.error(f"{region}: no such region folder; give `slidemap dashboard` an existing REGION_DIR.")
         region = None
     if page == "Map":
-        map_page.render(server, versions)
+        map_page.render(server, versions, evidence=lambda: evidence.render(
+            evidence.fetch_models(server), reports.for_versions(reports.find_reports(region, extra), versions)))
         return
     if page == "Downloads":
         downloads.render(region)

@@ -480,7 +480,8 @@ _TEMPLATE = """<!DOCTYPE html>
   if (cfg.defaultOverlay && byId[cfg.defaultOverlay]) byId[cfg.defaultOverlay].addTo(map);
   if (regionBounds) map.fitBounds(regionBounds); else map.setView([0, 0], 2);
 
-  L.control.layers(base, overlays, {collapsed: false, position: 'topright'}).addTo(map);
+  // collapsed to its button (it opens on hover or tap), so the list never hides the map or a popup
+  L.control.layers(base, overlays, {collapsed: true, position: 'topright'}).addTo(map);
   L.control.scale({imperial: false}).addTo(map);
 
   // Opacity of the overlays (the base imagery stays opaque underneath).
@@ -603,8 +604,9 @@ _TEMPLATE = """<!DOCTYPE html>
 # The Streamlit page
 
 
-def render(server: str, versions: dict[str, str]) -> None:
-    """Draw the map page; every failure becomes a message, never a traceback."""
+def render(server: str, versions: dict[str, str], evidence: Any = None) -> None:
+    """Draw the map page, with ``evidence()`` (the models' scores and figures) beside the map;
+    every failure becomes a message, never a traceback."""
     import streamlit as st
 
     st.header("Map")
@@ -633,7 +635,14 @@ def render(server: str, versions: dict[str, str]) -> None:
         f"{len(layers)} layers from {server} (showing {chosen}). Pick layers in the map's layer list; "
         "click the map for the values at a spot."
     )
-    st.iframe(map_html(layers, server, versions), height=MAP_HEIGHT_PX)
+    if evidence is not None:
+        map_col, evidence_col = st.columns([3, 2])
+        with map_col:
+            st.iframe(map_html(layers, server, versions), height=MAP_HEIGHT_PX)
+        with evidence_col:
+            evidence()
+    else:
+        st.iframe(map_html(layers, server, versions), height=MAP_HEIGHT_PX)
     point_col, layers_col = st.columns([1, 2])
     with point_col:
         _point_form(server, versions, union_bounds(layers))

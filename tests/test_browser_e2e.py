@@ -211,7 +211,9 @@ def test_dashboard_in_headless_chromium(dashboard, tile_server, output_dir):
                 return [u for u, status in responses if status == 200 and u.startswith(prefixes[layer])]
 
             visible = frame.evaluate("() => Object.keys(window.slidemapStatus.layers)")
-            base = next(lid for lid, lyr in layers.items() if lyr["base"])
+            # the base shown first: the imagery where there is some, else the DEM's hillshade
+            base = next((lid for lid, lyr in layers.items() if lyr["base"] and lyr["kind"] != "basemap"),
+                        next(lid for lid, lyr in layers.items() if lyr["base"]))
             wait_until(page, lambda: tiles_of(base), 40)
             assert tiles_of(base), f"no {base} tile loaded from the tile server"
             # The network response can arrive before Leaflet's tileload event counts it.
@@ -226,14 +228,16 @@ def test_dashboard_in_headless_chromium(dashboard, tile_server, output_dir):
 
             # Switch a layer: tick the slope factor in the Leaflet layer control; its tiles must arrive.
             slope = next(lid for lid in layers if "slope" in lid)
+            frame.locator(".leaflet-control-layers").hover()  # the list is collapsed to a button until then
             frame.locator(".leaflet-control-layers-overlays label", has_text=layers[slope]["title"]).first.click()
+            frame.locator("#map").hover(position={"x": 10, "y": 200})  # away: the list folds again
             wait_until(page, lambda: tiles_of(slope), 40)
             assert tiles_of(slope), f"switching to {slope} loaded no tile of it ({visible})"
 
             # Click the map: the server's /point values for that spot appear in a popup.
-            # The map is fitted to the region: click left of the middle (the layer control, open now, is top right).
+            # The map is fitted to the region; the legends sit bottom left, the layer button top right.
             box = frame.locator("#map").bounding_box()
-            frame.locator("#map").click(position={"x": box["width"] * 0.3, "y": box["height"] * 0.55})
+            frame.locator("#map").click(position={"x": box["width"] * 0.6, "y": box["height"] * 0.4})
             frame.wait_for_function("() => window.slidemapPoint !== null && window.slidemapPoint !== undefined",
                                     timeout=20000)
             point = frame.evaluate("() => window.slidemapPoint")

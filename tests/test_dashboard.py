@@ -96,6 +96,19 @@ def make_stub_app(state: dict[str, Any]) -> FastAPI:
         Image.new("RGBA", (256, 256), colours.get(lid, (0, 0, 0)) + (255,)).save(buf, "PNG")
         return Response(buf.getvalue(), media_type="image/png")
 
+    @app.get("/models")
+    def models():
+        def entry(name, version, score, lo, hi, default, metric="roc_auc"):
+            return {"name": name, "version": version, "score": score, "ci95": [lo, hi], "default": default,
+                    "has_skill": lo > 0.5 if metric == "roc_auc" else lo > 0.05, "metric": metric,
+                    "skill": f"{score:.3f}"}
+        return {"region": "stub", "synthetic": True, "roles": {
+            "susceptibility": {"default": "aaa111", "models": [
+                entry("multiscale", "aaa111", 0.874, 0.835, 0.908, True), entry("logreg", "bbb222", 0.813, 0.77, 0.85, False),
+                entry("multiscale", "old000", 0.70, 0.6, 0.8, False)]},
+            "detection": {"default": "ccc333", "models": [entry("attention-unet", "ccc333", 0.775, 0.724, 0.813, True, "f1")]},
+        }}
+
     @app.get("/point")
     def point(lon: float, lat: float, request: Request):
         state["requests"].append(str(request.url))
@@ -695,3 +708,19 @@ def test_downloads_page_offers_every_output(monkeypatch, tmp_path):
     for rel in files:
         name = Path(rel).name
         assert any(label.startswith(name) for label in labels) == (not rel.startswith("cache/")), (rel, labels)
+
+
+def test_map_page_has_the_evidence_beside_it(monkeypatch, server, region):
+    """The models' blocked scores with intervals (newest version of each name, the default marked)
+    and the default susceptibility report's classes, beside the map."""
+    from slidemap.dashboard import evidence
+
+    write_report(region / "reports" / "lsm" / "ev1", {**lsm_report(), "model_versions": ["aaa111"]})
+    at = run_app(monkeypatch, region, server.url)
+    assert "Evidence" in [h.value for h in at.subheader]
+    shown = " ".join(texts(at.markdown))
+    assert "default `multiscale` 0.874 [0.835, 0.908]" in shown and "default `attention-unet` 0.775" in shown
+    charts = at.get("vega_lite_chart")
+    assert len(charts) >= 2
+    rows = evidence.model_rows(evidence.fetch_models(server.url), "susceptibility")
+    assert [r["model"] for r in rows] == ["multiscale", "logreg"] and rows[0]["default"]  # newest version only
