@@ -575,6 +575,12 @@ def create_app(region_dir: Path, settings: ServerSettings | None = None) -> Fast
         y_text, _, scale_text = stem.partition("@")
         y, scale = int(y_text), int(scale_text.rstrip("x") or 1)
         params = _render_params(rescale, colormap_name)
+        return await answer_tile(request, layer_id, tms_id, z, x, y, scale, fmt, params, model, v)
+
+    async def answer_tile(request: Request, layer_id: str, tms_id: str, z: int, x: int, y: int, scale: int,
+                          fmt: str, params: RenderParams, model: str | None, v: str | None) -> Response:
+        """One tile through the service (cache, single flight, cancellation), with its ETag and
+        conditional answer: the XYZ and the OGC API routes both end here."""
         result = await run_cancellable(
             request, lambda cancel: service.tile(layer_id, tms_id, z, x, y, scale, fmt, params, model, v, cancel))
         headers = {"ETag": result.etag, "Cache-Control": result.cache_control, **result.headers}
@@ -584,6 +590,13 @@ def create_app(region_dir: Path, settings: ServerSettings | None = None) -> Fast
         if inm and (inm.strip() == "*" or result.etag in [t.strip() for t in inm.split(",")]):
             return Response(status_code=304, headers=headers)
         return Response(result.content, media_type=result.media_type, headers=headers)
+
+    from slidemap.server.ogc_tiles import router as ogc_tiles_router
+
+    app.include_router(ogc_tiles_router(
+        base, registry, service,
+        lambda request, lid, tms_id, z, x, y, fmt, model: answer_tile(
+            request, lid, tms_id, z, x, y, 1, fmt, RenderParams(), model, None)))
 
     @app.get("/layers/{layer_id:path}/WMTSCapabilities.xml", tags=["OGC"], response_class=Response,
              responses={200: {"content": {"application/xml": {}}}, **error_responses(400, 404, 409, 422)})

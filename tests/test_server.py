@@ -903,3 +903,24 @@ def _coords(geometry):
     while isinstance(coords[0], list):
         coords = coords[0]
     yield coords[0], coords[1]
+
+
+# ---- OGC API - Tiles ---------------------------------------------------------------------------
+def test_ogc_api_tiles_collections_tilesets_and_tiles(server):
+    client, _, _ = server
+    assert "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/core" in client.get("/conformance").json()["conformsTo"]
+    cols = {c["id"]: c for c in client.get("/collections").json()["collections"]}
+    assert {"factors.slope", "susceptibility.classes", "imagery"} <= set(cols)
+    assert len(cols["factors.slope"]["extent"]["spatial"]["bbox"][0]) == 4
+    sets = client.get("/collections/factors.slope/tiles").json()["tilesets"]
+    assert {s["links"][0]["href"].rsplit("/", 1)[1] for s in sets} >= {"WebMercatorQuad", "WorldCRS84Quad"}
+    ts = client.get("/collections/factors.slope/tiles/WebMercatorQuad").json()
+    template = next(link["href"] for link in ts["links"] if link["rel"] == "item")
+    assert "{tileMatrix}/{tileRow}/{tileCol}" in template
+    # the same tile as the XYZ route: OGC order is row (y) then column (x)
+    url, t = tile_url(client, "factors/slope")
+    xyz = client.get(url)
+    ogc = client.get(f"/collections/factors.slope/tiles/WebMercatorQuad/{t.z}/{t.y}/{t.x}", params={"f": "png"})
+    assert ogc.status_code == 200 and ogc.content == xyz.content and ogc.headers["etag"] == xyz.headers["etag"]
+    assert client.get("/collections/nope/tiles").status_code == 404
+    assert client.get("/collections/factors.slope/tiles/NoSuchTMS").status_code == 422
