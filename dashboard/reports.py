@@ -246,6 +246,34 @@ def table_rows(value: Any, key_name: str = "name") -> list[dict[str, Any]]:
     return [{"value": _text(value)}]
 
 
+def p_value(value: Any) -> str:
+    """A p-value as people read it: 0.003, 2.1e-05, < 1e-10."""
+    if not isinstance(value, (int, float)) or value != value:
+        return "n/a" if value is None else str(value)
+    if value < 1e-10:
+        return "< 1e-10"
+    return f"{value:.3f}" if value >= 0.001 else f"{value:.1e}"
+
+
+def mcnemar_rows(tests: dict[str, Any]) -> list[dict[str, Any]]:
+    """McNemar per compared model with its 2 x 2 table spelled out (A = the multi-scale model)."""
+    rows = []
+    for other, t in tests.items():
+        if not isinstance(t, dict):
+            continue
+        row: dict[str, Any] = {"versus": other,
+                               "chi2": round(t["chi2"], 3) if isinstance(t.get("chi2"), (int, float)) else None,
+                               "p": p_value(t.get("p"))}
+        table = t.get("table")
+        if isinstance(table, list) and len(table) == 2 and all(isinstance(r, list) and len(r) == 2 for r in table):
+            (a, b), (c, d) = table
+            row.update({"both right": a, "only multiscale right": b, "only other right": c, "both wrong": d})
+        if t.get("method"):
+            row["test"] = t["method"]
+        rows.append(row)
+    return rows
+
+
 def _text(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
@@ -406,7 +434,7 @@ def render_lsm(report: Report) -> None:
                 with col:
                     st.markdown(f"**{SPLIT_NAMES[split]}**")
                     if split in mcnemar:
-                        st.dataframe(table_rows(mcnemar[split], "versus"), hide_index=True)
+                        st.dataframe(mcnemar_rows(mcnemar[split]), hide_index=True)
                     else:
                         st.info(f"No McNemar results for the {split} split.")
         else:

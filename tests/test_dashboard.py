@@ -724,3 +724,14 @@ def test_map_page_has_the_evidence_beside_it(monkeypatch, server, region):
     assert len(charts) >= 2
     rows = evidence.model_rows(evidence.fetch_models(server.url), "susceptibility")
     assert [r["model"] for r in rows] == ["multiscale", "logreg"] and rows[0]["default"]  # newest version only
+
+
+def test_mcnemar_tables_read_as_people_read_them():
+    rows = reports.mcnemar_rows({"logreg": {"chi2": 12.3456, "p": 7e-9, "table": [[372, 25], [40, 43]],
+                                            "method": "chi-squared, continuity-corrected"},
+                                 "rf": {"chi2": None, "p": 0.0421, "table": [[10, 3], [5, 2]]}})
+    assert rows[0] == {"versus": "logreg", "chi2": 12.346, "p": "7.0e-09", "both right": 372,
+                       "only multiscale right": 25, "only other right": 40, "both wrong": 43,
+                       "test": "chi-squared, continuity-corrected"}
+    assert rows[1]["p"] == "0.042" and rows[1]["chi2"] is None
+    assert reports.p_value(1e-12) == "< 1e-10" and reports.p_value(None) == "n/a"
