@@ -621,10 +621,12 @@ def create_app(region_dir: Path, settings: ServerSettings | None = None) -> Fast
              responses={200: {"content": {"application/xml": {}}}, **error_responses(400, 422)})
     def all_wmts(
         request: Request,
-        tms: Annotated[Literal[SUPPORTED_TMS], Query(description="tile matrix set")] = "WebMercatorQuad",  # type: ignore[valid-type]
+        tms: Annotated[Literal[SUPPORTED_TMS] | None,  # type: ignore[valid-type]
+                       Query(description="one tile matrix set (default: every supported set that holds the "
+                                         "region, WebMercatorQuad first)")] = None,
     ) -> Response:
         """All available layers in one capabilities document (computed layers pin their default model)."""
-        tmsobj = get_tms(tms)
+        tmsobj = get_tms(tms) if tms else [get_tms(t) for t in SUPPORTED_TMS]
         parts = []
         for layer in registry.layers.values():
             try:

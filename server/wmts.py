@@ -28,21 +28,36 @@ def capabilities(
     registry: LayerRegistry,
     entries: Sequence[tuple[Layer, Sequence[tuple[str, str]]]],
     base_url: str,
-    tms: morecantile.TileMatrixSet,
+    tms: morecantile.TileMatrixSet | Sequence[morecantile.TileMatrixSet],
     fmt: str = "png",
 ) -> str:
-    """Capabilities for ``entries`` = (layer, query parameters its tile URLs carry)."""
+    """Capabilities for ``entries`` = (layer, query parameters its tile URLs carry), in one tile
+    matrix set or several (each layer links every set that covers it; the first is the default
+    GDAL and QGIS pick)."""
     mime = {"png": "image/png", "webp": "image/webp"}[fmt]
+    sets = [tms] if isinstance(tms, morecantile.TileMatrixSet) else list(tms)
     layer_xml = []
-    zooms: list[tuple[int, int]] = []
+    zooms: dict[str, list[tuple[int, int]]] = {t.id: [] for t in sets}
     catalog = registry.refresh()
     for layer, query in entries:
         qs = encode_query(query)
         w, s, e, n = wgs84_bounds(registry.grid_of(layer, catalog))
-        minzoom, maxzoom = zoom_range(registry, layer, tms, catalog)
-        zooms.append((minzoom, maxzoom))
-        limits_xml = _limits_xml(tms.id, (w, s, e, n), minzoom, maxzoom)
-        template = f"{base_url}/layers/{layer.id}/tiles/{tms.id}/{{TileMatrix}}/{{TileCol}}/{{TileRow}}.{fmt}"
+        links = []
+        for t in sets:
+            try:
+                minzoom, maxzoom = zoom_range(registry, layer, t, catalog)
+                limits_xml = _limits_xml(t.id, (w, s, e, n), minzoom, maxzoom)
+            except Exception:  # noqa: BLE001 - a set whose area does not hold the region is left out
+                continue
+            zooms[t.id].append((minzoom, maxzoom))
+            links.append(f"""
+      <TileMatrixSetLink>
+        <TileMatrixSet>{t.id}</TileMatrixSet>
+        <TileMatrixSetLimits>{limits_xml}</TileMatrixSetLimits>
+      </TileMatrixSetLink>""")
+        if not links:
+            continue
+        template = f"{base_url}/layers/{layer.id}/tiles/{{TileMatrixSet}}/{{TileMatrix}}/{{TileCol}}/{{TileRow}}.{fmt}"
         if qs:
             template += "?" + qs
         abstract = layer.description + (" SYNTHETIC data." if catalog.synthetic else "")
@@ -57,20 +72,25 @@ def capabilities(
       </ows:WGS84BoundingBox>
       <ows:Identifier>{escape(layer.id)}</ows:Identifier>
       <Style isDefault="true"><ows:Identifier>default</ows:Identifier></Style>
-      <Format>{mime}</Format>
-      <TileMatrixSetLink>
-        <TileMatrixSet>{tms.id}</TileMatrixSet>
-        <TileMatrixSetLimits>{limits_xml}</TileMatrixSetLimits>
-      </TileMatrixSetLink>
+      <Format>{mime}</Format>{''.join(links)}
       <ResourceURL format="{mime}" resourceType="tile" template={quoteattr(template)}/>
     </Layer>"""
         )
-    minzoom = min((z[0] for z in zooms), default=tms.minzoom)
-    maxzoom = max((z[1] for z in zooms), default=tms.maxzoom)
-    matrices = _matrices_xml(tms.id, minzoom, maxzoom)
-    crs = tms.crs.srs if hasattr(tms.crs, "srs") else str(tms.crs)
-    epsg = tms.rasterio_crs.to_epsg()
-    supported = f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else escape(crs)
+    set_xml = []
+    for t in sets:
+        if entries and not zooms[t.id]:
+            continue  # no layer in this set
+        minzoom = min((z[0] for z in zooms[t.id]), default=t.minzoom)
+        maxzoom = max((z[1] for z in zooms[t.id]), default=t.maxzoom)
+        crs = t.crs.srs if hasattr(t.crs, "srs") else str(t.crs)
+        epsg = t.rasterio_crs.to_epsg()
+        supported = f"urn:ogc:def:crs:EPSG::{epsg}" if epsg else escape(crs)
+        set_xml.append(f"""
+    <TileMatrixSet>
+      <ows:Identifier>{t.id}</ows:Identifier>
+      <ows:SupportedCRS>{supported}</ows:SupportedCRS>
+      {_matrices_xml(t.id, minzoom, maxzoom)}
+    </TileMatrixSet>""")
     title = f"slidemap {registry.label}"
     return f"""<?xml version="1.0" encoding="UTF-8"?>
 <Capabilities xmlns="http://www.opengis.net/wmts/1.0" xmlns:ows="http://www.opengis.net/ows/1.1"
@@ -80,12 +100,7 @@ def capabilities(
     <ows:ServiceType>OGC WMTS</ows:ServiceType>
     <ows:ServiceTypeVersion>1.0.0</ows:ServiceTypeVersion>
   </ows:ServiceIdentification>
-  <Contents>{''.join(layer_xml)}
-    <TileMatrixSet>
-      <ows:Identifier>{tms.id}</ows:Identifier>
-      <ows:SupportedCRS>{supported}</ows:SupportedCRS>
-      {matrices}
-    </TileMatrixSet>
+  <Contents>{''.join(layer_xml)}{''.join(set_xml)}
   </Contents>
   <ServiceMetadataURL xlink:href={quoteattr(base_url + '/WMTSCapabilities.xml')}/>
 </Capabilities>

@@ -606,7 +606,14 @@ def test_wmts_capabilities_parse_and_have_no_raw_commas(server):
     ids = {lyr.find("ows:Identifier", NS).text for lyr in layers}
     assert {"imagery", "factors/slope", "detection"} <= ids
     tms = root.find(".//w:Contents/w:TileMatrixSet", NS)
-    assert tms.find("ows:SupportedCRS", NS).text == "urn:ogc:def:crs:EPSG::3857"
+    assert tms.find("ows:SupportedCRS", NS).text == "urn:ogc:def:crs:EPSG::3857"  # the first set: WebMercatorQuad
+    # every supported set that holds the region, each linked from the layers
+    sets = [t.find("ows:Identifier", NS).text for t in root.findall(".//w:Contents/w:TileMatrixSet", NS)]
+    assert sets[0] == "WebMercatorQuad" and "WorldCRS84Quad" in sets
+    slope = next(lyr for lyr in layers if lyr.find("ows:Identifier", NS).text == "factors/slope")
+    assert {e.text for e in slope.findall("w:TileMatrixSetLink/w:TileMatrixSet", NS)} >= {"WebMercatorQuad", "WorldCRS84Quad"}
+    one = ET.fromstring(client.get("/WMTSCapabilities.xml", params={"tms": "WorldCRS84Quad"}).content)
+    assert [t.find("ows:Identifier", NS).text for t in one.findall(".//w:Contents/w:TileMatrixSet", NS)] == ["WorldCRS84Quad"]
     single = client.get("/layers/factors/slope/WMTSCapabilities.xml", params={"rescale": "0,40", "colormap_name": "viridis"})
     root = ET.fromstring(single.content)
     template = root.find(".//w:ResourceURL", NS).get("template")
@@ -614,7 +621,8 @@ def test_wmts_capabilities_parse_and_have_no_raw_commas(server):
     assert "{TileMatrix}" in template and "{TileCol}" in template and "{TileRow}" in template
     # The template fetches real tiles.
     lim = root.find(".//w:TileMatrixLimits", NS)
-    url = (template.replace("{TileMatrix}", lim.find("w:TileMatrix", NS).text)
+    tms_id = root.find(".//w:TileMatrixSetLink/w:TileMatrixSet", NS).text
+    url = (template.replace("{TileMatrixSet}", tms_id).replace("{TileMatrix}", lim.find("w:TileMatrix", NS).text)
            .replace("{TileCol}", lim.find("w:MinTileCol", NS).text)
            .replace("{TileRow}", lim.find("w:MinTileRow", NS).text))
     assert client.get(url).status_code == 200
