@@ -81,6 +81,27 @@ def _ours_table6(report: Report) -> list[dict[str, Any]]:
     return rows
 
 
+def auc_chart(rows: list[dict[str, Any]], label: str) -> Any:
+    """The paper's ROC-AUC beside ours (random and blocked split) per model, as grouped bars."""
+    import altair as alt
+
+    values = []
+    for row in rows:
+        for source, key in (("paper", "paper AUC"), (f"ours, random [{label}]", "ours random ROC-AUC"),
+                            (f"ours, blocked [{label}]", "ours blocked ROC-AUC")):
+            if isinstance(row.get(key), (int, float)):
+                values.append({"model": row["model"], "ROC-AUC": float(row[key]), "source": source})
+    if not any(v["source"] != "paper" for v in values):
+        return None
+    return alt.Chart(alt.Data(values=values)).mark_bar(clip=True).encode(
+        x=alt.X("model:N", title=None, sort=[r["model"] for r in rows]),
+        xOffset="source:N",
+        y=alt.Y("ROC-AUC:Q", scale=alt.Scale(domain=[0.5, 1.0]), title="ROC-AUC"),
+        color=alt.Color("source:N", title=None),
+        tooltip=["model:N", "source:N", alt.Tooltip("ROC-AUC:Q", format=".3f")],
+    ).properties(height=260)
+
+
 def _ours_table7(report: Report) -> list[dict[str, Any]]:
     ours = mcnemar_by_split(report.data.get("mcnemar"))
     rows = []
@@ -140,7 +161,11 @@ def render(reports: list[Report]) -> None:
         st.info("No susceptibility report yet: run `slidemap train lsm REGION_DIR`.")
     for report in lsm:
         st.markdown(f"**Ours [{report.label}]** {report.run_id}: the paper's AUC beside ours on both splits")
-        st.dataframe(_ours_table6(report), hide_index=True)
+        rows = _ours_table6(report)
+        chart = auc_chart(rows, report.label)
+        if chart is not None:
+            st.altair_chart(chart, width="stretch")
+        st.dataframe(rows, hide_index=True)
 
     st.subheader("Table 7: McNemar's test, multi-scale vs each model")
     st.markdown("**Paper (published)**")

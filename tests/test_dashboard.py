@@ -681,6 +681,7 @@ def test_committed_real_reports_in_the_paper_comparison(monkeypatch, tmp_path):
     at = run_app(monkeypatch, tmp_path, f"http://127.0.0.1:{free_port()}", [REPO_REAL_REPORTS], page="Paper comparison")
     assert not at.main.error
     assert "Ours [REAL]** ecuador_lsm" in " ".join(texts(at.markdown))
+    assert at.get("vega_lite_chart"), "the paper's AUC beside ours, drawn"
     table6 = next(f for f in dataframes(at) if "paper AUC" in f.columns)
     ours = dict(zip(table6["model"], table6["ours blocked ROC-AUC"], strict=True))
     multiscale = next(row["model"] for row in paper.TABLE6 if row["ours"] == "multiscale")
