@@ -97,10 +97,17 @@
   };
   function swatch(colour) { return '<span class="swatch" style="background:' + colour + '"></span>'; }
   function addInventories(control) {
+    var asked = {};  // one request per source
+    function get(source) {
+      if (!asked[source]) {
+        asked[source] = fetch(root + "/inventory/" + source + ".geojson")
+          .then(function (r) { return r.ok ? r.json() : null; });
+      }
+      return asked[source];
+    }
     [["known", true, "Known landslides"], ["known", false, "Known non-landslides"],
      ["detected", null, "Detected landslides"]].forEach(function (spec) {
-      fetch(root + "/inventory/" + spec[0] + ".geojson").then(function (r) { return r.ok ? r.json() : null; })
-        .then(function (gj) {
+      get(spec[0]).then(function (gj) {
           if (!gj) { return; }
           var feats = gj.features.filter(function (f) { return spec[1] === null || f.properties.label === spec[1]; });
           if (!feats.length) { return; }
