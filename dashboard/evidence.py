@@ -3,7 +3,7 @@
 For each role (susceptibility, detection) the server's ``/models`` answer gives every model's
 blocked score with its 95 % interval; the newest version of each model name is drawn side by side
 (Altair, Streamlit's own charting), the region's default marked. For the default susceptibility
-model the saved report adds its ROC/PR figure and the class table: each class's share of the area
+model the saved report adds its ROC/PR and success/prediction-rate figures and the class table: each class's share of the area
 beside its share of the known landslides (a good map puts few landslides in much low-class area).
 """
 
@@ -111,9 +111,11 @@ def render(models: dict[str, Any] | None, reports: list[Report]) -> None:
             st.caption(f"Classes of `{(report.data.get('classes') or {}).get('model', '')}` "
                        f"({report.label}): share of the area and of the known landslides per class")
             st.altair_chart(classes_chart(crows), width="stretch")
-        figures = [p for p in report.images() if "roc_pr_blocked" in p.name]
-        if figures:
-            st.image(str(figures[0]), caption=f"{figures[0].name} [{report.label}]")
+        # ROC/PR, then the success- and prediction-rate curves, of the blocked split
+        for wanted in ("roc_pr_blocked", "rates_blocked"):
+            figures = [p for p in report.images() if wanted in p.name]
+            if figures:
+                st.image(str(figures[0]), caption=f"{figures[0].name} [{report.label}]")
 
 
 def fetch_models(server: str) -> dict[str, Any] | None:

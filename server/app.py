@@ -523,6 +523,38 @@ def create_app(region_dir: Path, settings: ServerSettings | None = None) -> Fast
 
     number = r"-?[0-9]{1,3}(\.[0-9]{1,12})?"
 
+    class FeatureBody(BaseModel):
+        """A GeoJSON Feature, or a bare geometry, in WGS84."""
+
+        type: str
+        geometry: dict[str, Any] | None = None
+        coordinates: list[Any] | None = None
+
+    @app.post(
+        "/layers/{layer_id:path}/feature.tif",
+        tags=["Data"],
+        responses={200: {"content": {"image/tiff; application=geotiff": {}}}, **error_responses(400, 404, 409, 422, 503)},
+        response_class=Response,
+    )
+    async def feature_extract(
+        request: Request,
+        layer_id: str,
+        body: FeatureBody,
+        model: Annotated[str | None, Query(pattern=MODEL_SPEC, description=MODEL_HELP)] = None,
+    ) -> Response:
+        """The layer's values inside a polygon (a GeoJSON Feature or geometry, WGS84) as a GeoTIFF on
+        the layer's own grid; cells outside the polygon are no data."""
+        from slidemap.server.extract import extract_feature
+
+        geometry = body.geometry if body.type == "Feature" else body.model_dump(exclude_none=True)
+        if not geometry:
+            raise server_errors.BadTileRequest("the Feature has no geometry")
+        result = await run_cancellable(request, lambda cancel: extract_feature(service, layer_id, geometry, model, cancel))
+        headers = {"Content-Disposition": f'attachment; filename="{layer_id.replace("/", "_")}_feature.tif"'}
+        if registry.synthetic:
+            headers["X-Slidemap-Synthetic"] = "true"
+        return Response(result.to_geotiff(), media_type="image/tiff; application=geotiff", headers=headers)
+
     @app.get(
         "/layers/{layer_id:path}/bbox/{bbox}.tif",
         tags=["Data"],

@@ -112,3 +112,28 @@ def extract_bbox(service, layer_id: str, bbox: tuple[float, float, float, float]
         classes = registry.classify(values, registry.class_breaks(info))
         return Extract(classes[None], out_grid, 0, [layer.id.replace("/", "_")], colormap, tags)
     return Extract(values[None], out_grid, float("nan"), [layer.id.replace("/", "_")], None, tags)
+
+
+def extract_feature(service, layer_id: str, geometry: dict, model: str | None = None,
+                    cancel: threading.Event | None = None) -> Extract:
+    """The layer's values inside a WGS84 (Multi)Polygon: its bounding box's extract with the cells
+    outside the polygon set to no data (as titiler's ``/feature``)."""
+    from rasterio.features import geometry_mask
+    from rasterio.warp import transform_geom
+    from shapely.geometry import shape
+
+    try:
+        geom = shape(geometry)
+    except Exception as exc:  # noqa: BLE001 - any malformed GeoJSON is the client's to fix
+        raise BadTileRequest(f"not a GeoJSON geometry ({str(exc)[:120]})") from exc
+    if geom.geom_type not in ("Polygon", "MultiPolygon") or geom.is_empty or not geom.is_valid:
+        raise BadTileRequest(f"give one valid Polygon or MultiPolygon in WGS84 (got {geom.geom_type}"
+                             f"{', invalid' if not geom.is_valid else ''})")
+    out = extract_bbox(service, layer_id, tuple(geom.bounds), model, cancel)
+    native = transform_geom("EPSG:4326", out.grid.crs, geometry)
+    outside = geometry_mask([native], out_shape=out.data.shape[1:], transform=out.grid.transform)
+    data = out.data.copy()
+    data[:, outside] = out.nodata
+    out.data = data
+    out.tags["feature"] = "cells outside the polygon are no data"
+    return out

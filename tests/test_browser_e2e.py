@@ -225,6 +225,12 @@ def test_dashboard_in_headless_chromium(dashboard, tile_server, output_dir):
             wait_until(page, lambda: tiles_of("susceptibility/classes"), 40)
             assert tiles_of("susceptibility/classes")
             assert "very high" in frame.locator(".sm-legend").inner_text()
+            # the evidence beside the map: the default model's blocked score and the models drawn (Altair)
+            page.get_by_text("Evidence").first.wait_for(timeout=20000)
+            if kind == "real":
+                page.get_by_text("Susceptibility models", exact=False).first.wait_for(timeout=20000)
+                wait_until(page, lambda: page.locator(".vega-embed").count() >= 1, 20)
+                assert page.locator(".vega-embed").count() >= 1, "no model chart beside the map"
 
             # Switch a layer: tick the slope factor in the Leaflet layer control; its tiles must arrive.
             slope = next(lid for lid in layers if "slope" in lid)

@@ -932,3 +932,25 @@ def test_ogc_api_tiles_collections_tilesets_and_tiles(server):
     assert ogc.status_code == 200 and ogc.content == xyz.content and ogc.headers["etag"] == xyz.headers["etag"]
     assert client.get("/collections/nope/tiles").status_code == 404
     assert client.get("/collections/factors.slope/tiles/NoSuchTMS").status_code == 422
+
+
+def test_feature_extract_masks_outside_the_polygon(server):
+    client, _, _ = server
+    w, s, e, n = _inner_bbox(client, "factors/slope", 0.3)
+    triangle = {"type": "Polygon", "coordinates": [[[w, s], [e, s], [w, n], [w, s]]]}
+    r = client.post("/layers/factors/slope/feature.tif", json={"type": "Feature", "properties": {}, "geometry": triangle})
+    assert r.status_code == 200, r.text
+    box = _extract(client, "factors/slope", (w, s, e, n))
+    with rasterio.MemoryFile(r.content) as m1, m1.open() as f, rasterio.MemoryFile(box.content) as m2, m2.open() as b:
+        inside, whole = f.read(1), b.read(1)
+        assert inside.shape == whole.shape
+        kept = np.isfinite(inside)
+        assert 0.3 < kept.mean() < 0.7  # about half the box: the triangle
+        np.testing.assert_array_equal(inside[kept], whole[kept])
+        h, w2 = kept.shape  # the north-east quarter is outside, the south-west quarter inside
+        assert kept[: h // 4, -(w2 // 4):].mean() < 0.05 and kept[-(h // 4):, : w2 // 4].mean() > 0.6
+    bare = client.post("/layers/factors/slope/feature.tif", json=triangle)
+    assert bare.status_code == 200 and bare.content == r.content
+    line = {"type": "LineString", "coordinates": [[w, s], [e, n]]}
+    bad = client.post("/layers/factors/slope/feature.tif", json=line)
+    assert bad.status_code == 400 and "Polygon" in bad.json()["detail"]
