@@ -22,6 +22,7 @@ from rasterio.windows import Window, from_bounds
 from slidemap.compute.blocks import QueueFull
 from slidemap.compute.grid import Grid
 from slidemap.server.errors import BadTileRequest, OverBudget
+from slidemap.server.tiles import wgs84_bounds
 
 MAX_CELLS = 4096 * 4096
 
@@ -55,6 +56,12 @@ def _window(grid: Grid, bbox: tuple[float, float, float, float]) -> Window:
     west, south, east, north = bbox
     if not (west < east and south < north):
         raise BadTileRequest(f"bbox {bbox}: give west,south,east,north with west < east and south < north")
+    # clip to the layer first: a box far larger than the region (the whole world) does not
+    # transform into a projected CRS, but its part over the region does
+    lw, ls, le, ln = wgs84_bounds(grid)
+    west, south, east, north = max(west, lw), max(south, ls), min(east, le), min(north, ln)
+    if not (west < east and south < north):
+        raise BadTileRequest(f"bbox {bbox} does not overlap the layer (its bounds are in /layers)")
     native = transform_bounds("EPSG:4326", grid.crs, west, south, east, north, densify_pts=21)
     raw = from_bounds(*native, transform=grid.transform)
     c0, r0 = max(0, math.floor(raw.col_off)), max(0, math.floor(raw.row_off))
