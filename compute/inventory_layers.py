@@ -32,9 +32,10 @@ def geometry_kind(geom_type: str) -> str:
     return "point" if "Point" in geom_type else "polygon" if "Polygon" in geom_type else "other"
 
 
-def write_inventory(path: Path, frame: Any, **layer_options: Any) -> dict[str, int]:
-    """Write ``frame`` (``label``, ``source``, geometry) as one layer per geometry kind, with styles;
-    return the features per layer. Lines (or anything else) are refused by the caller's validation."""
+def write_inventory(path: Path, frame: Any, published_as: Path | None = None, **layer_options: Any) -> dict[str, int]:
+    """Write ``frame`` (``label``, ``source``, geometry) as one layer per geometry kind, with styles
+    (sidecars named after ``published_as`` when ``path`` is a temporary file); return the features
+    per layer. Lines (or anything else) are refused by the caller's validation."""
     counts: dict[str, int] = {}
     kinds = frame.geometry.geom_type.map(geometry_kind)
     for kind, layer in LAYERS.items():
@@ -42,7 +43,8 @@ def write_inventory(path: Path, frame: Any, **layer_options: Any) -> dict[str, i
         if len(part):
             part.to_file(path, layer=layer, driver="GPKG", **layer_options)
             counts[layer] = int(len(part))
-    write_gpkg_styles(path, {layer: ("label", LABEL_CLASSES, kind) for kind, layer in LAYERS.items() if layer in counts})
+    write_gpkg_styles(path, {layer: ("label", LABEL_CLASSES, kind) for kind, layer in LAYERS.items() if layer in counts},
+                      published_as)
     return counts
 
 
@@ -60,8 +62,9 @@ def read_inventory(path: Path) -> Any:
     return gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs=frames[0].crs)
 
 
-def write_detected_styles(path: Path) -> None:
-    write_gpkg_styles(path, {DETECTED_LAYER: ("", (VectorClass(None, "detected landslide", DETECTED_RGB),), "polygon")})
+def write_detected_styles(path: Path, published_as: Path | None = None) -> None:
+    write_gpkg_styles(path, {DETECTED_LAYER: ("", (VectorClass(None, "detected landslide", DETECTED_RGB),), "polygon")},
+                      published_as)
 
 
 def latest_detected(region_dir: Path) -> Path | None:

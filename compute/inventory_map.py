@@ -155,7 +155,7 @@ def map_inventory(
     with atomic_path(gpkg, suffix=".gpkg") as tmp:
         frame.to_file(tmp, layer=DETECTED_LAYER, driver="GPKG",
                       **({"layer_metadata": {"SYNTHETIC": "true"}} if marked else {}))
-        write_detected_styles(tmp)
+        write_detected_styles(tmp, published_as=gpkg)
     inventory = None
     inv_path = build / "inventory.gpkg"
     if inv_path.is_file():

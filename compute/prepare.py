@@ -509,7 +509,7 @@ class _Builder:
                 raise RegionError(f"{', '.join(s['file'] for _, s in read)}: no inventory feature lies inside the "
                                   "region; check the inventory's CRS and the DEM's extent")
             with atomic_path(target) as tmp:
-                layers = write_inventory(tmp, frame, **self.gpkg_metadata())
+                layers = write_inventory(tmp, frame, published_as=target, **self.gpkg_metadata())
             return {
                 "landslides": int(frame["label"].sum()),
                 "non_landslides": int((~frame["label"]).sum()),

@@ -159,10 +159,12 @@ def vector_sld(name: str, attribute: str, classes: Sequence[VectorClass], geomet
     return _sld(name, "  </Rule><Rule>\n".join(rules))
 
 
-def write_gpkg_styles(gpkg: Path, layers: dict[str, tuple[str, Sequence[VectorClass], str]]) -> Path | None:
+def write_gpkg_styles(gpkg: Path, layers: dict[str, tuple[str, Sequence[VectorClass], str]],
+                      published_as: Path | None = None) -> Path | None:
     """Store each layer's style in ``gpkg``'s ``layer_styles`` table (as QGIS does; it applies the
-    default style when it opens the layer) and write the first layer's ``.qml``/``.sld`` beside it.
-    ``layers``: ``{layer: (attribute, classes, "point"|"polygon")}``."""
+    default style when it opens the layer) and write the first layer's ``.qml``/``.sld`` beside the
+    published file (``published_as``: the final name when ``gpkg`` is a temporary file about to be
+    renamed onto it). ``layers``: ``{layer: (attribute, classes, "point"|"polygon")}``."""
     gpkg = Path(gpkg)
     if not layers:
         return None
@@ -181,7 +183,8 @@ def write_gpkg_styles(gpkg: Path, layers: dict[str, tuple[str, Sequence[VectorCl
                 (layer, row[0] if row else "geom", layer, vector_qml(attribute, classes, geometry),
                  vector_sld(layer, attribute, classes, geometry), "slidemap"))
     first, (attribute, classes, geometry) = next(iter(layers.items()))
-    qml = gpkg.with_suffix(".qml")
+    final = Path(published_as or gpkg)
+    qml = final.with_suffix(".qml")
     write_bytes_atomic(qml, vector_qml(attribute, classes, geometry).encode())
-    write_bytes_atomic(gpkg.with_suffix(".sld"), vector_sld(first, attribute, classes, geometry).encode())
+    write_bytes_atomic(final.with_suffix(".sld"), vector_sld(first, attribute, classes, geometry).encode())
     return qml

@@ -79,6 +79,11 @@ def test_inventory_layers_by_geometry_with_styles(tmp_path):
     back = read_inventory(gpkg)
     assert len(back) == 3 and sorted(back["label"].tolist()) == [False, True, True]
     assert gpkg.with_suffix(".qml").is_file()
+    # written to a temporary file first (as every output is): the sidecars take the published name
+    tmp = tmp_path / ".inventory.gpkg.tmp123.gpkg"
+    write_inventory(tmp, frame, published_as=tmp_path / "final.gpkg")
+    assert (tmp_path / "final.qml").is_file() and (tmp_path / "final.sld").is_file()
+    assert not list(tmp_path.glob(".*.qml")) and not list(tmp_path.glob(".*.sld"))
 
 
 def test_latest_detected_inventory_is_the_newest_run(tmp_path):

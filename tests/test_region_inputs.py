@@ -132,4 +132,6 @@ def test_prepare_says_what_it_loaded_and_dropped(tmp_path, capsys):
     assert "pts.csv: 3 features read, 2 kept (1 landslides, 1 non-landslides); dropped: 1 outside the region" in out
     assert "polys.gpkg: 1 features read, 1 kept (1 landslides, 0 non-landslides); dropped: none" in out
     assert "inventory_polygons 1, inventory_points 2" in out
+    styles = sorted(p.name for p in (tmp_path / "build").iterdir() if p.suffix in (".qml", ".sld"))
+    assert styles == ["inventory.qml", "inventory.sld"]  # named after the published GeoPackage
 
