@@ -30,6 +30,7 @@ CONFORMANCE = [
     "http://www.opengis.net/spec/ogcapi-tiles-1/1.0/conf/png",
 ]
 REL = "http://www.opengis.net/def/rel/ogc/1.0/"
+CollectionId = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_.\-]{1,80}$", description="a layer id with / as .")]
 
 
 def collection_id(layer_id: str) -> str:
@@ -92,16 +93,16 @@ def router(public_base: Callable[[Request], str], registry: Any, service: Any,
                 "collections": [collection(request, layer) for layer in registry.layers.values()]}
 
     @api.get("/collections/{collectionId}", responses=error_responses(400, 404))
-    def one_collection(request: Request, collectionId: str) -> dict[str, Any]:
+    def one_collection(request: Request, collectionId: CollectionId) -> dict[str, Any]:
         return collection(request, layer_of(collectionId))
 
     @api.get("/collections/{collectionId}/tiles", responses=error_responses(400, 404))
-    def tilesets(request: Request, collectionId: str) -> dict[str, Any]:
+    def tilesets(request: Request, collectionId: CollectionId) -> dict[str, Any]:
         layer = layer_of(collectionId)
         return {"tilesets": [tileset(request, layer, t) for t in SUPPORTED_TMS]}
 
     @api.get("/collections/{collectionId}/tiles/{tileMatrixSetId}", responses=error_responses(400, 404))
-    def one_tileset(request: Request, collectionId: str,
+    def one_tileset(request: Request, collectionId: CollectionId,
                     tileMatrixSetId: Annotated[Literal[SUPPORTED_TMS], PathParam()]) -> dict[str, Any]:  # type: ignore[valid-type]
         return tileset(request, layer_of(collectionId), tileMatrixSetId)
 
@@ -110,7 +111,7 @@ def router(public_base: Callable[[Request], str], registry: Any, service: Any,
              responses={200: {"content": {m: {} for m in FORMATS.values()}}, **error_responses(400, 404, 409, 422, 503)})
     async def tile(
         request: Request,
-        collectionId: str,
+        collectionId: CollectionId,
         tileMatrixSetId: Annotated[Literal[SUPPORTED_TMS], PathParam()],  # type: ignore[valid-type]
         tileMatrix: Annotated[int, PathParam(ge=0, le=30)],
         tileRow: Annotated[int, PathParam(ge=0, le=2**30)],
