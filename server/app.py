@@ -523,32 +523,42 @@ def create_app(region_dir: Path, settings: ServerSettings | None = None) -> Fast
 
     number = r"-?[0-9]{1,3}(\.[0-9]{1,12})?"
 
-    class FeatureBody(BaseModel):
-        """A GeoJSON Feature, or a bare geometry, in WGS84."""
-
-        type: str
-        geometry: dict[str, Any] | None = None
-        coordinates: list[Any] | None = None
+    max_feature_bytes = 1 << 20  # a polygon of tens of thousands of vertices; more is not a map request
 
     @app.post(
         "/layers/{layer_id:path}/feature.tif",
         tags=["Data"],
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "description": "a GeoJSON Feature or (Multi)Polygon geometry in WGS84",
+            "properties": {"type": {"type": "string", "enum": ["Feature", "Polygon", "MultiPolygon"]}},
+            "required": ["type"]}}}}},
         responses={200: {"content": {"image/tiff; application=geotiff": {}}}, **error_responses(400, 404, 409, 422, 503)},
         response_class=Response,
     )
     async def feature_extract(
         request: Request,
         layer_id: str,
-        body: FeatureBody,
         model: Annotated[str | None, Query(pattern=MODEL_SPEC, description=MODEL_HELP)] = None,
     ) -> Response:
-        """The layer's values inside a polygon (a GeoJSON Feature or geometry, WGS84) as a GeoTIFF on
-        the layer's own grid; cells outside the polygon are no data."""
+        """The layer's values inside a polygon (the request body: a GeoJSON Feature or geometry in
+        WGS84, at most 1 MiB) as a GeoTIFF on the layer's own grid; cells outside are no data."""
+        import json
+
         from slidemap.server.extract import extract_feature
 
-        geometry = body.geometry if body.type == "Feature" else body.model_dump(exclude_none=True)
-        if not geometry:
-            raise server_errors.BadTileRequest("the Feature has no geometry")
+        raw = bytearray()
+        async for chunk in request.stream():  # read at most the limit, whatever Content-Length says
+            raw += chunk
+            if len(raw) > max_feature_bytes:
+                raise server_errors.OverBudget(f"the GeoJSON body is larger than {max_feature_bytes} bytes; "
+                                               "simplify the polygon")
+        try:
+            body = json.loads(bytes(raw))
+        except ValueError as exc:
+            raise server_errors.BadTileRequest(f"the body is not JSON ({str(exc)[:80]})") from exc
+        geometry = body.get("geometry") if isinstance(body, dict) and body.get("type") == "Feature" else body
+        if not isinstance(geometry, dict):
+            raise server_errors.BadTileRequest("send a GeoJSON Feature with a geometry, or a geometry")
         result = await run_cancellable(request, lambda cancel: extract_feature(service, layer_id, geometry, model, cancel))
         headers = {"Content-Disposition": f'attachment; filename="{layer_id.replace("/", "_")}_feature.tif"'}
         if registry.synthetic:

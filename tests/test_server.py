@@ -954,3 +954,12 @@ def test_feature_extract_masks_outside_the_polygon(server):
     line = {"type": "LineString", "coordinates": [[w, s], [e, n]]}
     bad = client.post("/layers/factors/slope/feature.tif", json=line)
     assert bad.status_code == 400 and "Polygon" in bad.json()["detail"]
+
+
+def test_feature_extract_bodies_are_bounded_and_checked(server):
+    client, _, _ = server
+    assert client.post("/layers/factors/slope/feature.tif", content=b"{" * 10).status_code == 400
+    assert client.post("/layers/factors/slope/feature.tif", json={"type": "Feature"}).status_code == 400
+    huge = b'{"type": "Polygon", "coordinates": [[' + b"[0.0, 0.0]," * 200_000 + b"[0.0, 0.0]]]}"
+    r = client.post("/layers/factors/slope/feature.tif", content=huge)
+    assert r.status_code == 422 and "larger than" in r.json()["detail"]
