@@ -16,7 +16,7 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape, quoteattr
 
 from slidemap.compute.io import write_bytes_atomic
 
@@ -67,7 +67,7 @@ def _sld(name: str, symbolizer: str) -> str:
             '<StyledLayerDescriptor version="1.0.0" xmlns="http://www.opengis.net/sld" '
             'xmlns:ogc="http://www.opengis.net/ogc" xmlns:xlink="http://www.w3.org/1999/xlink" '
             'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">\n'
-            f"  <NamedLayer><Name>{name}</Name><UserStyle><Title>{name}</Title><FeatureTypeStyle><Rule>\n"
+            f"  <NamedLayer><Name>{escape(name)}</Name><UserStyle><Title>{escape(name)}</Title><FeatureTypeStyle><Rule>\n"
             f"{symbolizer}  </Rule></FeatureTypeStyle></UserStyle></NamedLayer>\n</StyledLayerDescriptor>\n")
 
 
@@ -104,7 +104,7 @@ def write_category_names(tif: Path, names: dict[int, str]) -> Path:
     """GDAL's category names for band 1 (``<tif>.aux.xml``; GeoTIFF has no place for them inside):
     QGIS and ``gdalinfo`` show "very high", not 5."""
     top = max(names)
-    cats = "".join(f"      <Category>{names.get(i, '')}</Category>\n" for i in range(top + 1))
+    cats = "".join(f"      <Category>{escape(names.get(i, ''))}</Category>\n" for i in range(top + 1))
     xml = f'<PAMDataset>\n  <PAMRasterBand band="1">\n    <CategoryNames>\n{cats}    </CategoryNames>\n  </PAMRasterBand>\n</PAMDataset>\n'
     aux = Path(f"{tif}.aux.xml")
     write_bytes_atomic(aux, xml.encode())
@@ -155,7 +155,7 @@ def vector_sld(name: str, attribute: str, classes: Sequence[VectorClass], geomet
         where = ("" if c.value is None else
                  f"<ogc:Filter><ogc:PropertyIsEqualTo><ogc:PropertyName>{attribute}</ogc:PropertyName>"
                  f"<ogc:Literal>{c.value}</ogc:Literal></ogc:PropertyIsEqualTo></ogc:Filter>")
-        rules.append(f"    <Name>{c.label}</Name>{where}{sym}\n")
+        rules.append(f"    <Name>{escape(c.label)}</Name>{where}{sym}\n")
     return _sld(name, "  </Rule><Rule>\n".join(rules))
 
 

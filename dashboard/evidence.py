@@ -9,7 +9,6 @@ beside its share of the known landslides (a good map puts few landslides in much
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from slidemap.dashboard.reports import Report
@@ -126,8 +125,3 @@ def fetch_models(server: str) -> dict[str, Any] | None:
     except (ServerUnavailable, ServerFailed):
         return None
 
-
-def for_region(region: Path | None, extra: list[Path]) -> list[Report]:
-    from slidemap.dashboard.reports import find_reports
-
-    return find_reports(region, extra)

@@ -523,6 +523,13 @@ def create_app(region_dir: Path, settings: ServerSettings | None = None) -> Fast
 
     number = r"-?[0-9]{1,3}(\.[0-9]{1,12})?"
 
+    def geotiff_answer(result: Any, filename: str) -> Response:
+        """An extract as a downloadable GeoTIFF (marked SYNTHETIC where the region is)."""
+        headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+        if registry.synthetic:
+            headers["X-Slidemap-Synthetic"] = "true"
+        return Response(result.to_geotiff(), media_type="image/tiff; application=geotiff", headers=headers)
+
     max_feature_bytes = 1 << 20  # a polygon of tens of thousands of vertices; more is not a map request
 
     @app.post(
@@ -560,10 +567,7 @@ def create_app(region_dir: Path, settings: ServerSettings | None = None) -> Fast
         if not isinstance(geometry, dict):
             raise server_errors.BadTileRequest("send a GeoJSON Feature with a geometry, or a geometry")
         result = await run_cancellable(request, lambda cancel: extract_feature(service, layer_id, geometry, model, cancel))
-        headers = {"Content-Disposition": f'attachment; filename="{layer_id.replace("/", "_")}_feature.tif"'}
-        if registry.synthetic:
-            headers["X-Slidemap-Synthetic"] = "true"
-        return Response(result.to_geotiff(), media_type="image/tiff; application=geotiff", headers=headers)
+        return geotiff_answer(result, f"{layer_id.replace('/', '_')}_feature.tif")
 
     @app.get(
         "/layers/{layer_id:path}/bbox/{bbox}.tif",
@@ -586,11 +590,7 @@ def create_app(region_dir: Path, settings: ServerSettings | None = None) -> Fast
         if not (-180 <= box[0] <= 180 and -180 <= box[2] <= 180 and -90 <= box[1] <= 90 and -90 <= box[3] <= 90):
             raise server_errors.BadTileRequest(f"bbox {bbox}: longitudes within -180..180, latitudes within -90..90")
         result = await run_cancellable(request, lambda cancel: extract_bbox(service, layer_id, box, model, cancel))
-        name = f"{layer_id.replace('/', '_')}_{bbox.replace(',', '_')}.tif"
-        headers = {"Content-Disposition": f'attachment; filename="{name}"'}
-        if registry.synthetic:
-            headers["X-Slidemap-Synthetic"] = "true"
-        return Response(result.to_geotiff(), media_type="image/tiff; application=geotiff", headers=headers)
+        return geotiff_answer(result, f"{layer_id.replace('/', '_')}_{bbox.replace(',', '_')}.tif")
 
     @app.get(
         "/layers/{layer_id:path}/tiles/{tms_id}/{z}/{x}/{y_fmt}",

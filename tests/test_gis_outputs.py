@@ -94,3 +94,10 @@ def test_latest_detected_inventory_is_the_newest_run(tmp_path):
     (runs / "20261203-000000-bbbbbb" / "other.gpkg").write_bytes(b"x")
     assert latest_detected(tmp_path).parent.name == "20261203-000000-bbbbbb"
     assert latest_detected(tmp_path / "nowhere") is None
+
+
+def test_class_names_with_markup_characters_stay_wellformed(tmp_path):
+    """Class names come from a region's CSV: '&' or '<' must not break the .aux.xml."""
+    aux = write_category_names(tmp_path / "x.tif", {0: "no data", 1: "rock & <soil>"})
+    names = [c.text for c in ET.parse(aux).getroot().iter("Category")]
+    assert names == ["no data", "rock & <soil>"]
