@@ -9,7 +9,7 @@ inner block is stored as one float32 ``.npy`` under::
     STORE/L0/<row>_<col>.npy          native blocks
     STORE/L<k>/<row>_<col>.npy        overview blocks: 2^k x 2^k native blocks, NaN-mean pooled
 
-where ``STORE = REGION/cache/blocks/<layer>/<model_version>/<input fingerprint>-b<block size>``:
+where ``STORE = REGION/cache/blocks/<layer>/<model_version>/<input fingerprint>-b<block size>[-<layout>]``:
 everything a block is made from names its folder, and ``STORE/store.json`` repeats it and is
 checked when an engine opens the store. Blocks never change once written (writes are atomic),
 so a new model version or re-prepared inputs get a new folder and never mix with old results.
@@ -22,6 +22,16 @@ logged once.
 
 rio-tiler's XarrayReader has no buffer/padding, so the halo is this module's job: tiles are
 rendered from :meth:`BlockEngine.mosaic`, an in-memory raster made of whole stored blocks.
+
+Blocks without waste: a runner may ask for blocks several base blocks wide (``ModelRunner.block_factor``:
+the detector, 3, runs one network pass over block + halo, so a 768-px block costs 896 x 896 network pixels instead of
+twenty-five overlapping 256-px tiles) and for the raster's edge to be mirrored rather than NaN-filled
+(``edge="reflect"``: the whole-image detector reflect-pads too, and edge blocks then only cover the
+raster's cells). How a runner cuts a block (``ModelRunner.layout``) is part of the store's identity.
+
+Reads without waste: each worker thread keeps its own open dataset (GDAL handles are per thread, so
+no global lock); the blocks one request asks for are read as one union window, and decoded windows
+stay in a small LRU (:class:`WindowCache`) that later blocks (and their halos) are cut from.
 
 Inference runs in one bounded :class:`InferenceExecutor`: single flight per block (concurrent
 requests for the same block share one computation), admission by the expected wait (the
@@ -59,6 +69,10 @@ log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 256
 MEMORY_BLOCKS = 64  # blocks kept in memory when the store cannot be written (16 MiB at 256 x 256)
+WINDOW_CACHE_BYTES = 64 << 20  # decoded input windows kept per engine (a union window up to half of it)
+# A request's blocks are read as one window when it is at most this much larger than their own windows
+# (scattered blocks are read one by one rather than through a mostly unused rectangle).
+UNION_SLACK = 2.0
 
 
 class QueueFull(Exception):
@@ -144,25 +158,39 @@ class ModelRunner:
 
     ``run(stack)`` gets float32 ``[bands, h + 2*halo, w + 2*halo]`` in physical units (NaN outside
     the raster and at nodata) and returns float32 ``[h, w]`` for the inner cells.
+
+    With ``edge="reflect"`` the stack is the block's cells inside the raster (edge blocks are
+    smaller) plus the halo, mirrored where it falls outside the raster, and ``run`` returns those
+    cells only; the engine fills the rest of the block with NaN.
     """
 
     version: str
     halo: int
     band_indexes: tuple[int, ...]  # 1-based bands of the input raster, in the model's order
     run: Callable[[np.ndarray], np.ndarray]
+    edge: str = "nan"  # "nan" | "reflect" (see above)
+    layout: str = ""  # how the model cuts a block (store identity: a new layout never reuses old blocks)
+    block_factor: int = 1  # blocks this many base blocks (the server's --block-size) on a side
 
 
 def detector_runner(detector, band_indexes: Sequence[int]) -> ModelRunner:
-    """Adapt ``load_detector`` output: ``predict`` returns the whole padded window, we crop it."""
+    """Adapt ``load_detector`` output.
+
+    A detector with ``predict_tile`` runs one network pass over block + halo (mirrored at the raster
+    edge, as the whole-image path pads) on blocks ``detector.block_factor`` base blocks wide; otherwise ``predict``
+    tiles the padded window itself and we crop the halo.
+    """
     halo = int(detector.halo)
+    one_pass = getattr(detector, "predict_tile", None)
 
-    def run(stack: np.ndarray) -> np.ndarray:
-        out = np.asarray(detector.predict(stack), dtype=np.float32)
-        if halo:
-            out = out[halo:-halo, halo:-halo]
-        return out
+    def crop(out: np.ndarray) -> np.ndarray:
+        out = np.asarray(out, dtype=np.float32)
+        return out[halo:-halo, halo:-halo] if halo else out
 
-    return ModelRunner(str(detector.version), halo, tuple(band_indexes), run)
+    if one_pass is not None:
+        return ModelRunner(str(detector.version), halo, tuple(band_indexes), lambda s: crop(one_pass(s)),
+                           edge="reflect", layout=f"pass1-h{halo}", block_factor=int(getattr(detector, "block_factor", 1)))
+    return ModelRunner(str(detector.version), halo, tuple(band_indexes), lambda s: crop(detector.predict(s)))
 
 
 def susceptibility_runner(model, band_indexes: Sequence[int]) -> ModelRunner:
@@ -383,6 +411,48 @@ def _pool2(a: np.ndarray) -> np.ndarray:
     return out
 
 
+Win = tuple[int, int, int, int]  # row_off, col_off, height, width (may reach outside the raster)
+
+
+def _contains(outer: Win, inner: Win) -> bool:
+    return (outer[0] <= inner[0] and outer[1] <= inner[1] and inner[0] + inner[2] <= outer[0] + outer[2]
+            and inner[1] + inner[3] <= outer[1] + outer[3])
+
+
+class WindowCache:
+    """Decoded input windows (``[bands, h, w]``, NaN outside the raster), least recently used
+    dropped past ``max_bytes``; any window inside a cached one is cut from it without a read."""
+
+    def __init__(self, max_bytes: int = WINDOW_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[Win, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, win: Win) -> np.ndarray | None:
+        with self._lock:
+            for key, arr in reversed(self._items.items()):
+                if _contains(key, win):
+                    self._items.move_to_end(key)
+                    self.hits += 1
+                    r, c = win[0] - key[0], win[1] - key[1]
+                    return arr[:, r : r + win[2], c : c + win[3]].copy()
+            self.misses += 1
+            return None
+
+    def put(self, win: Win, arr: np.ndarray) -> None:
+        if arr.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            self._items[win] = arr
+            self._items.move_to_end(win)
+            total = sum(a.nbytes for a in self._items.values())
+            while total > self.max_bytes and len(self._items) > 1:
+                _, dropped = self._items.popitem(last=False)
+                total -= dropped.nbytes
+
+
 class BlockEngine:
     """Blocks of one model output on its native grid, computed on demand and stored once."""
 
@@ -413,7 +483,12 @@ class BlockEngine:
         self.max_level = max(0, math.ceil(math.log2(max(self.n_rows, self.n_cols, 1))))
         self.model_calls = 0  # blocks the model actually ran on (tests count it)
         self.timings = Timings()
-        self._read_lock = threading.Lock()
+        self._timings_lock = threading.Lock()
+        self._local = threading.local()  # per worker thread: its own open dataset (GDAL handles are per thread)
+        self.windows = WindowCache()
+        self._unions: list[tuple[Win, threading.Lock]] = []  # windows requests asked to read whole
+        self._unions_lock = threading.Lock()
+        self.reads = 0  # input reads that went to the file (tests and benchmarks count them)
         self._memory: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         self._memory_lock = threading.Lock()
         self.store_error: str | None = None  # set when the store cannot be written
@@ -424,6 +499,7 @@ class BlockEngine:
         return {
             "layer": self.name, "model_version": self.runner.version, "source": self.source.name,
             "source_fingerprint": self.fingerprint, "block_size": self.block_size, "halo": self.runner.halo,
+            "edge": self.runner.edge, "layout": self.runner.layout,
             "band_indexes": list(self.runner.band_indexes), "grid": [self.grid.width, self.grid.height,
                                                                      list(self.grid.transform)[:6]],
         }
@@ -550,20 +626,89 @@ class BlockEngine:
         return out
 
     # ---- compute ----------------------------------------------------------------------------
-    def _read_input(self, row: int, col: int, timings: Timings) -> np.ndarray:
-        """Input window of a block plus the halo, boundless (NaN outside the raster)."""
-        h = self.runner.halo
+    def _inner(self, row: int, col: int) -> Win:
+        """The block's cells inside the raster."""
         b = self.block_size
-        t0 = time.perf_counter()
-        window = Window(col * b - h, row * b - h, b + 2 * h, b + 2 * h)
+        return (row * b, col * b, max(0, min(b, self.grid.height - row * b)), max(0, min(b, self.grid.width - col * b)))
+
+    def _read_window(self, row: int, col: int) -> Win:
+        """The input window a block is computed from (NaN-edge runners: the whole block + halo)."""
+        h, b = self.runner.halo, self.block_size
+        if self.runner.edge == "reflect":
+            r0, c0, ih, iw = self._inner(row, col)
+            top, left = max(0, r0 - h), max(0, c0 - h)
+            return (top, left, min(self.grid.height, r0 + ih + h) - top, min(self.grid.width, c0 + iw + h) - left)
+        return (row * b - h, col * b - h, b + 2 * h, b + 2 * h)
+
+    def _dataset(self) -> Any:
+        ds = getattr(self._local, "ds", None)
+        if ds is None or ds.closed:
+            ds = self._local.ds = rasterio.open(self.source)
+        return ds
+
+    def _file_read(self, win: Win) -> np.ndarray:
+        """Read ``win`` (boundless: NaN outside the raster, and at nodata) through this thread's dataset."""
         try:
-            with self._read_lock, rasterio.open(self.source) as src:
-                inner = Window(col * b, row * b, b, b).intersection(Window(0, 0, src.width, src.height))
-                stack = src.read(list(self.runner.band_indexes), window=window, boundless=True,
-                                 fill_value=np.nan, out_dtype="float32")
-                nodata = src.nodata
+            src = self._dataset()
+            # boundless reads go through a warped VRT (several times slower): only where the window leaves the raster
+            outside = win[0] < 0 or win[1] < 0 or win[0] + win[2] > src.height or win[1] + win[3] > src.width
+            stack = src.read(list(self.runner.band_indexes), window=Window(win[1], win[0], win[3], win[2]),
+                             boundless=outside, fill_value=np.nan if outside else None, out_dtype="float32")
+            nodata = src.nodata
         except (rasterio.errors.RasterioError, OSError) as exc:
+            ds = getattr(self._local, "ds", None)
+            self._local.ds = None
+            if ds is not None:
+                ds.close()
             raise InputUnreadable(self.source, short_error(exc)) from exc
+        if nodata is not None and not np.isnan(nodata):
+            stack[stack == nodata] = np.nan
+        self.reads += 1
+        return stack
+
+    def _window(self, win: Win) -> np.ndarray:
+        """``win`` from the window cache, from a request's union window (read once, by whichever of
+        its blocks gets here first), or from the file."""
+        arr = self.windows.get(win)
+        if arr is not None:
+            return arr
+        with self._unions_lock:
+            union = next(((u, lock) for u, lock in self._unions if _contains(u, win)), None)
+        if union is not None:
+            u, lock = union
+            with lock:  # the other blocks of the request wait for the one read
+                arr = self.windows.get(win)
+                if arr is not None:
+                    return arr
+                self.windows.put(u, self._file_read(u))
+                with self._unions_lock:
+                    self._unions = [x for x in self._unions if x[0] != u]
+            arr = self.windows.get(win)
+            if arr is not None:
+                return arr
+        arr = self._file_read(win)
+        self.windows.put(win, arr)
+        return arr.copy()
+
+    def _plan_union(self, blocks: Sequence[tuple[int, int]]) -> Win | None:
+        """One window covering the blocks' input windows, when it is not much larger than they are."""
+        wins = [self._read_window(r, c) for r, c in blocks]
+        if len(wins) < 2:
+            return None
+        r0, c0 = min(w[0] for w in wins), min(w[1] for w in wins)
+        r1, c1 = max(w[0] + w[2] for w in wins), max(w[1] + w[3] for w in wins)
+        area = (r1 - r0) * (c1 - c0)
+        nbytes = area * 4 * len(self.runner.band_indexes)
+        if area > UNION_SLACK * sum(w[2] * w[3] for w in wins) or nbytes > self.windows.max_bytes // 2:
+            return None
+        return (r0, c0, r1 - r0, c1 - c0)
+
+    def _read_input(self, row: int, col: int, timings: Timings) -> np.ndarray:
+        """Input of a block: its window plus the halo (NaN outside the raster, or mirrored there for
+        ``edge="reflect"`` runners)."""
+        t0 = time.perf_counter()
+        win = self._read_window(row, col)
+        stack = self._window(win)
         if self.fingerprint is not None:
             try:
                 now = file_fingerprint(self.source)
@@ -571,12 +716,19 @@ class BlockEngine:
                 raise InputUnreadable(self.source, short_error(exc)) from exc
             if now != self.fingerprint:
                 raise InputChanged(f"{self.source.name} changed while block {row},{col} was computed; retry")
+        if self.runner.edge == "reflect":
+            h = self.runner.halo
+            r0, c0, ih, iw = self._inner(row, col)
+            pads = ((0, 0), (h - (r0 - win[0]), r0 + ih + h - win[0] - win[2]),
+                    (h - (c0 - win[1]), c0 + iw + h - win[1] - win[3]))
+            if any(p for pair in pads for p in pair):
+                mode = "reflect" if min(stack.shape[1:]) > 1 else "edge"
+                stack = np.pad(stack, pads, mode=mode)
         t1 = time.perf_counter()
-        if nodata is not None and not np.isnan(nodata):
-            stack[stack == nodata] = np.nan
+        inner = self._inner(row, col)
         timings.read += t1 - t0
-        # The halo is the part of the read outside the inner block; charge it pro rata.
-        share = 1.0 - (inner.width * inner.height) / float(window.width * window.height)
+        # The halo is the part of the input outside the inner block; charge it pro rata.
+        share = 1.0 - (inner[2] * inner[3]) / float(max(1, stack.shape[1] * stack.shape[2]))
         timings.halo += (t1 - t0) * share
         timings.read -= (t1 - t0) * share
         return stack
@@ -596,6 +748,13 @@ class BlockEngine:
             t1 = time.perf_counter()
             self.model_calls += 1
             b = self.block_size
+            if self.runner.edge == "reflect":
+                _, _, ih, iw = self._inner(row, col)
+                if out.shape != (ih, iw):
+                    raise ValueError(f"model returned {out.shape} for {ih}x{iw} cells (halo {self.runner.halo})")
+                full = np.full((b, b), np.nan, dtype=np.float32)
+                full[:ih, :iw] = out
+                out = full
             if out.shape != (b, b):
                 raise ValueError(f"model returned {out.shape} for a {b}x{b} block (halo {self.runner.halo})")
             out = np.array(out, dtype=np.float32)
@@ -608,7 +767,7 @@ class BlockEngine:
             timings.blocks += 1
             done[key] = timings
             total.add(timings)
-        with self._read_lock:
+        with self._timings_lock:
             self.timings.add(total)
         return done
 
@@ -632,6 +791,10 @@ class BlockEngine:
         if not todo:
             return result
         keys = [(str(self.store), r, c) for r, c in todo]
+        union = self._plan_union(todo)
+        if union is not None:
+            with self._unions_lock:
+                self._unions.append((union, threading.Lock()))
         ticket = self.executor.submit(keys, self._compute, cost_key=(self.name, self.runner.version))
         try:
             result.missing = [(r, c) for _, r, c in ticket.rejected] + result.missing
@@ -661,6 +824,9 @@ class BlockEngine:
             result.computed = len(futures)
         finally:
             ticket.release()
+            if union is not None:  # not read (all blocks were there, or refused): forget it
+                with self._unions_lock:
+                    self._unions = [x for x in self._unions if x[0] != union]
         return result
 
     # ---- overviews and mosaics --------------------------------------------------------------

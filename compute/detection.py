@@ -19,6 +19,12 @@ training time); it goes into the output's tags and, with ``mask=True``, cuts a 0
 
 Memory: loaded detectors are kept in a small LRU cache (:data:`CACHE_SIZE` versions), and a batch
 that runs out of (GPU) memory is split in half and retried, down to one tile.
+
+Two more ways in: :meth:`Detector.predict_tile` runs one network pass over a whole window (a block
+engine block, :data:`BLOCK_FACTOR` base blocks wide, plus the halo: 896 x 896 network pixels for a
+768 x 768 block, 73 % of them output, where overlapping 256-px tiles use 56 %), and
+:meth:`Detector.predict_chunk` computes one rectangle of the global tile lattice, so a raster cut
+into chunks (``detect --dask``) is computed tile for tile as the streamed whole-image path does it.
 """
 
 from __future__ import annotations
@@ -39,6 +45,12 @@ from slidemap.errors import InputError, ModelError
 log = logging.getLogger(__name__)
 DEFAULT_TILE = 256
 DEFAULT_OVERLAP = 64
+# Detector blocks in the block engine are this many base blocks wide: 768 px at the default 256, one
+# network pass of 896 x 896 per block, 73 % of it output (a 256-px tile with 64 px overlap uses 56 %);
+# the network's cost per pixel is flat from 256 to 1024 px on CPU, and a cold block is still a
+# fraction of a second.
+BLOCK_FACTOR = 3
+CHUNK_TILES = 8  # tile steps per side of a `detect --dask` chunk (1536 x 1536 px at 256/64)
 CACHE_SIZE = 4  # detectors (model versions) kept loaded; a pinned old version does not stay forever
 MASK_NODATA = 255
 _cache: OrderedDict[tuple[str, str], Detector] = OrderedDict()
@@ -103,6 +115,14 @@ class Detector:
     @property
     def halo(self) -> int:
         return int(self.overlap)
+
+    @property
+    def block_factor(self) -> int:
+        return BLOCK_FACTOR
+
+    @property
+    def multiple(self) -> int:
+        return int(self.card.get("tile_multiple", 16))
 
     @property
     def threshold(self) -> float:
@@ -228,6 +248,71 @@ class Detector:
 
         self.stream(lambda idx: image[:, idx], h, w, emit, stats=self.stats_for(image))
         return out
+
+    def predict_tile(self, image: np.ndarray) -> np.ndarray:
+        """Probability ``[H, W]`` for ``image`` ``[bands, H, W]`` from one network pass over all of it
+        (mirrored up to the network's size multiple): no overlapping tiles, so nothing is computed
+        twice. The caller gives the context (a halo) and crops it."""
+        image = np.asarray(image, dtype=np.float32)
+        if image.ndim != 3 or image.shape[0] != len(self.bands):
+            raise InputError(f"expected an image [{len(self.bands)} bands ({', '.join(self.bands)}), H, W], got {image.shape}")
+        _, h, w = image.shape
+        x, nodata = self._normalise(image, self.stats_for(image))
+        m = self.multiple
+        ph, pw = -h % m, -w % m
+        if ph or pw:
+            x = np.pad(x, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > max(ph, pw) else "symmetric")
+        prob = self.predict_batch(x[np.newaxis])[0, :h, :w]
+        return np.where(nodata, np.float32(np.nan), prob).astype(np.float32)
+
+    def chunks(self, height: int, width: int, size: int | None = None) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+        """The tile-lattice rectangles ``((k0, k1), (j0, j1))`` of ``size`` tile steps covering an image."""
+        size = size or CHUNK_TILES
+        n_r, n_c = n_tiles(height, self.tile, self.overlap), n_tiles(width, self.tile, self.overlap)
+        return [((k, min(n_r, k + size)), (j, min(n_c, j + size)))
+                for k in range(0, n_r, size) for j in range(0, n_c, size)]
+
+    def predict_chunk(
+        self,
+        read: Callable[[np.ndarray, np.ndarray], np.ndarray],
+        height: int,
+        width: int,
+        rows: tuple[int, int],
+        cols: tuple[int, int],
+        stats: BandStats | None = None,
+    ) -> tuple[int, int, np.ndarray]:
+        """The output of tile rows ``rows`` x tile columns ``cols`` of the global lattice of a
+        ``height x width`` image read through ``read(row_indices, col_indices) -> [C, rows, cols]``:
+        ``(row0, col0, prob)``. The tiles before the rectangle (whose overlap reaches into it) are run
+        too, and the weights are summed in :meth:`stream`'s order, so chunks tile the image exactly."""
+        if stats is None:
+            stats = stats_for(self.normalisation, None, scene=self.scene)
+        t, o = self.tile, self.overlap
+        step = t - o
+        (k0, k1), (j0, j1) = rows, cols
+        ka, ja = max(0, k0 - 1), max(0, j0 - 1)
+        span_r, span_c = (k1 - 1 - ka) * step + t, (j1 - 1 - ja) * step + t
+        raw = read(reflect_index(np.arange(ka * step - o, ka * step - o + span_r), height),
+                   reflect_index(np.arange(ja * step - o, ja * step - o + span_c), width))
+        x, nodata = self._normalise(raw, stats)
+        window = blend_window(t, o)
+        acc = np.zeros((span_r, span_c), dtype=np.float32)
+        wsum = np.zeros((span_r, span_c), dtype=np.float32)
+        for k in range(ka, k1):
+            r = (k - ka) * step
+            tiles = [x[r : r + t, (j - ja) * step : (j - ja) * step + t] for j in range(ja, j1)]
+            preds = self.predict_batch(np.stack(tiles))
+            for i, j in enumerate(range(ja, j1)):
+                c = (j - ja) * step
+                acc[r : r + t, c : c + t] += preds[i] * window
+                wsum[r : r + t, c : c + t] += window
+        # final padded rows [k0*step, k1*step) = original rows k0*step - o + [0, (k1-k0)*step), clipped
+        r_lo, r_hi = max(0, k0 * step - o), min(height, k1 * step - o)
+        c_lo, c_hi = max(0, j0 * step - o), min(width, j1 * step - o)
+        rs = slice(r_lo + o - ka * step, r_hi + o - ka * step)
+        cs = slice(c_lo + o - ja * step, c_hi + o - ja * step)
+        done = acc[rs, cs] / np.maximum(wsum[rs, cs], 1e-12)
+        return r_lo, c_lo, np.where(nodata[rs, cs], np.nan, done).astype(np.float32)
 
     def predict_chips(self, chips: np.ndarray) -> np.ndarray:
         """Whole-chip prediction (as in training) for ``[N, bands, h, w]`` with sides multiples of 16;
@@ -374,11 +459,15 @@ def detect_file(
     progress: bool = True,
     detector: Detector | None = None,
     mask: bool = False,
+    dask: Any = None,
 ) -> dict[str, Any]:
     """Run a detector over a GeoTIFF (written as a float32 probability COG) or a chip folder (8-bit PNGs).
 
     With ``mask`` a uint8 mask (1 = probability >= the model's threshold, 0 below, 255 no data) is
     written beside the probabilities (``OUT_mask.tif``, or ``OUT/masks/`` for a chip folder).
+    With ``dask`` (``local``, a scheduler address or a Client) a GeoTIFF is computed in lattice chunks
+    (:meth:`Detector.predict_chunk`) on the cluster's workers, which read INPUT from the same path,
+    and written here as they arrive.
     """
     input_path, out_path = Path(input_path), Path(out_path)
     if detector is None and model_dir is None:
@@ -411,14 +500,10 @@ def detect_file(
                    "crs": src.crs, "transform": src.transform, "nodata": np.nan, "tiled": True,
                    "blockxsize": 256, "blockysize": 256, "compress": "deflate"}
 
+        read = _window_reader(src, indexes, nodata, factor)
+
         def read_rows(idx: np.ndarray) -> np.ndarray:
-            lo, hi = int(idx.min()), int(idx.max()) + 1
-            window = rasterio.windows.Window(0, lo, w, hi - lo)
-            raw = src.read(indexes, window=window).astype(np.float32)
-            bad = _invalid(raw, nodata)
-            raw *= np.float32(factor)
-            raw[:, bad] = np.nan
-            return raw[:, idx - lo]
+            return read(idx, np.arange(w))
 
         threshold = det.threshold
         tags = {"model_version": det.version, "model": str(det.card.get("name")), "threshold": str(threshold),
@@ -442,8 +527,8 @@ def detect_file(
                 ) as bar:
                     dst.set_band_description(1, "landslide_probability")
 
-                    def emit(row0: int, rows: np.ndarray) -> None:
-                        window = rasterio.windows.Window(0, row0, w, len(rows))
+                    def emit(row0: int, rows: np.ndarray, col0: int = 0) -> None:
+                        window = rasterio.windows.Window(col0, row0, rows.shape[1], len(rows))
                         dst.write(rows[None], window=window)
                         ok = np.isfinite(rows)
                         above = ok & (rows >= threshold)
@@ -454,7 +539,13 @@ def detect_file(
                             cut = np.where(ok, above.astype(np.uint8), np.uint8(MASK_NODATA)).astype(np.uint8)
                             mask_dst.write(cut[None], window=window)
 
-                    run.stream(read_rows, h, w, emit, bar.update)
+                    if dask is None:
+                        run.stream(read_rows, h, w, emit, bar.update)
+                    else:
+                        if model_dir is None:
+                            raise ValueError("detect_file with dask needs model_dir (workers load the model)")
+                        _detect_on_dask(dask, Path(model_dir).resolve(), input_path.resolve(), indexes, factor, stats,
+                                        run.chunks(h, w), emit, progress)
                     dst.update_tags(**tags)
                 if mask_dst is not None:
                     mask_dst.close()
@@ -474,6 +565,45 @@ def detect_file(
             "mean_probability": stats_acc["sum"] / stats_acc["n"] if stats_acc["n"] else None,
             "pixels_above_threshold": stats_acc["above"], "threshold": threshold,
             "mask": str(mask_target) if mask_target else None}
+
+
+def _window_reader(src: Any, indexes: list[int], nodata: float | None, factor: float
+                   ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """``read(row_indices, col_indices) -> [C, rows, cols]`` float32, scaled, NaN on no data."""
+    import rasterio
+
+    def read(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        r0, r1, c0, c1 = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+        raw = src.read(indexes, window=rasterio.windows.Window(c0, r0, c1 - c0, r1 - r0)).astype(np.float32)
+        bad = _invalid(raw, nodata)
+        raw *= np.float32(factor)
+        raw[:, bad] = np.nan
+        raw = raw[:, rows - r0]
+        return raw if np.array_equal(cols, np.arange(c0, c1)) else raw[:, :, cols - c0]
+
+    return read
+
+
+def detect_chunk(model_dir: str, input_path: str, indexes: list[int], factor: float, stats: BandStats | None,
+                 rows: tuple[int, int], cols: tuple[int, int]) -> tuple[int, int, np.ndarray]:
+    """One lattice chunk of a GeoTIFF (a Dask task: loads the model once per worker process)."""
+    import rasterio
+
+    det = load_detector(model_dir)
+    run = det.for_scene(stats) if stats is not None else det
+    with rasterio.open(input_path) as src:
+        read = _window_reader(src, indexes, src.nodata, factor)
+        return run.predict_chunk(read, src.height, src.width, rows, cols)
+
+
+def _detect_on_dask(address: Any, model_dir: Path, input_path: Path, indexes: list[int], factor: float,
+                    stats: BandStats | None, chunks: list, emit: Callable[..., None], progress: bool) -> None:
+    from slidemap.compute.dask_run import dask_client, run_tasks
+
+    tasks = [(str(model_dir), str(input_path), indexes, factor, stats, rows, cols) for rows, cols in chunks]
+    with dask_client(address) as client:
+        for row0, col0, prob in run_tasks(client, detect_chunk, tasks, progress, "detect chunks"):
+            emit(row0, prob, col0)
 
 
 def _write_styles(prob_path: Path, mask_path: Path | None) -> None:

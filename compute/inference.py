@@ -22,12 +22,13 @@ a process keeps (each pinned version of a model otherwise stays in GPU memory).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -122,13 +123,15 @@ def configure_tensorflow() -> Any:
         if settings.gpu_memory_mb is None:
             os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
         try:
-            import tensorflow as tf
+            with _stderr_to_devnull():
+                import tensorflow as tf
         except ImportError as exc:
             raise TensorflowSetupError(
                 f"TensorFlow cannot be imported ({exc}); install a flavour: "
                 "`SLIDEMAP_TF=cpu bash scripts/setup.sh` (or gpu), or `pip install -e .[cpu]` / `.[gpu]`"
             ) from exc
         _silence()
+        _set_threads(tf)
         gpus = list(tf.config.list_physical_devices("GPU"))
         if settings.device == "gpu" and not gpus:
             raise TensorflowSetupError(
@@ -156,6 +159,21 @@ def configure_tensorflow() -> Any:
         return tf
 
 
+def _set_threads(tf: Any) -> None:
+    """``SLIDEMAP_TF_THREADS=n``: n threads per op (and between ops). Dask worker processes sharing
+    one machine get cores / workers each, so they split the cores instead of each taking all."""
+    raw = os.environ.get("SLIDEMAP_TF_THREADS", "").strip()
+    if not raw:
+        return
+    if not raw.isdigit() or int(raw) < 1:
+        raise TensorflowSetupError(f"SLIDEMAP_TF_THREADS={raw!r}: expected a positive number of threads")
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(int(raw))
+        tf.config.threading.set_inter_op_parallelism_threads(int(raw))
+    except RuntimeError:  # TensorFlow already started in this process: its thread pools stay as they are
+        log.warning("SLIDEMAP_TF_THREADS=%s ignored: TensorFlow was already running", raw)
+
+
 def _modify_devices(tf: Any, change: Callable[[], None], what: str) -> None:
     try:
         change()
@@ -166,6 +184,27 @@ def _modify_devices(tf: Any, change: Callable[[], None], what: str) -> None:
             f"slidemap could not {what}: TensorFlow had already initialised its devices ({exc}). "
             "Call slidemap.compute.inference.configure_tensorflow() before any TensorFlow op."
         ) from exc
+
+
+@contextlib.contextmanager
+def _stderr_to_devnull() -> Iterator[None]:
+    """File descriptor 2 to /dev/null while TensorFlow loads its C++ runtime: on CPUs with AVX-512
+    its oneDNN notice is logged before absl's logging starts, where TF_CPP_MIN_LOG_LEVEL does not
+    reach (seen with TensorFlow 2.21). Python exceptions are raised, not printed, so none is lost."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (an embedded interpreter): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _silence() -> None:

@@ -39,7 +39,7 @@ from slidemap.compute.factors import (
     FactorSpec,
 )
 from slidemap.compute.grid import Grid
-from slidemap.compute.io import atomic_path, cog_writer, sha256_file, write_cog, write_json_atomic
+from slidemap.compute.io import FAST_READ, atomic_path, cog_writer, sha256_file, write_cog, write_json_atomic
 from slidemap.compute.region import Region, load_region, parse_label, read_classes
 from slidemap.errors import RegionError
 
@@ -643,7 +643,8 @@ class _Builder:
     # the stack ---------------------------------------------------------------------------
     def stack(self, classes: dict[str, dict[str, str]]) -> list[str]:
         names = [n for n in FACTOR_ORDER if n in self.part_keys and self.part(n).exists()]
-        key = _key("stack", [self.part_keys[n] for n in names], names, self.synthetic)
+        # the layout is in the key: a region prepared before it changed gets the new layout on the next run
+        key = _key("stack", [self.part_keys[n] for n in names], names, self.synthetic, repr(FAST_READ))
         target = self.build / "factors.tif"
 
         def build() -> dict[str, Any]:
@@ -661,7 +662,8 @@ class _Builder:
                     filled[n] = float(holes.sum() / footprint.sum())
             stack = np.stack([arrays[n] for n in names]).astype(np.float32)
             tags = dict(SYNTHETIC_TAGS) if self.synthetic else {}
-            write_cog(target, stack, self.grid, band_names=names, nodata=float("nan"), tags=tags)
+            # read window by window by the block engine and `map`: the fast-read layout (compute/io.py)
+            write_cog(target, stack, self.grid, band_names=names, nodata=float("nan"), tags=tags, layout=FAST_READ)
             specs = []
             for n, band in zip(names, stack, strict=True):
                 finite = band[np.isfinite(band)]

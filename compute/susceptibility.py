@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from slidemap.compute.factors import Encoding
+from slidemap.compute.inference import ModelCache
 from slidemap.compute.windows import block_centres, iter_windows
 from slidemap.errors import BuildError, InputError, ModelError
 
@@ -198,6 +199,41 @@ def predict_region(
     return out
 
 
+_loaded: ModelCache = ModelCache()  # per process: the models this process's Dask tasks loaded
+
+
+def map_block(model_dir: str, mode: str | None, factors_tif: str, indexes: list[int], block: int,
+              row: int, col: int) -> tuple[int, int, np.ndarray]:
+    """One ``block`` x ``block`` cell block of a susceptibility map at (row, col) (a Dask task): the
+    block plus the model's halo read from ``factors_tif`` (NaN beyond the raster, as
+    :func:`predict_region` pads), the inner cells predicted; ``(row, col, prob)`` cropped to the grid."""
+    import rasterio
+    from rasterio.windows import Window
+
+    sm = _loaded.get_or_load((model_dir, mode), lambda: load_susceptibility(model_dir, None if mode == "auto" else mode))
+    h = sm.halo
+    with rasterio.open(factors_tif) as src:
+        window = src.read(indexes, window=Window(col - h, row - h, block + 2 * h, block + 2 * h), boundless=True,
+                          fill_value=np.nan, out_dtype="float32")
+        height, width = src.height, src.width
+    prob = sm.predict_block(window)
+    return row, col, prob[: min(block, height - row), : min(block, width - col)]
+
+
+def _map_on_dask(address: Any, model_dir: Path, mode: str, factors_tif: Path, indexes: list[int], grid: Any,
+                 block: int, progress: bool) -> np.ndarray:
+    from slidemap.compute.dask_run import dask_client, run_tasks
+
+    height, width = grid.shape
+    tasks = [(str(model_dir), mode, str(factors_tif), indexes, block, r, c)
+             for r in range(0, height, block) for c in range(0, width, block)]
+    out = np.full((height, width), np.nan, dtype=np.float32)
+    with dask_client(address) as client:
+        for r, c, prob in run_tasks(client, map_block, tasks, progress, "map blocks"):
+            out[r : r + prob.shape[0], c : c + prob.shape[1]] = prob
+    return out
+
+
 def map_region(
     region_dir: str | Path,
     model: str | None = None,
@@ -205,8 +241,14 @@ def map_region(
     out: str | Path | None = None,
     block: int | None = None,
     progress: bool = True,
+    dask: Any = None,
 ) -> dict[str, Any]:
-    """Write the probability COG, the class COG and the classes JSON; return the summary."""
+    """Write the probability COG, the class COG and the classes JSON; return the summary.
+
+    With ``dask`` (``local``, a scheduler address or a Client) the blocks are computed by the
+    cluster's workers (:func:`map_block`, reading the factors from the region's path) and assembled
+    here; every block sees what it sees in-process, so the maps are identical.
+    """
     import rasterio
 
     from slidemap.compute.grid import Grid
@@ -232,17 +274,22 @@ def map_region(
     sm = load_susceptibility(model_dir, mode)
     with rasterio.open(factors_tif) as src:
         names = list(src.descriptions)
-        stack = src.read().astype(np.float32)
         grid = Grid(src.crs, src.transform, src.width, src.height)
     missing = [n for n in sm.factor_names if n not in names]
     if missing:
         raise ModelError(f"{model_dir}: trained on factors {missing} that {factors_tif} lacks; retrain on this region")
-    stack = stack[[names.index(n) for n in sm.factor_names]]
+    indexes = [names.index(n) + 1 for n in sm.factor_names]
     labels_tif = region_dir / "build" / "labels.tif"
     labels = rasterio.open(labels_tif).read(1) if labels_tif.is_file() else None
     synthetic = bool(sm.card.get("synthetic"))
+    block = block or (128 if sm.mode == "window" else 512)
     t0 = time.perf_counter()
-    prob = predict_region(sm, stack, block=block or (128 if sm.mode == "window" else 512), progress=progress)
+    if dask is None:
+        with rasterio.open(factors_tif) as src:
+            stack = src.read(indexes).astype(np.float32)
+        prob = predict_region(sm, stack, block=block, progress=progress)
+    else:
+        prob = _map_on_dask(dask, Path(model_dir).resolve(), mode, factors_tif.resolve(), indexes, grid, block, progress)
     seconds = time.perf_counter() - t0
     n_cells = int(np.isfinite(prob).sum())
     out = Path(out) if out else region_dir / "maps" / f"susceptibility_{sm.name}-{sm.version}.tif"

@@ -667,10 +667,14 @@ class LayerRegistry:
         else:
             runner = self._runner(model, state, list(getattr(model, "factor_names", [])), susceptibility_runner, "factors")
             name = "susceptibility"
-        store = self.cache_dir / "blocks" / name / mkey / f"{state.fingerprint}-b{self.block_size}"
+        # A model that runs best on larger blocks (the detector: one network pass per block) gets them;
+        # block side and layout name the store, so blocks of another layout are never mixed in.
+        block = self.block_size * max(1, runner.block_factor)
+        layout = f"-{runner.layout}" if runner.layout else ""
+        store = self.cache_dir / "blocks" / name / mkey / f"{state.fingerprint}-b{block}{layout}"
         assert state.grid is not None
         engine = BlockEngine(name, state.path, state.grid, runner, store, self.executor,
-                             block_size=self.block_size, wait_timeout=self.wait_timeout,
+                             block_size=block, wait_timeout=self.wait_timeout,
                              fingerprint=state.fingerprint)
         with self._lock:
             # Two first requests may both have built one: the first stored wins, so every request

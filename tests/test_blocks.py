@@ -357,3 +357,69 @@ def test_executor_shutdown_releases_waiters(raster, tmp_path):
     gate.set()
     t.join(10)
     assert errors and not t.is_alive()
+
+
+# ---- blocks and reads without waste -------------------------------------------------------------
+
+
+def test_a_requests_blocks_are_read_once_and_cut_from_the_window_cache(raster, tmp_path):
+    _, grid, data = raster
+    eng = make_engine(raster, tmp_path)
+    eng.ensure([(r, c) for r in range(eng.n_rows) for c in range(eng.n_cols)])
+    assert eng.reads == 1  # one union window for all 12 blocks, not 12 reads
+    mosaic, _, _ = eng.mosaic(grid.bounds, 0)
+    np.testing.assert_allclose(mosaic[: grid.height, : grid.width], reference(data), atol=1e-5, equal_nan=True)
+    # A block needed again later (its file removed) is cut from the cached window: no read.
+    eng.path(0, 1, 1).unlink()
+    eng.ensure([(1, 1)])
+    assert eng.reads == 1 and eng.windows.hits >= 13
+
+
+def test_reads_from_many_threads_use_their_own_datasets(raster, tmp_path):
+    _, grid, data = raster
+    eng = make_engine(raster, tmp_path, executor=InferenceExecutor(4, 64))
+    eng.windows.max_bytes = 0  # no cache: every block reads the file, concurrently
+    blocks = [(r, c) for r in range(eng.n_rows) for c in range(eng.n_cols)]
+    threads = [threading.Thread(target=eng.ensure, args=([b],)) for b in blocks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    mosaic, _, complete = eng.mosaic(grid.bounds, 0)
+    assert complete
+    np.testing.assert_allclose(mosaic[: grid.height, : grid.width], reference(data), atol=1e-5, equal_nan=True)
+
+
+def test_reflect_edge_runner_sees_the_raster_mirrored_and_covers_only_its_cells(raster, tmp_path):
+    path, grid, data = raster
+    calls: list = []
+
+    def run(stack):
+        calls.append(stack.shape)
+        return local_mean(stack)[HALO:-HALO, HALO:-HALO]
+
+    r = ModelRunner("v1", HALO, (1, 2), run, edge="reflect", layout="test-pass")
+    eng = BlockEngine("test", path, grid, r, tmp_path / "s", InferenceExecutor(1, 64), block_size=BS)
+    eng.ensure([(rr, cc) for rr in range(eng.n_rows) for cc in range(eng.n_cols)])
+    mosaic, _, _ = eng.mosaic(grid.bounds, 0)
+    want = local_mean(np.pad(data, ((0, 0), (HALO, HALO), (HALO, HALO)), mode="reflect"))[HALO:-HALO, HALO:-HALO]
+    np.testing.assert_allclose(mosaic[: grid.height, : grid.width], want, atol=1e-5, equal_nan=True)
+    # the last block column holds 110 - 96 = 14 cells: the model saw 14 + 2 halo, not the whole block
+    assert (2, BS + 2 * HALO, 110 - 3 * BS + 2 * HALO) in calls
+    meta = (eng.store / "store.json").read_text()
+    assert '"layout": "test-pass"' in meta and '"edge": "reflect"' in meta
+
+
+def test_another_block_size_or_layout_never_reuses_stored_blocks(raster, tmp_path):
+    path, grid, _ = raster
+    calls: list = []
+    store = tmp_path / "store"
+    first = BlockEngine("test", path, grid, runner("v1", calls), store, InferenceExecutor(1, 64), block_size=BS)
+    first.ensure([(0, 0)])
+    # Same folder, other block side: the identity differs, the old blocks are cleared, not served.
+    second = BlockEngine("test", path, grid, runner("v1", calls), store, InferenceExecutor(1, 64), block_size=2 * BS)
+    assert not second.has(0, 0, 0)
+    second.ensure([(0, 0)])
+    relayout = ModelRunner("v1", HALO, (1, 2), runner("v1", calls).run, layout="other")
+    third = BlockEngine("test", path, grid, relayout, store, InferenceExecutor(1, 64), block_size=2 * BS)
+    assert not third.has(0, 0, 0)

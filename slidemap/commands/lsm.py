@@ -62,6 +62,9 @@ def register(groups: dict[str, Any]) -> None:
                     help="window models only: the window path, the fast form, or auto (default)")
     mp.add_argument("--out", type=Path, help="probability COG path (default REGION_DIR/maps/susceptibility_<model>-<version>.tif)")
     mp.add_argument("--block", type=int, help="block side in cells (default 512, 128 for the window path)")
+    mp.add_argument("--dask", metavar="ADDRESS|local",
+                    help="compute the blocks on a Dask cluster (local: one on this machine; or tcp://scheduler:8786, "
+                    "whose workers must see REGION_DIR at the same path); same map as without")
     mp.set_defaults(handler=_map)
 
 
@@ -109,11 +112,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _map(args: argparse.Namespace) -> int:
+    from slidemap.compute.dask_run import check_address
     from slidemap.compute.susceptibility import map_region
+
+    check_address(args.dask)
 
     summary = map_region(
         args.region_dir, model=args.model, mode=args.mode, out=args.out, block=args.block,
-        progress=not args.quiet,
+        progress=not args.quiet, dask=args.dask,
     )
     tag = "SYNTHETIC " if summary["synthetic"] else ""
     path = {"dense": "fast form", "window": "window path", "centre": "centre cells"}[summary["mode"]]

@@ -106,6 +106,9 @@ def register(groups: dict[str, Any]) -> None:
                    help="also write a 0/1 mask cut at the model's threshold (OUT_mask.tif, or OUT/masks/)")
     d.add_argument("--band-order", type=_csv, help="the file's band names in order, e.g. B4,B3,B2,B8 or R,G,B,NIR")
     d.add_argument("--scale", type=float, help="reflectance = value / SCALE (e.g. 10000 for Sentinel-2 DN)")
+    d.add_argument("--dask", metavar="ADDRESS|local",
+                   help="compute a GeoTIFF chunk by chunk on a Dask cluster (local: one on this machine; or "
+                   "tcp://scheduler:8786, whose workers must see INPUT and MODEL at the same paths); same output")
     d.set_defaults(handler=detect_handler)
 
     i = groups["root"].add_parser(
@@ -252,8 +255,13 @@ def detect_handler(args: argparse.Namespace) -> int:
 
     model_dir, input_path, out = _detect_model(args)
     _warn_if_no_skill(model_dir)
+    from slidemap.compute.dask_run import check_address
+
+    check_address(args.dask)
+    if args.dask and input_path.is_dir():
+        raise InputError(f"--dask: {input_path} is a chip folder; --dask runs GeoTIFF input (drop --dask for chips)")
     summary = detect_file(model_dir, input_path, out, band_order=args.band_order, scale=args.scale,
-                          progress=not args.quiet, mask=args.mask)
+                          progress=not args.quiet, mask=args.mask, dask=args.dask)
     summary["model_dir"] = str(model_dir)
     print(json.dumps(summary, indent=2))
     return 0
