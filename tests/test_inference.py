@@ -115,9 +115,10 @@ def test_device_changes_after_start_are_refused_loudly(monkeypatch):
 
 
 SUBPROCESS_CHECK = r"""
-import json, keras, numpy as np
+import json, numpy as np
 from slidemap.compute.inference import configure_tensorflow, device_summary
-configure_tensorflow()
+configure_tensorflow()  # first, as documented: Keras' import starts TensorFlow
+import keras
 inp = keras.Input((4,)); model = keras.Model(inp, keras.layers.Dense(1)(inp))
 model.compile(optimizer="adam", loss="mse")
 model.save(__import__("sys").argv[1])

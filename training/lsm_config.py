@@ -76,7 +76,9 @@ class LsmConfig(BaseModel):
     fast_steps: int = Field(600, ge=10, description="optimiser steps of the distillation")
     fast_cells: int = Field(60000, ge=100, description="valid cells whose window-model probability the distillation learns from")
     agreement_cells: int = Field(5000, ge=100, description="cells outside the distillation crops on which the agreement is measured")
-    fast_patch: int = Field(48, ge=8, description="output cells per side of a distillation crop")
+    fast_patch: int = Field(24, ge=8, description="output cells per side of a distillation crop")
+    fast_batch: int = Field(8, ge=1, description="crops per distillation step (many small crops beat a few large ones)")
+    fast_lr: float = Field(5e-3, gt=0, description="peak learning rate of the distillation (cosine decay)")
     fast_agreement: float = Field(0.97, gt=0, le=1, description="Pearson r needed to serve tiles from the fast form")
     # baselines
     gbdt_trees: int = Field(150, ge=1)
@@ -111,13 +113,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": dict(
         models=("multiscale", "logreg", "random_forest"), max_samples=500, epochs=4, patience=3, batch=32,
         widths=(4, 8), dense_units=16, gbdt_trees=30, rf_trees=60, area_sample=1500, cv_repeats=1,
-        cv_folds=3, fast_width=8, fast_dense=16, fast_steps=60, fast_patch=24, fast_cells=2000,
+        cv_folds=3, fast_width=8, fast_dense=16, fast_steps=60, fast_patch=24, fast_batch=4, fast_cells=2000,
         agreement_cells=1000, bootstrap=200,
         compare_anywhere=False,
     ),
     "demo": dict(
         models=("multiscale", *BASELINES), max_samples=2400, epochs=8, patience=3, batch=64,
-        widths=(8, 16), dense_units=32, area_sample=4000, fast_steps=600, fast_cells=12000, fast_patch=16,
+        widths=(8, 16), dense_units=32, area_sample=4000, fast_steps=1500, fast_cells=12000,
         fast_width=16, fast_dense=32, agreement_cells=3000, anywhere_networks=False,
     ),
     "default": dict(

@@ -120,12 +120,12 @@ class EarlyStopping:
 
 
 def build_model(bands: int, base_width: int, attention: bool, seed: int) -> Any:
-    import keras
-
     from slidemap.compute.inference import configure_tensorflow
     from slidemap.training.unet import build_unet
 
-    configure_tensorflow()  # the one place TensorFlow is configured, before any model exists
+    configure_tensorflow()  # the one place TensorFlow is configured, before Keras imports it
+    import keras
+
     keras.utils.set_random_seed(seed)
     return build_unet(bands, base_width, attention=attention)
 
