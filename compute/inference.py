@@ -573,13 +573,6 @@ def run_in_batches(
     return np.concatenate(outs, axis=0)
 
 
-def predict_batched(
-    predict_fn: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, batch_size: int
-) -> np.ndarray:
-    """Run ``predict_fn`` over ``inputs`` in batches of ``batch_size`` (halved on out-of-memory) and concatenate."""
-    return run_in_batches(predict_fn, inputs, batch_size)
-
-
 class BatchPredictor:
     """``numpy -> numpy`` inference of a Keras model, in batches that fit the device.
 

@@ -160,10 +160,6 @@ def _resampling_for(src_res: float, dst_res: float, categorical: bool = False) -
     return Resampling.average if coarser else Resampling.bilinear
 
 
-def _read_onto(grid: Grid, path: Path, band: int, resampling: Resampling, nodata: float | None = None) -> np.ndarray:
-    return grid.reproject_band(path, band=band, resampling=resampling, src_nodata=nodata)
-
-
 # ---- writing helpers ---------------------------------------------------------------------------
 
 

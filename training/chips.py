@@ -33,7 +33,6 @@ from slidemap.compute.chip_io import IMAGE_EXTS, MASK_ENCODINGS, read_image_file
 from slidemap.errors import BuildError, InputError
 
 IGNORE = 255
-DEFAULT_BANDS = ("B2", "B3", "B4", "B8")
 __all__ = ["ChipSet", "ChipSampler", "IMAGE_EXTS", "MASK_ENCODINGS", "chips_from_folder", "blocked_split",
            "random_split", "split", "region_is_synthetic", "read_image_file", "read_mask_file"]
 
