@@ -1,29 +1,41 @@
-"""Seeding: fill the block store and tile cache ahead of users, on one machine or a Dask cluster.
+"""Seeding: fill the block store and tile cache ahead of users, on all local cores or a Dask cluster.
 
 ``slidemap seed REGION --layer detection --zoom 12-15 [--format tree|mbtiles|pmtiles] [--out PATH]
-[--dask local|tcp://scheduler:8786]``
+[--workers N] [--dask local|tcp://scheduler:8786]``
 
 Two phases, each split into tasks:
 
 1. **blocks** (computed layers only): every native block of the model is computed once. Tasks
    are disjoint sets of blocks, so no two workers run the model on the same cells; block writes
    are atomic and idempotent, so even a retried task is harmless.
-2. **tiles**: tiles are rendered finest zoom first (coarser zooms then read persisted overview
-   blocks). With ``tree`` each worker writes into the shared tile cache (the server's own
-   ``REGION/cache/tiles``); with ``mbtiles``/``pmtiles`` tiles come back to the client, which
-   writes one archive (MBTiles 1.3 in SQLite, PMTiles v3 converted from it by the ``pmtiles``
-   package), atomically.
+2. **tiles**: each task is a metatile (:mod:`slidemap.server.seed_plan`): an N x N block of tiles
+   read and warped once (:mod:`slidemap.server.seed_read`), coloured once
+   (:mod:`slidemap.server.seed_encode`) and cut into tiles. For continuous (bilinear) file
+   layers the coarser zooms inside a metatile are made by averaging its data 2 x 2 (the pyramid,
+   as gdal2tiles does), before the rescale and colormap are applied.
+
+Every tile goes into the server's own tile cache (``REGION/cache/tiles``, the key the server
+looks up, atomic writes), which is also where a second seed resumes from; with ``mbtiles`` /
+``pmtiles`` the tiles also come back to this process, the one writer of the archive
+(:mod:`slidemap.server.seed_archive`). Tasks run here, in a pool of ``--workers`` processes
+(default: one per CPU) or on Dask (:mod:`slidemap.server.seed_runner`).
 
 Workers rebuild the tile service from the region folder (nothing but paths and plain settings
 travels to them), so the region and cache folders must be visible to every worker.
+
+Where a seeded tile differs from the server's own rendering of it: metatile pixels of bilinear
+layers can differ by GDAL's approximate transform (1/8 pixel) from a per-tile warp, and pyramid
+tiles are 2 x 2 means of the finer zoom's data rather than a warp of the source's overview
+(``--no-pyramid`` reads every zoom from the source). Both are within a few grey levels; the
+tests hold them to that.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
-import sqlite3
 import threading
 import time
 from collections import Counter
@@ -35,11 +47,12 @@ from typing import Any
 import morecantile
 
 from slidemap.compute.blocks import BLOCK_SIZE
-from slidemap.compute.io import atomic_path
 from slidemap.errors import InputError
+from slidemap.server.seed_encode import DEFAULT_PNG_LEVEL, Encoding
+from slidemap.server.seed_plan import METATILE_SIZES, Meta, plan
 
-TILES_PER_TASK = 64
 BLOCKS_PER_TASK = 8
+DEFAULT_METATILE = 8
 
 
 def parse_zoom(zoom: str | None, default: tuple[int, int]) -> tuple[int, int]:
@@ -72,16 +85,32 @@ def _settings_dict(cache_dir: Path | None, block_size: int = BLOCK_SIZE) -> dict
 _SERVICES: dict[tuple, Any] = {}
 
 
+def _service_key(region: str, settings: dict[str, Any]) -> tuple:
+    return (region, tuple(sorted((k, str(v)) for k, v in settings.items())))
+
+
 def _service(region: str, settings: dict[str, Any]):
     """One tile service per worker process (models load once per worker)."""
     from slidemap.server.app import ServerSettings, build_service
 
-    key = (region, tuple(sorted((k, str(v)) for k, v in settings.items())))
+    key = _service_key(region, settings)
     if key not in _SERVICES:
         _SERVICES[key] = build_service(Path(region), ServerSettings(**settings))
     return _SERVICES[key]
 
 
+def _warm_worker(region: str, settings: dict[str, Any]) -> None:
+    try:
+        _service(region, settings)
+    except Exception:  # noqa: BLE001 - the parent reports a bad region itself, in one line
+        pass
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+# ---- phase 1: model blocks -------------------------------------------------------------------
 @dataclass(frozen=True)
 class BlockTaskResult:
     """What one block task did: model runs (blocks computed, not found already stored), by whom."""
@@ -96,19 +125,119 @@ def compute_blocks_task(region: str, settings: dict[str, Any], layer_id: str, mo
     layer = service.registry.get(layer_id)
     engine = service.registry.engine(layer, service.registry.model_info(layer, model))
     ran = engine.ensure(blocks).timings.blocks
-    return BlockTaskResult(ran, f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}")
+    return BlockTaskResult(ran, _worker_id())
 
 
-def render_tiles_task(region: str, settings: dict[str, Any], layer_id: str, model: str | None, tms_id: str,
-                      tiles: list[tuple[int, int, int]], fmt: str, keep: bool) -> list[tuple[int, int, int, bytes]]:
-    """Render tiles through the server's own path (so the tile cache fills); return bytes if ``keep``."""
-    service = _service(region, settings)
-    out = []
-    for z, x, y in tiles:
-        result = service.tile(layer_id, tms_id, z, x, y, 1, fmt, None, model)
-        if keep:
-            out.append((z, x, y, result.content))
-    return out
+def _blocks_job(args: tuple) -> BlockTaskResult:
+    return compute_blocks_task(*args)
+
+
+# ---- phase 2: metatiles ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class TileJob:
+    """One metatile of one layer: everything a worker needs, as plain values."""
+
+    region: str
+    settings: dict[str, Any]
+    layer_id: str
+    model: str | None
+    data_version: str  # what the parent planned for; a worker that finds another refuses
+    tms_id: str
+    encoding: Encoding
+    meta: Meta
+    keep: bool  # hand the bytes back (archives), not just cache them
+
+
+@dataclass
+class TileJobResult:
+    tiles: list[tuple[int, int, int, bytes]]
+    rendered: int
+    reused: int
+    worker: str
+
+
+def render_meta_task(job: TileJob) -> TileJobResult:
+    """Make a metatile's tiles (reusing those already in the tile cache) and cache them."""
+    from slidemap.server.cache import TileKey
+    from slidemap.server.tiles import RenderParams, _fingerprint_now, get_tms
+
+    service = _service(job.region, job.settings)
+    registry = service.registry
+    catalog = registry.refresh()
+    layer = registry.get(job.layer_id, catalog)
+    info, data_version = service.resolve(layer, job.model, catalog)
+    if data_version != job.data_version:
+        raise InputError(f"{layer.id}: its input or model changed while seeding; run the seed again")
+    state = registry.check_input(layer, catalog)
+    tms = get_tms(job.tms_id)
+    params = RenderParams()
+    fmt = job.encoding.fmt
+    keys = {t: TileKey(layer.id, data_version, params.canonical(), tms.id, *t, 1, fmt) for t in job.meta.tiles}
+    out: dict[tuple[int, int, int], bytes] = {}
+    for t, key in keys.items():
+        data = service.cache.get(key)
+        if data is not None:
+            out[t] = data
+    todo = [t for t in job.meta.tiles if t not in out]
+    made: dict[tuple[int, int, int], bytes] = {}
+    if todo:
+        if fmt in ("png", "webp"):
+            made = _render_meta(service, layer, info, state, tms, job, set(todo), catalog, params)
+        else:  # GeoTIFF / NumPy tiles: the server's own path, tile by tile (it caches them)
+            for z, x, y in todo:
+                made[(z, x, y)] = service.tile(layer.id, tms.id, z, x, y, 1, fmt, params, job.model).content
+        if _fingerprint_now(state.path) != state.fingerprint:
+            # The input was replaced while this metatile was made: cache (and hand back) nothing.
+            raise InputError(f"{state.rel} changed while seeding {layer.id}; run the seed again")
+        if fmt in ("png", "webp"):
+            for t, data in made.items():
+                service.cache.put(keys[t], data)
+    out.update(made)
+    tiles = [(*t, out[t]) for t in job.meta.tiles] if job.keep else []
+    return TileJobResult(tiles, len(made), len(job.meta.tiles) - len(made), _worker_id())
+
+
+def _render_meta(service, layer, info, state, tms, job: TileJob, todo: set, catalog, params) -> dict:
+    from morecantile import Tile
+    from rasterio.errors import RasterioError
+
+    from slidemap.server import seed_read as rd
+    from slidemap.server.seed_encode import block_pixels, encode, tile_pixels
+    from slidemap.server.tiles import _empty_image, _image_to_bytes
+
+    m, fmt = job.meta, job.encoding.fmt
+    if layer.computed:
+        breaks = service.registry.class_breaks(info) if layer.output == "class" else None
+        img = rd.read_computed_block(service, layer, info, tms, m.z, m.x0, m.y0, m.nx, m.ny, breaks, catalog)
+    else:
+        try:
+            img = rd.read_file_block(layer, state.path, tms, m.z, m.x0, m.y0, m.nx, m.ny)
+        except (RasterioError, OSError) as exc:
+            raise service.registry.report_fault(state, exc) from exc
+    # A tile with nothing on it is the server's own empty tile (same bytes), made once.
+    bands = 1 if (layer.colormap is not None or layer.colormap_name) else len(layer.indexes)
+    empty_img = _empty_image(tms, Tile(m.x0, m.y0, m.z), rd.TILE, bands,
+                             "uint8" if layer.colormap is not None else "float32")
+    empty = _image_to_bytes(empty_img, layer, fmt, params)
+    made = {}
+    for k in range(m.levels + 1):
+        if k and img is not None:
+            img = rd.downsample2x(img)
+        z, x0, y0 = m.z - k, m.x0 >> k, m.y0 >> k
+        wanted = [t for t in todo if t[0] == z]
+        if not wanted:
+            continue
+        px = block_pixels(img, layer, params) if img is not None else None
+        for t in wanted:
+            i, j = t[1] - x0, t[2] - y0
+            if img is None:
+                made[t] = empty
+            elif px is None:  # an output the seeder does not colour itself: the server's renderer
+                made[t] = _image_to_bytes(rd.cut(img, i, j), layer, fmt, params)
+            else:
+                tp = tile_pixels(px, i, j)
+                made[t] = empty if not tp.alpha.any() else encode(tp, job.encoding)
+    return made
 
 
 def _chunks(items: Sequence, n: int) -> Iterable[list]:
@@ -116,49 +245,7 @@ def _chunks(items: Sequence, n: int) -> Iterable[list]:
         yield list(items[i : i + n])
 
 
-class _Runner:
-    """Runs task lists locally or on Dask, with a progress bar."""
-
-    def __init__(self, dask: str | None, progress: bool = True) -> None:
-        self.progress = progress
-        self.client = None
-        self.cluster = None
-        if dask:
-            from dask.distributed import Client, LocalCluster
-
-            if dask == "local":
-                self.cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                            dashboard_address=None)
-                self.client = Client(self.cluster)
-                self.client.wait_for_workers(2, timeout=300)  # share the work from the first task on
-            elif dask.startswith("tcp://"):
-                self.client = Client(dask)
-            else:
-                raise InputError(f"--dask {dask!r}: use 'local' or tcp://scheduler:8786")
-
-    def map(self, fn, args_list: list[tuple], desc: str) -> list:
-        from tqdm import tqdm
-
-        results = []
-        if self.client is None:
-            for args in tqdm(args_list, desc=desc, unit="task", leave=False, disable=not self.progress):
-                results.append(fn(*args))
-            return results
-        from dask.distributed import as_completed
-
-        futures = [self.client.submit(fn, *args, pure=False) for args in args_list]
-        for fut in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="task", leave=False,
-                        disable=not self.progress):
-            results.append(fut.result())
-        return results
-
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-        if self.cluster is not None:
-            self.cluster.close()
-
-
+# ---- the seed ----------------------------------------------------------------------------------
 def seed(
     region: Path,
     layers: Sequence[str],
@@ -172,9 +259,20 @@ def seed(
     model: str | None = None,
     block_size: int = BLOCK_SIZE,
     progress: bool = True,
+    workers: int | None = None,
+    metatile: int = DEFAULT_METATILE,
+    pyramid: bool = True,
+    png_level: int = DEFAULT_PNG_LEVEL,
 ) -> SeedReport:
-    """Seed ``layers``; return what was done (``str(report)`` is a one-paragraph summary)."""
+    """Seed ``layers``; return what was done (``str(report)`` is a one-paragraph summary).
+
+    ``workers``: local processes (default: one per CPU; 1 = this process); with ``dask`` the size
+    of a ``local`` cluster. ``metatile``: tiles per side read at once. ``pyramid``: make coarser
+    zooms of continuous layers by halving finer data. ``png_level``: zlib level of PNG tiles.
+    """
     from slidemap.server.app import ServerSettings, build_service
+    from slidemap.server.seed_archive import ArchiveWriter, archive_metadata
+    from slidemap.server.seed_runner import Runner
     from slidemap.server.tiles import get_tms, zoom_range
 
     region = Path(region).resolve()
@@ -189,42 +287,64 @@ def seed(
             raise InputError(f"--format {out_format}: one archive holds one layer; seed one --layer at a time")
         if tile_format not in ("png", "webp"):
             raise InputError(f"--format {out_format}: --tile-format must be png or webp")
+    if metatile not in METATILE_SIZES:
+        raise InputError(f"--metatile {metatile}: use one of {', '.join(map(str, METATILE_SIZES))}")
+    if not 0 <= png_level <= 9:
+        raise InputError(f"--png-level {png_level}: zlib levels are 0 (none) to 9 (smallest)")
+    if workers is not None and workers < 1:
+        raise InputError(f"--workers {workers}: must be at least 1")
     settings = _settings_dict(cache_dir, block_size)
-    service = build_service(region, ServerSettings(**settings))
+    runner = Runner(workers, dask, progress)
+    try:
+        runner.warm(_warm_worker, str(region), settings)
+        service = build_service(region, ServerSettings(**settings))
+    except BaseException:
+        runner.close()
+        raise
+    _SERVICES[_service_key(str(region), settings)] = service  # tasks run in this process reuse it
     tms = get_tms(tms_id)
-    runner = _Runner(dask, progress)
+    encoding = Encoding(tile_format, png_level)
     t0 = time.perf_counter()
-    report = SeedReport(service.registry.region_name, service.registry.synthetic)
+    report = SeedReport(service.registry.region_name, service.registry.synthetic, where=runner.where)
     try:
         for layer_id in layers:
             layer = service.registry.get(layer_id)
             zooms = parse_zoom(zoom, zoom_range(service.registry, layer, tms))
             stats = LayerSeed(layer_id, zooms)
+            layer_model = None
             if layer.computed:
                 info = service.registry.model_info(layer, model)
-                model = info.version  # every worker uses the same version, whatever becomes the default
+                layer_model = info.version  # every worker uses the same version, whatever becomes the default
                 engine = service.registry.engine(layer, info)
                 stats.blocks_total = engine.n_rows * engine.n_cols
                 missing = engine.missing_native([(r, c) for r in range(engine.n_rows) for c in range(engine.n_cols)], 0)
-                tasks = [(str(region), settings, layer_id, model, chunk) for chunk in _chunks(missing, BLOCKS_PER_TASK)]
+                tasks = [(str(region), settings, layer_id, layer_model, chunk) for chunk in _chunks(missing, BLOCKS_PER_TASK)]
                 stats.block_tasks = len(tasks)
-                for res in runner.map(compute_blocks_task, tasks, f"{layer_id}: blocks"):
+                for res in runner.map(_blocks_job, tasks, f"{layer_id}: blocks", size=lambda t: len(t[4]),
+                                      unit="block"):
                     stats.blocks_computed += res.ran
                     stats.blocks_by_worker[res.worker] += res.ran
+            _, data_version = service.resolve(layer, layer_model)
             w, s, e, n = service.registry.grid_of(layer).bounds_in("EPSG:4326")
             tiles = [(t.z, t.x, t.y) for z in range(zooms[1], zooms[0] - 1, -1) for t in tms.tiles(w, s, e, n, [z])]
+            # Pyramid only where averaging is the layer's own resampling (not classes or model cells).
+            derive = pyramid and layer.resampling == "bilinear" and not layer.computed
+            metas = plan(tms, tiles, zooms, metatile, derive)
             keep = out_format != "tree"
-            results: list = []
-            # Finest zoom first, one zoom at a time: coarser tiles then read finished overviews.
-            for z in range(zooms[1], zooms[0] - 1, -1):
-                zt = [t for t in tiles if t[0] == z]
-                tasks = [(str(region), settings, layer_id, model, tms_id, chunk, tile_format, keep)
-                         for chunk in _chunks(zt, TILES_PER_TASK)]
-                for part in runner.map(render_tiles_task, tasks, f"{layer_id}: z{z}"):
-                    results.extend(part)
-            if out_format != "tree":
-                assert out is not None
-                _write_archive(Path(out), out_format, results, service, layer, zooms, tile_format)
+            jobs = [TileJob(str(region), settings, layer_id, layer_model, data_version, tms_id, encoding, m, keep)
+                    for m in metas]
+            stats.tile_tasks = len(jobs)
+            t1 = time.perf_counter()
+            writer = ArchiveWriter(Path(out), out_format, archive_metadata(service, layer, zooms, tile_format),
+                                   tile_format) if keep and out is not None else contextlib.nullcontext()
+            with writer:
+                for res in runner.map(render_meta_task, jobs, f"{layer_id}: tiles", size=lambda j: len(j.meta.tiles),
+                                      unit="tile"):
+                    stats.rendered += res.rendered
+                    stats.reused += res.reused
+                    if keep:
+                        writer.add_many(res.tiles)
+            stats.tile_seconds = time.perf_counter() - t1
             stats.tiles = len(tiles)
             stats.where = str(out) if out_format != "tree" else str(service.cache.root)
             report.layers.append(stats)
@@ -239,6 +359,10 @@ class LayerSeed:
     layer: str
     zooms: tuple[int, int]
     tiles: int = 0
+    rendered: int = 0  # tiles made by this seed
+    reused: int = 0  # tiles found in the tile cache already (a resumed or repeated seed)
+    tile_tasks: int = 0
+    tile_seconds: float = 0.0
     blocks_total: int = 0
     blocks_computed: int = 0  # model runs; 0 on a second run over a filled store
     block_tasks: int = 0
@@ -252,65 +376,21 @@ class SeedReport:
     synthetic: bool
     layers: list[LayerSeed] = field(default_factory=list)
     seconds: float = 0.0
+    where: str = "in process"
 
     def __str__(self) -> str:
         lines = []
         for s in self.layers:
             workers = f" by {len(s.blocks_by_worker)} workers" if len(s.blocks_by_worker) > 1 else ""
-            lines.append(f"{s.layer}: {s.tiles} tiles, zoom {s.zooms[0]}-{s.zooms[1]}, "
+            reused = f" ({s.reused} already cached)" if s.reused else ""
+            rate = f", {s.tiles / s.tile_seconds:.0f} tiles/s" if s.tile_seconds > 0 else ""
+            lines.append(f"{s.layer}: {s.tiles} tiles{reused}, zoom {s.zooms[0]}-{s.zooms[1]}{rate}, "
                          f"{s.blocks_computed} model blocks computed{workers} -> {s.where}")
         synthetic = " (SYNTHETIC data)" if self.synthetic else ""
-        return f"seeded {self.region}{synthetic} in {self.seconds:.1f} s\n  " + "\n  ".join(lines)
-
-
-def _write_archive(out: Path, kind: str, tiles: list[tuple[int, int, int, bytes]], service, layer, zooms, fmt: str) -> None:
-    """One archive of ``tiles`` (XYZ z, x, y): MBTiles 1.3 (rows counted from the south, every
-    metadata value text, as the spec says) or PMTiles v3 (typed JSON metadata), atomically."""
-    w, s, e, n = service.registry.grid_of(layer).bounds_in("EPSG:4326")
-    synthetic = service.registry.synthetic
-    desc = layer.description + (" SYNTHETIC data: generated, not observed." if synthetic else "")
-    meta: dict[str, Any] = {
-        "name": layer.title, "format": fmt, "type": "overlay", "version": "1.3",
-        "description": desc, "attribution": "slidemap" + (" (SYNTHETIC)" if synthetic else ""),
-        "bounds": [w, s, e, n], "center": [(w + e) / 2, (s + n) / 2, zooms[1]],
-        "minzoom": int(zooms[0]), "maxzoom": int(zooms[1]),
-    }
-    with atomic_path(out, suffix=".mbtiles" if kind == "mbtiles" else ".pmtiles") as tmp:
-        if kind == "mbtiles":
-            text = {k: ",".join(str(x) for x in v) if isinstance(v, list) else str(v) for k, v in meta.items()}
-            conn = sqlite3.connect(tmp)
-            try:
-                conn.execute("CREATE TABLE metadata (name text, value text)")
-                conn.execute("CREATE TABLE tiles (zoom_level integer, tile_column integer, tile_row integer, tile_data blob)")
-                conn.execute("CREATE UNIQUE INDEX tile_index ON tiles (zoom_level, tile_column, tile_row)")
-                conn.executemany("INSERT INTO metadata VALUES (?, ?)", list(text.items()))
-                conn.executemany("INSERT INTO tiles VALUES (?, ?, ?, ?)",
-                                 [(z, x, (2**z - 1) - y, sqlite3.Binary(data)) for z, x, y, data in tiles])
-                conn.commit()
-            finally:
-                conn.close()
-        else:
-            from pmtiles.tile import Compression, TileType, zxy_to_tileid
-            from pmtiles.writer import write
-
-            with write(str(tmp)) as writer:
-                for tileid, data in sorted((zxy_to_tileid(z, x, y), data) for z, x, y, data in tiles):
-                    writer.write_tile(tileid, data)
-                header = {
-                    "tile_type": TileType.PNG if fmt == "png" else TileType.WEBP,
-                    "tile_compression": Compression.NONE,
-                    "min_zoom": int(zooms[0]), "max_zoom": int(zooms[1]),
-                    "min_lon_e7": int(w * 1e7), "min_lat_e7": int(s * 1e7),
-                    "max_lon_e7": int(e * 1e7), "max_lat_e7": int(n * 1e7),
-                    "center_zoom": int(zooms[1]),
-                    "center_lon_e7": int((w + e) / 2 * 1e7), "center_lat_e7": int((s + n) / 2 * 1e7),
-                }
-                writer.finalize(header, meta)
-        tmp.chmod(0o644)  # an archive to hand out, not a private temp file
+        return f"seeded {self.region}{synthetic} in {self.seconds:.1f} s ({self.where})\n  " + "\n  ".join(lines)
 
 
 def tiles_count(bounds: tuple[float, float, float, float], zooms: tuple[int, int]) -> int:
     """How many WebMercatorQuad tiles cover ``bounds`` over ``zooms`` (for estimates)."""
     tms = morecantile.tms.get("WebMercatorQuad")
     return sum(1 for _ in tms.tiles(*bounds, list(range(zooms[0], zooms[1] + 1))))
-

@@ -23,7 +23,9 @@ from slidemap.errors import SlidemapError
 COMMAND_MODULES = ("region", "unet", "lsm", "serve", "dashboard")
 # Commands that run TensorFlow (or report its device): it is configured before they start, so GPU
 # memory growth, the XLA policy and mixed precision are the same whichever code path builds a model.
-TENSORFLOW_COMMANDS = frozenset({"train", "detect", "inventory", "map", "serve", "seed", "status"})
+# `seed` is not among them: imagery and centre-cell layers need no TensorFlow, and a model layer's
+# loader configures it in the process (or worker) that loads the model (4-5 s saved per imagery seed).
+TENSORFLOW_COMMANDS = frozenset({"train", "detect", "inventory", "map", "serve", "status"})
 
 
 QUIET_HELP = "no progress bars or server chatter; results and errors still print"

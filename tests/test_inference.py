@@ -84,7 +84,8 @@ def test_every_command_is_classified_for_tensorflow():
 
     parser = cli.build_parser()
     commands = set(next(a for a in parser._actions if a.dest == "command").choices)
-    assert commands == cli.TENSORFLOW_COMMANDS | {"demo-region", "prepare", "dashboard"}
+    # seed: TensorFlow only where a model layer is seeded, configured by the model's loader there
+    assert commands == cli.TENSORFLOW_COMMANDS | {"demo-region", "prepare", "dashboard", "seed"}
 
 
 def test_this_process_is_configured_like_the_cli():

@@ -47,8 +47,11 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     s = root.add_parser(
         "seed", help="fill a region's block store and tile cache ahead of users",
         description="Render a layer's tiles over a zoom range ahead of users: into the server's tile cache "
-        "(--format tree, REGION_DIR/cache) or into one MBTiles or PMTiles archive (--out), in this process "
-        "or on a Dask cluster. Prints tiles, blocks and seconds per layer.",
+        "(--format tree, REGION_DIR/cache) or into one MBTiles or PMTiles archive (--out; its tiles also go "
+        "into the tile cache), on every local core (--workers) or on a Dask cluster. Tiles are made in "
+        "metatiles (one read and warp per N x N tiles); coarser zooms of continuous layers are averaged from "
+        "the finer zoom's data. A second seed reuses tiles already in the cache. Prints tiles, blocks and "
+        "seconds per layer.",
     )
     s.add_argument("region", type=Path, metavar="REGION_DIR", help="a prepared region folder")
     s.add_argument("--layer", action="append", required=True, help="layer id (repeatable), e.g. susceptibility")
@@ -62,7 +65,17 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
     s.add_argument("--out", type=Path, default=None, help="archive path for mbtiles/pmtiles")
     s.add_argument("--cache-dir", type=Path, default=None,
                    help="block store and tile cache (default REGION/cache; use the server's)")
-    s.add_argument("--dask", default=None, help="'local' (LocalCluster) or tcp://scheduler:8786; default: in process")
+    s.add_argument("--workers", type=int, default=None,
+                   help="local worker processes (default: one per CPU; 1 = this process only); with --dask local: "
+                        "the cluster's size")
+    s.add_argument("--dask", default=None,
+                   help="'local' (LocalCluster) or tcp://scheduler:8786; default: local processes (--workers)")
+    s.add_argument("--metatile", type=int, default=8, choices=(1, 2, 4, 8, 16), metavar="N",
+                   help="tiles per side read and warped at once: one task (default 8: 8 x 8 tiles)")
+    s.add_argument("--no-pyramid", dest="pyramid", action="store_false",
+                   help="read every zoom from the source instead of averaging coarser zooms from finer data")
+    s.add_argument("--png-level", type=int, default=4, choices=range(10), metavar="0-9",
+                   help="zlib level of PNG tiles (default 4: ~3x faster than the server's 6, files ~1%% larger)")
     s.add_argument("--model", default=None, help="model name or version (default: the region's default model)")
     s.add_argument("--block-size", type=int, default=256, help="model block size; use the server's (default 256)")
     s.set_defaults(handler=_seed)
@@ -113,7 +126,8 @@ def _seed(args: argparse.Namespace) -> int:
     report = seed(
         args.region, layers=args.layer, zoom=args.zoom, tms_id=args.tms, tile_format=args.tile_format,
         out_format=args.out_format, out=args.out, cache_dir=args.cache_dir, dask=args.dask, model=args.model,
-        block_size=args.block_size, progress=not args.quiet,
+        block_size=args.block_size, progress=not args.quiet, workers=args.workers, metatile=args.metatile,
+        pyramid=args.pyramid, png_level=args.png_level,
     )
     print(report)
     return 0

@@ -1,0 +1,160 @@
+"""Metatile reads for seeding: one warp for an N x N block of tiles, then tiles cut from it.
+
+A block is tile-aligned (its pixel grid is the tiles' pixel grid), so a pixel of the block is
+the pixel the server's per-tile read makes, up to GDAL's approximate transformer (1/8 pixel)
+for bilinear layers; nearest-neighbour computed layers use an exact transform and match.
+
+:func:`downsample2x` builds a coarser zoom from a finer block's *data* (before rescaling or
+colouring), the way gdal2tiles builds its overview tiles: each coarse pixel is the mean of its
+valid 2 x 2 children.
+"""
+
+from __future__ import annotations
+
+import math
+
+import morecantile
+import numpy as np
+from morecantile import Tile
+from rasterio.io import MemoryFile
+from rasterio.warp import transform_bounds
+from rio_tiler.errors import TileOutsideBounds
+from rio_tiler.io import Reader
+from rio_tiler.models import ImageData
+
+from slidemap.compute.blocks import InputUnreadable as BlockInputUnreadable
+from slidemap.server.tiles import _as_categorical, _bounds_in_tms
+
+TILE = 256  # seeded tiles are @1x
+
+
+def block_bounds(tms: morecantile.TileMatrixSet, z: int, x0: int, y0: int, nx: int, ny: int) -> tuple[float, ...]:
+    """(left, bottom, right, top) of the tiles x0..x0+nx-1, y0..y0+ny-1 in the TMS's CRS."""
+    ul = tms.xy_bounds(Tile(x0, y0, z))
+    lr = tms.xy_bounds(Tile(x0 + nx - 1, y0 + ny - 1, z))
+    return ul.left, lr.bottom, lr.right, ul.top
+
+
+def read_block(src: Reader, tms: morecantile.TileMatrixSet, z: int, x0: int, y0: int, nx: int, ny: int,
+               **kwargs) -> ImageData | None:
+    """The block's pixels (masked where there is no data); None when it misses the dataset.
+
+    As :func:`slidemap.server.tiles.read_tile`: only the pixel-aligned part of the block over the
+    dataset is warped, so a block hanging far past a small region costs nothing extra.
+    """
+    left, bottom, right, top = block_bounds(tms, z, x0, y0, nx, ny)
+    width, height = nx * TILE, ny * TILE
+    res = (right - left) / width
+    dl, db, dr, dt = transform_bounds(src.crs, tms.rasterio_crs, *src.bounds, densify_pts=21)
+    c0 = max(0, math.floor((dl - left) / res))
+    c1 = min(width, math.ceil((dr - left) / res))
+    r0 = max(0, math.floor((top - dt) / res))
+    r1 = min(height, math.ceil((top - db) / res))
+    if c1 <= c0 or r1 <= r0:
+        return None
+    sub = (left + c0 * res, top - r1 * res, left + c1 * res, top - r0 * res)
+    try:
+        part = src.part(sub, dst_crs=tms.rasterio_crs, bounds_crs=tms.rasterio_crs,
+                        width=c1 - c0, height=r1 - r0, **kwargs)
+    except TileOutsideBounds:
+        return None
+    arr = part.array
+    full = np.ma.MaskedArray(np.zeros((arr.shape[0], height, width), dtype=arr.dtype), mask=True)
+    full[:, r0:r1, c0:c1] = arr
+    return ImageData(full, bounds=(left, bottom, right, top), crs=tms.rasterio_crs)
+
+
+def read_file_block(layer, path, tms: morecantile.TileMatrixSet, z: int, x0: int, y0: int, nx: int,
+                    ny: int) -> ImageData | None:
+    """A file-backed layer's block, read as the server reads its tiles (same bands, resampling)."""
+    with Reader(str(path), tms=tms) as src:
+        img = read_block(src, tms, z, x0, y0, nx, ny, indexes=layer.indexes,
+                         reproject_method=layer.resampling, resampling_method=layer.resampling)
+    if img is not None and layer.categorical:
+        img = _as_categorical(img)
+    return img
+
+
+def read_computed_block(service, layer, info, tms: morecantile.TileMatrixSet, z: int, x0: int, y0: int,
+                        nx: int, ny: int, breaks: list[float] | None, catalog) -> ImageData | None:
+    """A computed layer's block: the server's ``TileService._computed`` for a block of tiles, with
+    every missing block computed (a seed has no per-request budget)."""
+    engine = service.registry.engine(layer, info, catalog)
+    bbox = block_bounds(tms, z, x0, y0, nx, ny)
+    rl, rb, rr, rt = _bounds_in_tms(engine.grid, tms.id)
+    if bbox[2] <= rl or bbox[0] >= rr or bbox[3] <= rb or bbox[1] >= rt:
+        return None
+    tile_res = (bbox[2] - bbox[0]) / (nx * TILE)
+    clip = (max(bbox[0], rl - tile_res), max(bbox[1], rb - tile_res),
+            min(bbox[2], rr + tile_res), min(bbox[3], rt + tile_res))
+    nb = transform_bounds(tms.rasterio_crs, engine.grid.crs, *clip, densify_pts=21)
+    level = engine.level_for_resolution((nb[2] - nb[0]) / max(1e-9, (clip[2] - clip[0]) / tile_res))
+    cell = engine.grid.res[0] * 2**level
+    eb = (nb[0] - 2 * cell, nb[1] - 2 * cell, nb[2] + 2 * cell, nb[3] + 2 * cell)
+    gl, gb, gr, gt = engine.grid.bounds
+    if nb[2] <= gl or nb[0] >= gr or nb[3] <= gb or nb[1] >= gt:
+        return None
+    missing = engine.missing_native(engine.blocks_for_bounds(eb, level), level)
+    try:
+        engine.ensure(missing)
+    except BlockInputUnreadable as exc:
+        raise service.registry.report_fault(service.registry.input_state(layer, catalog),
+                                            RuntimeError(exc.detail)) from exc
+    arr, grid, _ = engine.mosaic(eb, level)
+    with MemoryFile() as mem:
+        with mem.open(driver="GTiff", width=grid.width, height=grid.height, count=1, dtype="float32",
+                      crs=grid.crs, transform=grid.transform, nodata=float("nan")) as ds:
+            ds.write(arr, 1)
+        # The server's exact transform (tolerance ~0): nearest-neighbour picks match its tiles.
+        with Reader(mem.name, tms=tms, options={"vrt_options": {"tolerance": 1e-6}}) as src:
+            img = read_block(src, tms, z, x0, y0, nx, ny, reproject_method="nearest", resampling_method="nearest")
+    if img is not None and layer.output == "class":
+        assert breaks is not None
+        classes = service.registry.classify(img.array.filled(np.nan), breaks)
+        img = ImageData(np.ma.MaskedArray(classes, mask=classes == 0), bounds=img.bounds, crs=img.crs)
+    return img
+
+
+def downsample2x(img: ImageData) -> ImageData:
+    """Half the size: each pixel the mean of its valid 2 x 2 children, valid where at least two are.
+
+    Two of four is where the coarse pixel's centre (the children's shared corner) is inside the
+    data as often as not, which is where the server's direct warp of the coarser zoom draws its
+    edge; averaging is what GDAL's overviews and gdal2tiles do for continuous data.
+    """
+    arr = img.array
+    b, h, w = arr.shape
+    out = np.ma.MaskedArray(np.zeros((b, h // 2, w // 2), dtype=np.float32), mask=True)
+    win = valid_window(arr, 2)
+    if win is not None:
+        r0, r1, c0, c1 = win  # only the part with data: blocks at a region's edge are mostly empty
+        sub = arr[:, r0:r1, c0:c1]
+        valid = ~np.ma.getmaskarray(sub)
+        data = np.where(valid, sub.data, 0).astype(np.float32, copy=False)
+        # Strided adds, not reshape(...).sum(axis=(2, 4)): several times faster in NumPy.
+        sums = data[:, 0::2, 0::2] + data[:, 1::2, 0::2] + data[:, 0::2, 1::2] + data[:, 1::2, 1::2]
+        v = valid.view(np.uint8)
+        counts = v[:, 0::2, 0::2] + v[:, 1::2, 0::2] + v[:, 0::2, 1::2] + v[:, 1::2, 1::2]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = sums / counts
+        out[:, r0 // 2:r1 // 2, c0 // 2:c1 // 2] = np.ma.MaskedArray(mean, mask=counts < 2)
+    return ImageData(out, bounds=img.bounds, crs=img.crs, dataset_statistics=img.dataset_statistics)
+
+
+def valid_window(arr: np.ma.MaskedArray, align: int = 1) -> tuple[int, int, int, int] | None:
+    """(row0, row1, col0, col1) around every unmasked pixel, widened to multiples of ``align``."""
+    valid = ~np.ma.getmaskarray(arr).all(axis=0)
+    rows, cols = np.flatnonzero(valid.any(axis=1)), np.flatnonzero(valid.any(axis=0))
+    if rows.size == 0:
+        return None
+    h, w = valid.shape
+    r0, c0 = rows[0] // align * align, cols[0] // align * align
+    r1 = min(h, -(-(rows[-1] + 1) // align) * align)
+    c1 = min(w, -(-(cols[-1] + 1) // align) * align)
+    return int(r0), int(r1), int(c0), int(c1)
+
+
+def cut(img: ImageData, i: int, j: int) -> ImageData:
+    """Tile (column ``i``, row ``j``) of a block, as its own ImageData (a view, no copy)."""
+    arr = img.array[:, j * TILE:(j + 1) * TILE, i * TILE:(i + 1) * TILE]
+    return ImageData(arr, crs=img.crs)
