@@ -182,13 +182,13 @@ def write(region, names, seconds, tiles, computed, have_rio, args) -> None:
     lines = [
         "## Seeding",
         "",
-        f"- machine: {machine()}; shared with other jobs while this ran (hence rounds and ratios per round)",
+        f"- machine: {machine()}; load average at the end {os.getloadavg()[0]:.1f} (rounds alternate the tools, ratios are per round)",
         f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- command: `.venv/bin/python benchmarks/bench_seed.py{' --region DIR' if args.region else ''} "
         f"--rounds {args.rounds}` (20 km demo region, `slidemap demo-region --size-km 20 --seed 0` + `prepare`)",
         f"- work: the imagery layer (B4, B3, B2 rescaled to 8 bits), zooms {ZOOMS[0]}-{ZOOMS[1]}, PNG, 2 processes "
-        "per tool; each time is a whole command in a fresh process, **start-up included** (slidemap's includes "
-        "starting TensorFlow, which the CLI does for every `seed`)",
+        "per tool; each time is a whole command in a fresh process, **start-up included** (Python and the "
+        "region for slidemap; the `python -c` row leaves the CLI's argument parsing and imports out)",
         "- peers read a Byte VRT over the same COG (`gdal_translate -ot Byte -scale`); gdal2tiles writes a folder "
         "of PNGs, rio-mbtiles and slidemap one MBTiles file (slidemap also fills its tile cache)",
         "",
