@@ -74,9 +74,9 @@ def make_region(size_km: float, work: Path) -> Path:
 def detection_ratio(region: Path, repeats: int) -> dict:
     import rasterio
 
-    from slidemap.compute.blocks import BlockEngine, InferenceExecutor, detector_runner
-    from slidemap.compute.detection import load_detector
-    from slidemap.compute.grid import Grid
+    from slidemap.compute.maps.blocks import BlockEngine, InferenceExecutor, detector_runner
+    from slidemap.compute.maps.detection import load_detector
+    from slidemap.compute.region.grid import Grid
     from slidemap.compute.models.select import resolve_model
 
     det = load_detector(resolve_model(region, "detection", None).path)
@@ -127,8 +127,8 @@ def factor_reads(region: Path, repeats: int) -> dict:
     from rasterio.shutil import copy as rio_copy
     from rasterio.windows import Window
 
-    from slidemap.compute.blocks import BlockEngine, InferenceExecutor, ModelRunner
-    from slidemap.compute.grid import Grid
+    from slidemap.compute.maps.blocks import BlockEngine, InferenceExecutor, ModelRunner
+    from slidemap.compute.region.grid import Grid
 
     new = region / "build" / "factors.tif"
     work = Path(tempfile.mkdtemp(prefix="bench-reads-"))
@@ -224,10 +224,10 @@ def cold_tiles(region: Path, work: Path) -> tuple[dict, list[str]]:
 def dask_scaling(region: Path, work: Path, repeats: int, chunk_tiles: int, lsm_model: str | None) -> dict:
     from dask.distributed import Client, LocalCluster
 
-    from slidemap.compute import detection
-    from slidemap.compute.detection import detect_file
+    from slidemap.compute.maps import detection
+    from slidemap.compute.maps.detection import detect_file
     from slidemap.compute.models.select import resolve_model
-    from slidemap.compute.susceptibility import map_region
+    from slidemap.compute.maps.susceptibility import map_region
 
     detection.CHUNK_TILES = chunk_tiles
     model_dir = resolve_model(region, "detection", None).path

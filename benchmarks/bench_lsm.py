@@ -34,8 +34,8 @@ def ensure_region(region: Path) -> Path:
     from slidemap.compute.models.store import list_models
 
     if not (region / "build" / "factors.tif").is_file():
-        from slidemap.compute.demo import generate_demo_region
-        from slidemap.compute.prepare import prepare_region
+        from slidemap.compute.demo.region import generate_demo_region
+        from slidemap.compute.region.prepare import prepare_region
 
         generate_demo_region(region, size_km=20, seed=0)
         prepare_region(region, show_progress=True)
@@ -46,7 +46,7 @@ def ensure_region(region: Path) -> Path:
 
 
 def time_map(sm, stack, block) -> tuple[float, np.ndarray]:
-    from slidemap.compute.susceptibility import predict_region
+    from slidemap.compute.maps.susceptibility import predict_region
 
     predict_region(sm, stack[:, :48, :48], block=block, progress=False)  # warm-up / tracing
     t0 = time.perf_counter()
@@ -57,7 +57,7 @@ def time_map(sm, stack, block) -> tuple[float, np.ndarray]:
 def untrained(card_model, keras_model, mode):
     from dataclasses import replace
 
-    from slidemap.compute.inference import compiled_predict
+    from slidemap.compute.models.runtime import compiled_predict
 
     return replace(card_model, model=keras_model, mode=mode, version="untrained", halo=11,
                    predict_fn=compiled_predict(keras_model))
@@ -67,7 +67,7 @@ def main() -> int:
     region = ensure_region(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_REGION)
     import rasterio
 
-    from slidemap.compute.susceptibility import load_susceptibility, resolve_model
+    from slidemap.compute.maps.susceptibility import load_susceptibility, resolve_model
     from slidemap.training.lsm import build_dense_fcn, build_window_cnn, flops_dense_per_cell, flops_window_cnn
 
     peak = float32_peak_gflops()
@@ -100,7 +100,7 @@ def main() -> int:
             agreement = (float(np.corrcoef(pw[ok], pf[:side, :side][ok])[0, 1]), int(ok.sum()))
     card = window.card.get("fast_form") or {}
     lines = [
-        "## Susceptibility maps: window 3D-CNN vs its fast form (`compute/susceptibility.py`)",
+        "## Susceptibility maps: window 3D-CNN vs its fast form (`compute/maps/susceptibility.py`)",
         "",
         f"Machine: {machine()}. Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC. "
         f"Command: `.venv/bin/python benchmarks/bench_lsm.py {region}`.",

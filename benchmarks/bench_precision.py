@@ -35,7 +35,7 @@ def timed(fn, x: np.ndarray, repeats: int = 2) -> float:
 
 
 def main() -> int:
-    from slidemap.compute.inference import BatchPredictor, configure_tensorflow, device_summary
+    from slidemap.compute.models.runtime import BatchPredictor, configure_tensorflow, device_summary
 
     configure_tensorflow()
     import keras

@@ -64,8 +64,8 @@ def same(a, b) -> None:
 def main() -> None:
     import numba
 
-    from slidemap.compute import terrain
-    from slidemap.compute import terrain_kernels as k
+    from slidemap.compute.terrain import derivatives as terrain
+    from slidemap.compute.terrain import kernels as k
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     dem = synthetic_dem()

@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--region", type=Path, help="also time `train unet REGION --preset demo`")
     args = parser.parse_args(argv)
 
-    from slidemap.compute.detection import Detector, n_tiles
-    from slidemap.compute.inference import configure_tensorflow, device_summary
+    from slidemap.compute.maps.detection import Detector, n_tiles
+    from slidemap.compute.models.runtime import configure_tensorflow, device_summary
     from slidemap.training.unet import build_unet, flops_per_tile
     from slidemap.training.unet_fit import FitConfig, fit_network
     from slidemap.training.unet_train import PRESETS

@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.machine import cpu_description as machine  # noqa: E402
-from slidemap.compute.windows import MULTISCALE_SIZES, area_weights, extract_windows  # noqa: E402
+from slidemap.compute.maps.windows import MULTISCALE_SIZES, area_weights, extract_windows  # noqa: E402
 from tests.test_windows import _reference  # noqa: E402
 
 FACTORS, SIZE = 14, 1000
@@ -76,7 +76,7 @@ def main() -> int:
 
     t_kernel = timed(lambda: extract_windows(stack, rows, cols, out=out))
     # map order: every cell of a 250 x 200 block, row-major (what a map or a served tile asks for)
-    from slidemap.compute.windows import block_centres
+    from slidemap.compute.maps.windows import block_centres
 
     map_rows, map_cols = block_centres(250, 200, 300)
     t_map = timed(lambda: extract_windows(stack, map_rows, map_cols, out=out))
@@ -87,7 +87,7 @@ def main() -> int:
     import numba
 
     lines = [
-        "## Multi-scale window extraction (`compute/windows.py`)",
+        "## Multi-scale window extraction (`compute/maps/windows.py`)",
         "",
         f"Machine: {machine()}; numba {numba.__version__} with {numba.get_num_threads()} threads. "
         f"Date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}. "

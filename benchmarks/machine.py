@@ -41,7 +41,7 @@ def best_of(fn, repeats: int) -> float:
 
 def float32_peak_gflops(n: int = 4096, repeats: int = 5) -> float:
     """GFLOP/s of an n x n float32 matmul in TensorFlow (best of ``repeats``, after a warm-up)."""
-    from slidemap.compute.inference import configure_tensorflow
+    from slidemap.compute.models.runtime import configure_tensorflow
 
     tf = configure_tensorflow()
     a = tf.random.uniform((n, n), dtype=tf.float32)

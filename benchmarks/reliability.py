@@ -140,7 +140,7 @@ def add_models(region: Path) -> None:
     import rasterio
     from sklearn.linear_model import LogisticRegression
 
-    from slidemap.compute.factors import Encoding, load_normalisation
+    from slidemap.compute.terrain.factors import Encoding, load_normalisation
     from slidemap.compute.models.store import read_card, save_artefact
 
     shipped = REPO / "models" / "detector-demo-rgbn"

@@ -60,7 +60,7 @@ else
 fi
 if [ "$FLAVOUR" = gpu ]; then
     # Say which device TensorFlow really uses: a CUDA build without a driver runs on the CPU.
-    .venv/bin/python -c 'from slidemap.compute.inference import device_summary as d; s = d()
+    .venv/bin/python -c 'from slidemap.compute.models.runtime import device_summary as d; s = d()
 print("==> TensorFlow", s["tensorflow"], "runs on", s["device"], ", ".join(s["gpu_names"]))
 for w in s["warnings"]: print("    warning:", w)'
 elif [ -z "${SLIDEMAP_TF:-}" ] && command -v nvidia-smi >/dev/null 2>&1; then

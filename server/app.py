@@ -40,7 +40,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from slidemap.compute.blocks import InferenceExecutor, short_error
+from slidemap.compute.maps.blocks import InferenceExecutor, short_error
 from slidemap.compute.models.select import ROLES, has_skill, score_of, skill_note, skill_of
 from slidemap.errors import SlidemapError
 from slidemap.server import errors as server_errors
@@ -290,7 +290,7 @@ class DeviceProbe:
 
         def probe() -> None:
             try:
-                from slidemap.compute import inference
+                from slidemap.compute.models import runtime as inference
 
                 self.result = inference.device_summary()
             except Exception as exc:  # noqa: BLE001 - a missing TensorFlow is reported, not fatal

@@ -23,8 +23,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from slidemap.compute.blocks import short_error
-from slidemap.compute.io import write_bytes_atomic
+from slidemap.compute.maps.blocks import short_error
+from slidemap.compute.region.raster_io import write_bytes_atomic
 
 log = logging.getLogger(__name__)
 

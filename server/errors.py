@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 from rio_tiler.errors import InvalidColorMapName, RioTilerError, TileOutsideBounds
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from slidemap.compute.blocks import ComputeCancelled, ComputeTimeout, InputChanged, QueueFull
+from slidemap.compute.maps.blocks import ComputeCancelled, ComputeTimeout, InputChanged, QueueFull
 from slidemap.errors import SlidemapError
 
 log = logging.getLogger("slidemap.server")

@@ -19,8 +19,8 @@ from rasterio.io import MemoryFile
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window, from_bounds
 
-from slidemap.compute.blocks import QueueFull
-from slidemap.compute.grid import Grid
+from slidemap.compute.maps.blocks import QueueFull
+from slidemap.compute.region.grid import Grid
 from slidemap.server.errors import BadTileRequest, OverBudget
 from slidemap.server.tiles import wgs84_bounds
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import rasterio
 
-from slidemap.compute.blocks import (
+from slidemap.compute.maps.blocks import (
     BlockEngine,
     InferenceExecutor,
     ModelRunner,
@@ -41,11 +41,11 @@ from slidemap.compute.blocks import (
     short_error,
     susceptibility_runner,
 )
-from slidemap.compute.classes import CLASS_COLOURS, CLASS_NAMES
-from slidemap.compute.grid import Grid
-from slidemap.compute.inventory_layers import latest_detected, read_inventory
-from slidemap.compute.io import write_cog
-from slidemap.compute.styles import DETECTION_COLORMAP, SUSCEPTIBILITY_COLORMAP
+from slidemap.compute.maps.classes import CLASS_COLOURS, CLASS_NAMES
+from slidemap.compute.region.grid import Grid
+from slidemap.compute.region.inventory_layers import latest_detected, read_inventory
+from slidemap.compute.region.raster_io import write_cog
+from slidemap.compute.region.styles import DETECTION_COLORMAP, SUSCEPTIBILITY_COLORMAP
 from slidemap.compute.models.select import ROLES, default_model, has_skill, resolve_model, skill_note
 from slidemap.compute.models.store import ModelInfo, list_models, verify
 from slidemap.errors import BuildError, ModelError, SlidemapError
@@ -174,8 +174,8 @@ def default_loaders() -> dict[str, Callable[[Path], Any]]:
 
     def _load(kind: str) -> Callable[[Path], Any]:
         module, func = {
-            "unet": ("slidemap.compute.detection", "load_detector"),
-            "lsm": ("slidemap.compute.susceptibility", "load_susceptibility"),
+            "unet": ("slidemap.compute.maps.detection", "load_detector"),
+            "lsm": ("slidemap.compute.maps.susceptibility", "load_susceptibility"),
         }[kind]
 
         def load(path: Path) -> Any:
@@ -719,7 +719,7 @@ class LayerRegistry:
 
     def classify(self, prob: np.ndarray, breaks: list[float]) -> np.ndarray:
         """Class 1..5 per value, 0 for NaN: the same rule as the susceptibility report."""
-        from slidemap.compute.classes import classify
+        from slidemap.compute.maps.classes import classify
 
         return classify(prob, breaks)
 

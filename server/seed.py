@@ -46,7 +46,7 @@ from typing import Any
 
 import morecantile
 
-from slidemap.compute.blocks import BLOCK_SIZE
+from slidemap.compute.maps.blocks import BLOCK_SIZE
 from slidemap.errors import InputError
 from slidemap.server.seed_encode import DEFAULT_PNG_LEVEL, Encoding
 from slidemap.server.seed_plan import METATILE_SIZES, Meta, plan

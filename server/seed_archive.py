@@ -12,7 +12,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from slidemap.compute.io import atomic_path
+from slidemap.compute.region.raster_io import atomic_path
 
 
 def archive_metadata(service, layer, zooms: tuple[int, int], fmt: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from rio_tiler.errors import TileOutsideBounds
 from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 
-from slidemap.compute.blocks import InputUnreadable as BlockInputUnreadable
+from slidemap.compute.maps.blocks import InputUnreadable as BlockInputUnreadable
 from slidemap.server.tiles import _as_categorical, _bounds_in_tms
 
 TILE = 256  # seeded tiles are @1x

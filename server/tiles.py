@@ -2,7 +2,7 @@
 
 File-backed layers (imagery, factors, inventory overlay) are read with rio-tiler's ``Reader``
 straight from their COGs. Computed layers are assembled from whole native-resolution blocks
-(:mod:`slidemap.compute.blocks`) into an in-memory GeoTIFF that the same ``Reader`` warps to the
+(:mod:`slidemap.compute.maps.blocks`) into an in-memory GeoTIFF that the same ``Reader`` warps to the
 tile, so model cells are never resampled before the model has run on them.
 
 Over-budget policy: a computed tile that needs more missing native blocks than ``max_blocks``
@@ -38,9 +38,9 @@ from rio_tiler.utils import render as rt_render
 from titiler.core.resources.enums import ImageType
 from titiler.core.utils import render_image
 
-from slidemap.compute.blocks import BlockEngine, InputChanged, QueueFull, file_fingerprint
-from slidemap.compute.grid import Grid
-from slidemap.compute.blocks import InputUnreadable as BlockInputUnreadable
+from slidemap.compute.maps.blocks import BlockEngine, InputChanged, QueueFull, file_fingerprint
+from slidemap.compute.region.grid import Grid
+from slidemap.compute.maps.blocks import InputUnreadable as BlockInputUnreadable
 from slidemap.compute.models.store import ModelInfo
 from slidemap.server.cache import TileCache, TileKey, etag_for
 from slidemap.server.errors import BadTileRequest, NotFound, OverBudget

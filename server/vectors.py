@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from slidemap.compute.inventory_layers import read_inventory
+from slidemap.compute.region.inventory_layers import read_inventory
 from slidemap.server.errors import NotFound, OverBudget
 
 MAX_FEATURES = 50_000

@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         if args.command in TENSORFLOW_COMMANDS:
-            from slidemap.compute.inference import configure_tensorflow
+            from slidemap.compute.models.runtime import configure_tensorflow
 
             configure_tensorflow()
         return int(args.handler(args) or 0)

@@ -1,7 +1,7 @@
 """Shared fixtures and the suite's rules.
 
 - TensorFlow is configured once, through the same entry point as the CLI
-  (:func:`slidemap.compute.inference.configure_tensorflow`), before any test module is imported:
+  (:func:`slidemap.compute.models.runtime.configure_tensorflow`), before any test module is imported:
   GPU memory growth is on (exported to the ``slidemap`` subprocesses the tests start), the XLA policy
   is the product's, and mixed precision is off (tolerances here are float32's).
 - Tests marked ``gpu`` skip, with the reason, where TensorFlow sees no GPU.
@@ -29,7 +29,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from slidemap.compute.inference import configure_tensorflow
+    from slidemap.compute.models.runtime import configure_tensorflow
 
     configure_tensorflow()
 
@@ -38,7 +38,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     gpu_items = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_items:
         return
-    from slidemap.compute.inference import device_info
+    from slidemap.compute.models.runtime import device_info
 
     info = device_info()
     if info.device == "GPU":
@@ -71,7 +71,7 @@ def output_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def demo_region_source(tmp_path_factory) -> Path:
     """A 3 km SYNTHETIC demo region (seed 0) as generated; do not modify it."""
-    from slidemap.compute.demo import generate_demo_region
+    from slidemap.compute.demo.region import generate_demo_region
 
     out = tmp_path_factory.mktemp("demo") / "region"
     generate_demo_region(out, size_km=3.0, seed=0)
@@ -81,7 +81,7 @@ def demo_region_source(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def prepared_region(demo_region_source, tmp_path_factory) -> Path:
     """The 3 km demo region, prepared. Shared read-only: copy it before changing inputs."""
-    from slidemap.compute.prepare import prepare_region
+    from slidemap.compute.region.prepare import prepare_region
 
     out = tmp_path_factory.mktemp("prepared") / "region"
     shutil.copytree(demo_region_source, out)

@@ -98,7 +98,7 @@ def add_sklearn_lsm(region: Path, name: str = "logistic", seed: int = 0) -> str:
     import rasterio
     from sklearn.linear_model import LogisticRegression
 
-    from slidemap.compute.factors import Encoding, load_normalisation
+    from slidemap.compute.terrain.factors import Encoding, load_normalisation
 
     build = region / "build"
     norm = load_normalisation(build)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import uniform_filter
 
-from slidemap.compute.blocks import (
+from slidemap.compute.maps.blocks import (
     BlockEngine,
     ComputeCancelled,
     InferenceExecutor,
@@ -21,8 +21,8 @@ from slidemap.compute.blocks import (
     _pool2,
     file_fingerprint,
 )
-from slidemap.compute.grid import Grid
-from slidemap.compute.io import write_cog
+from slidemap.compute.region.grid import Grid
+from slidemap.compute.region.raster_io import write_cog
 
 HALO = 3
 BS = 32

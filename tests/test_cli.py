@@ -57,7 +57,7 @@ def detector(region) -> Path:
 def whole_region_pass(model_dir: Path, region: Path, mode: str) -> np.ndarray:
     """The model over the whole NaN-padded factor stack in one block: what the CLI's map, computed in
     many small blocks with their halos, must equal."""
-    from slidemap.compute.susceptibility import load_susceptibility
+    from slidemap.compute.maps.susceptibility import load_susceptibility
 
     sm = load_susceptibility(model_dir, mode)
     with rasterio.open(region / "build" / "factors.tif") as src:
@@ -144,13 +144,13 @@ def test_status_json_reports_the_device(region, lsm_model):
     assert "oneDNN" not in proc.stderr and "cuda" not in proc.stderr.lower()  # start-up noise is silenced
     status = json.loads(proc.stdout)
     device = status["device"]
-    from slidemap.compute.inference import device_summary
+    from slidemap.compute.models.runtime import device_summary
 
     here = device_summary()
     assert device["device"] == here["device"] and device["placement"] == here["placement"]
     assert device["tensorflow"] == here["tensorflow"] and device["distributions"] == here["distributions"]
     assert device["xla"]["setting"] == "auto" and device["mixed_precision"] == "float32"
     assert str(lsm_model.resolve()) in [m["path"] for m in status["models"]]
-    from slidemap.compute.status import format_status
+    from slidemap.compute.models.status import format_status
 
     assert f"TensorFlow {here['tensorflow']} on {here['device']}" in format_status(status)

@@ -12,8 +12,8 @@ import pytest
 import rasterio
 from affine import Affine
 
-from slidemap.compute import detection
-from slidemap.compute import susceptibility as sus
+from slidemap.compute.maps import detection
+from slidemap.compute.maps import susceptibility as sus
 from slidemap.compute.models.store import save_artefact
 from slidemap.errors import InputError
 from slidemap.training.unet import build_unet

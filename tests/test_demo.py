@@ -18,7 +18,7 @@ import rasterio
 
 from rasterio.features import rasterize  # noqa: E402
 
-from slidemap.compute.demo import DEMO_FILES, generate_demo_region, is_demo_region  # noqa: E402
+from slidemap.compute.demo.region import DEMO_FILES, generate_demo_region, is_demo_region  # noqa: E402
 from slidemap.errors import RegionError  # noqa: E402
 
 RASTERS = ("dem.tif", "rain_mm_yr.tif", "s2.tif", "s2_pre.tif", "lc.tif", "soil.tif", "lithology.tif")
@@ -254,7 +254,7 @@ def test_landslides_inventory_and_truth(region, truth):
 
 
 def test_landslides_on_steeper_ground_and_in_hollows(region, truth):
-    from slidemap.compute.demo_world import _hollow_depth
+    from slidemap.compute.demo.world import _hollow_depth
 
     with rasterio.open(region / "dem.tif") as ds:
         dem = ds.read(1)

@@ -12,9 +12,9 @@ import pytest
 import rasterio
 from affine import Affine
 
-from slidemap.compute import detection
-from slidemap.compute.detection import Detector, blend_window, detect_file, load_detector, n_tiles
-from slidemap.compute.image_norm import BandStats, image_stats, robust_spec
+from slidemap.compute.maps import detection
+from slidemap.compute.maps.detection import Detector, blend_window, detect_file, load_detector, n_tiles
+from slidemap.compute.maps.image_norm import BandStats, image_stats, robust_spec
 from slidemap.compute.models.store import save_artefact
 from slidemap.errors import InputError, ModelError
 from slidemap.training.chips import chips_from_folder
@@ -211,7 +211,7 @@ def test_inventory_masks_exclusions_and_scores_objects(tiny_model, tmp_path):
     from rasterio import features
     from shapely.geometry import box
 
-    from slidemap.compute.inventory_map import map_inventory
+    from slidemap.compute.maps.inventory import map_inventory
 
     build = tmp_path / "build"
     build.mkdir()
@@ -357,7 +357,7 @@ def test_detect_and_inventory_resolve_name_version_and_default(tmp_path, capsys)
     assert main(["detect", "nosuch", str(src), str(tmp_path / "x.tif")]) == 2
     assert "--region" in capsys.readouterr().err
     # the inventory uses the same resolution and the model's own threshold
-    from slidemap.compute.inventory_map import pick_detector
+    from slidemap.compute.maps.inventory import pick_detector
 
     assert pick_detector(region, None) == good and pick_detector(region, "unet-bce") == plain
     record_default(region, "detection", None, "latest run: no skill")
@@ -439,8 +439,8 @@ def test_lattice_chunks_reproduce_the_streamed_whole_image_exactly(tiny_model):
 
 
 def test_block_engine_runs_one_network_pass_per_block_close_to_the_whole_image(tiny_model, tmp_path):
-    from slidemap.compute.blocks import BlockEngine, InferenceExecutor, detector_runner
-    from slidemap.compute.grid import Grid
+    from slidemap.compute.maps.blocks import BlockEngine, InferenceExecutor, detector_runner
+    from slidemap.compute.region.grid import Grid
 
     det = load_detector(tiny_model)
     image = _smooth_image(5, (300, 280))

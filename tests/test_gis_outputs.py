@@ -17,11 +17,11 @@ import rasterio
 from rasterio.transform import from_origin
 from shapely.geometry import Point, box
 
-from slidemap.compute.classes import CLASS_COLOURS, CLASS_NAMES, class_table
-from slidemap.compute.grid import Grid
-from slidemap.compute.inventory_layers import LAYERS, latest_detected, read_inventory, write_inventory
-from slidemap.compute.io import write_cog
-from slidemap.compute.styles import Stop, colormap_stops, write_category_names, write_raster_styles
+from slidemap.compute.maps.classes import CLASS_COLOURS, CLASS_NAMES, class_table
+from slidemap.compute.region.grid import Grid
+from slidemap.compute.region.inventory_layers import LAYERS, latest_detected, read_inventory, write_inventory
+from slidemap.compute.region.raster_io import write_cog
+from slidemap.compute.region.styles import Stop, colormap_stops, write_category_names, write_raster_styles
 
 UTM = "EPSG:32633"
 

@@ -34,7 +34,7 @@ def _keras_tf():
 
 
 def test_the_gpu_build_runs_on_the_gpu():
-    from slidemap.compute.inference import device_info
+    from slidemap.compute.models.runtime import device_info
 
     _, tf = _keras_tf()
     info = device_info()
@@ -49,7 +49,7 @@ def test_the_gpu_build_runs_on_the_gpu():
 
 SECOND_PROCESS = r"""
 import json
-from slidemap.compute.inference import configure_tensorflow
+from slidemap.compute.models.runtime import configure_tensorflow
 tf = configure_tensorflow()
 a = tf.random.uniform((2048, 2048))
 b = tf.linalg.matmul(a, a)
@@ -79,7 +79,7 @@ def test_memory_growth_lets_a_second_process_share_the_gpu():
 
 
 def test_xla_inference_compiles_once_and_agrees_with_the_cpu():
-    from slidemap.compute.inference import BatchPredictor, xla_policy
+    from slidemap.compute.models.runtime import BatchPredictor, xla_policy
     from slidemap.training.unet import build_unet
 
     keras, tf = _keras_tf()
@@ -102,7 +102,7 @@ def test_xla_inference_compiles_once_and_agrees_with_the_cpu():
 
 
 def test_susceptibility_models_agree_with_the_cpu():
-    from slidemap.compute.inference import BatchPredictor
+    from slidemap.compute.models.runtime import BatchPredictor
     from slidemap.training.lsm import build_dense_fcn, build_window_cnn
 
     keras, tf = _keras_tf()
@@ -123,7 +123,7 @@ def test_susceptibility_models_agree_with_the_cpu():
 
 OOM_CHILD = r"""
 import json, numpy as np
-from slidemap.compute.inference import BatchPredictor, configure_tensorflow, device_summary
+from slidemap.compute.models.runtime import BatchPredictor, configure_tensorflow, device_summary
 configure_tensorflow()
 import keras
 from slidemap.training.unet import build_unet
@@ -153,7 +153,7 @@ def test_out_of_memory_falls_back_to_a_smaller_batch():
 
 
 def test_batch_size_from_free_gpu_memory():
-    from slidemap.compute.inference import DEFAULT_MAX_BATCH, batch_size_for, free_memory_bytes
+    from slidemap.compute.models.runtime import DEFAULT_MAX_BATCH, batch_size_for, free_memory_bytes
     from slidemap.training.unet import build_unet
 
     free = free_memory_bytes()

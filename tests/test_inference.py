@@ -1,4 +1,4 @@
-"""TensorFlow set-up and batched inference (compute/inference.py), on the CPU.
+"""TensorFlow set-up and batched inference (compute/models/runtime.py), on the CPU.
 
 The GPU side of the same code is in test_gpu.py (marked ``gpu``). Here: the settings and their
 errors, the XLA policy reaching models that slidemap does not build itself, padding to one batch
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from slidemap.compute import inference
-from slidemap.compute.inference import (
+from slidemap.compute.models import runtime as inference
+from slidemap.compute.models.runtime import (
     BatchPredictor,
     ModelCache,
     OutOfMemory,
@@ -117,7 +117,7 @@ def test_device_changes_after_start_are_refused_loudly(monkeypatch):
 
 SUBPROCESS_CHECK = r"""
 import json, numpy as np
-from slidemap.compute.inference import configure_tensorflow, device_summary
+from slidemap.compute.models.runtime import configure_tensorflow, device_summary
 configure_tensorflow()  # first, as documented: Keras' import starts TensorFlow
 import keras
 inp = keras.Input((4,)); model = keras.Model(inp, keras.layers.Dense(1)(inp))

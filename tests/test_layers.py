@@ -51,3 +51,14 @@ def test_the_contract_catches_an_upward_import(one_folder, tmp_path):
     finally:
         bad.unlink()
     assert result.returncode != 0 and "slidemap.compute.zz_upward" in result.stdout, result.stdout[-2000:]
+
+
+def test_the_contract_catches_an_upward_import_inside_compute(one_folder):
+    """The region layer (manifest, grid, raster I/O, build) may not reach up into the maps."""
+    bad = one_folder / "slidemap" / "compute" / "region" / "zz_upward.py"
+    bad.write_text("from slidemap.compute.maps import blocks  # noqa\n")
+    try:
+        result = lint(one_folder, ROOT / "pyproject.toml")
+    finally:
+        bad.unlink()
+    assert result.returncode != 0 and "slidemap.compute.region.zz_upward" in result.stdout, result.stdout[-2000:]

@@ -12,7 +12,7 @@ import rasterio
 from scipy import stats
 
 from slidemap.training.cls_metrics import classification_metrics, mcnemar_test, rate_curve, youden_threshold
-from slidemap.compute.classes import classify, jenks_breaks, jenks_classes
+from slidemap.compute.maps.classes import classify, jenks_breaks, jenks_classes
 from slidemap.training.lsm_report import single_factor_auc
 from slidemap.training.samples import SOURCES, balanced_weights, build_samples, load_region_data
 
@@ -21,8 +21,8 @@ METRIC_KEYS = {"accuracy", "precision", "recall", "f1", "f1_macro", "roc_auc", "
 
 @pytest.fixture(scope="module")
 def lsm_region(tmp_path_factory) -> Path:
-    from slidemap.compute.demo import generate_demo_region
-    from slidemap.compute.prepare import prepare_region
+    from slidemap.compute.demo.region import generate_demo_region
+    from slidemap.compute.region.prepare import prepare_region
 
     region = tmp_path_factory.mktemp("lsm") / "demo"
     generate_demo_region(region, size_km=4, seed=3)
@@ -158,7 +158,7 @@ def test_report_ranking_default_and_artefacts(trained, lsm_region):
 
 def test_window_path_serves_what_training_scored(trained, lsm_region):
     """The block engine's window path and the training path give one number per cell, edge included."""
-    from slidemap.compute.susceptibility import load_susceptibility, resolve_model
+    from slidemap.compute.maps.susceptibility import load_susceptibility, resolve_model
     from slidemap.training.lsm_fit import FittedModel, ModelInputs, StackCache, predict_cells
 
     model = load_susceptibility(resolve_model(lsm_region, "multiscale"), mode="window")
@@ -177,7 +177,7 @@ def test_window_path_serves_what_training_scored(trained, lsm_region):
 
 
 def test_map_by_name_mode_and_default(trained, lsm_region, tmp_path):
-    from slidemap.compute.susceptibility import map_region
+    from slidemap.compute.maps.susceptibility import map_region
 
     s = map_region(lsm_region, model="multiscale", mode="dense", out=tmp_path / "d.tif", progress=False)
     assert s["mode"] == "dense" and s["computed_by"] != s["model_versions"]["multiscale"]  # the fast form ran

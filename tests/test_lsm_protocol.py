@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slidemap.compute.factors import Encoding, FactorSpec, Normalisation
-from slidemap.compute.terrain import slope_aspect
+from slidemap.compute.terrain.factors import Encoding, FactorSpec, Normalisation
+from slidemap.compute.terrain.derivatives import slope_aspect
 from slidemap.training.window_augment import transform_centre, transform_direction, transform_windows
 from slidemap.training.cls_metrics import mcnemar_test
 from slidemap.training.lsm_config import PRESETS, make_config

@@ -10,9 +10,9 @@ import pytest
 import rasterio
 
 from slidemap.cli import main
-from slidemap.compute.factors import FACTOR_ORDER, load_normalisation, normalise
-from slidemap.compute.prepare import LABEL_LANDSLIDE, LABEL_NODATA, prepare_region
-from slidemap.compute.status import region_status
+from slidemap.compute.terrain.factors import FACTOR_ORDER, load_normalisation, normalise
+from slidemap.compute.region.prepare import LABEL_LANDSLIDE, LABEL_NODATA, prepare_region
+from slidemap.compute.models.status import region_status
 
 
 def _read(path, band=None):

@@ -11,7 +11,7 @@ import rasterio
 from affine import Affine
 
 from slidemap.cli import main
-from slidemap.compute.region import load_region, parse_label
+from slidemap.compute.region.manifest import load_region, parse_label
 from slidemap.errors import RegionError
 
 UTM = "EPSG:32649"
@@ -176,7 +176,7 @@ def test_blank_or_unknown_label_is_refused_before_anything_is_built(tmp_path, ca
 
 
 def test_south_up_dem_gives_a_north_up_grid(tmp_path):
-    from slidemap.compute.prepare import prepare_region
+    from slidemap.compute.region.prepare import prepare_region
 
     rng = np.random.default_rng(1)
     data = np.cumsum(rng.random((40, 50)), axis=0).astype("float32") * 10

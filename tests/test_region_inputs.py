@@ -13,7 +13,7 @@ from affine import Affine
 from shapely.geometry import Point, box
 
 from slidemap.cli import main
-from slidemap.compute.region import load_region
+from slidemap.compute.region.manifest import load_region
 
 UTM = "EPSG:32649"
 

@@ -392,7 +392,7 @@ def test_cors_is_off_by_default_and_configurable(region, tmp_path):
 
 
 def test_health_reports_the_device(region, tmp_path, monkeypatch):
-    from slidemap.compute import inference
+    from slidemap.compute.models import runtime as inference
 
     monkeypatch.setattr(inference, "device_summary", lambda: {"device": "CPU", "gpus": [], "tensorflow": "test"})
     app = make_app(region, tmp_path / "c", report_device=True)

@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from rasterio.warp import transform_bounds
 
-from slidemap.compute.grid import Grid
+from slidemap.compute.region.grid import Grid
 from slidemap.compute.models.store import read_card, save_artefact
 from slidemap.server.app import ServerSettings, create_app
 from server_models import FakeDetector, add_fake_model, make_loaders, served

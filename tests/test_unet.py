@@ -12,7 +12,7 @@ import pytest
 import rasterio
 from affine import Affine
 
-from slidemap.compute.image_norm import image_stats
+from slidemap.compute.maps.image_norm import image_stats
 from slidemap.compute.models.select import default_model, resolve_model
 from slidemap.errors import BuildError, ModelError
 from slidemap.training import scene as sc
@@ -263,7 +263,7 @@ def _with_peer(result):
 
 
 def test_cards_report_and_region_default(trained):
-    from slidemap.compute.detection import load_detector
+    from slidemap.compute.maps.detection import load_detector
 
     root, result = trained
     result = _with_peer(result)

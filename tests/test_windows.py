@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from slidemap.compute.windows import (
+from slidemap.compute.maps.windows import (
     MULTISCALE_SIZES,
     area_weights,
     block_centres,
@@ -141,8 +141,8 @@ def test_dense_block_equals_per_cell_patches_and_window_serving_equals_training(
     (predict_block on a NaN-haloed block at the region edge) == the training path."""
     import keras
 
-    from slidemap.compute.factors import Encoding, Normalisation
-    from slidemap.compute.susceptibility import load_susceptibility
+    from slidemap.compute.terrain.factors import Encoding, Normalisation
+    from slidemap.compute.maps.susceptibility import load_susceptibility
     from slidemap.training.lsm import build_dense_fcn, build_window_cnn
     from slidemap.training.lsm_fit import FittedModel, ModelInputs, StackCache, predict_cells
     from slidemap.training.samples import RegionData

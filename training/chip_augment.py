@@ -5,7 +5,7 @@ symmetries of the square; the mask gets exactly the same operation, so every lan
 under its image pixel.
 
 Photometry (per chip, per band), on *normalised* inputs (``z = (x - p50) / (p90 - p10)``, see
-:mod:`slidemap.compute.image_norm`): each chip source stretches its imagery its own way, and the
+:mod:`slidemap.compute.maps.image_norm`): each chip source stretches its imagery its own way, and the
 robust normalisation removes only the linear part of that, so the network also sees
 
 - brightness: ``z + b`` with ``b ~ U(-brightness, brightness)`` (one shift for all bands, plus a

@@ -14,7 +14,7 @@ Splits:
   within ``buffer`` of a held-out chip (index positions, or pixels for georeferenced chips) are
   dropped, so the two sides do not touch.
 
-Normalisation is :mod:`slidemap.compute.image_norm` (by default each chip's own robust percentiles,
+Normalisation is :mod:`slidemap.compute.maps.image_norm` (by default each chip's own robust percentiles,
 since chip folders such as Landslide4Sense stretch every image on its own).
 """
 
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from slidemap.compute.chip_io import IMAGE_EXTS, MASK_ENCODINGS, read_image_file, read_mask_file, region_is_synthetic
+from slidemap.compute.region.image_files import IMAGE_EXTS, MASK_ENCODINGS, read_image_file, read_mask_file, region_is_synthetic
 from slidemap.errors import BuildError, InputError
 
 IGNORE = 255

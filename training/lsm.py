@@ -2,7 +2,7 @@
 
 **Window 3D-CNN** (the paper's). Input ``windows`` ``[channels, 12, 12, scales]``: the factor
 channels are the depth of the 3D volume and the scales (12, 17 and 22 windows resampled to 12 x 12
-by :mod:`slidemap.compute.windows`) are its channels, so every 3 x 3 x 3 kernel sees all scales at
+by :mod:`slidemap.compute.maps.windows`) are its channels, so every 3 x 3 x 3 kernel sees all scales at
 once. VGG-like: a block of two and a block of three 3 x 3 x 3 convolutions (ReLU), each block
 followed by batch normalisation and 2 x 2 x 2 max pooling (``same`` padding so a stack of only a
 few channels still pools), then a dense layer, dropout and a sigmoid output. Single-scale models
@@ -42,7 +42,7 @@ CENTRE_LINEAR = "centre_linear"
 
 
 def _keras() -> Any:
-    from slidemap.compute.inference import configure_tensorflow
+    from slidemap.compute.models.runtime import configure_tensorflow
 
     configure_tensorflow()
     import keras

@@ -33,7 +33,7 @@ from slidemap.training.lsm import (
     centre_linear_weights,
     set_centre_linear,
 )
-from slidemap.compute.inference import compiled_predict
+from slidemap.compute.models.runtime import compiled_predict
 from slidemap.training.lsm_config import LsmConfig
 from slidemap.training.lsm_fit import FittedModel, StackCache, predict_cells
 from slidemap.training.samples import RegionData, SampleSet

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from slidemap.compute.windows import OUT_SIZE, extract_windows, iter_windows
+from slidemap.compute.maps.windows import OUT_SIZE, extract_windows, iter_windows
 from slidemap.training.window_augment import augment_batch
 from slidemap.training.baselines import fit_baseline, make_baseline
 from slidemap.training.cls_metrics import youden_threshold
@@ -100,7 +100,7 @@ def predict_cells(fitted: FittedModel, stacks: StackCache, rows: np.ndarray, col
     if fitted.kind == "centre":
         out[:] = fitted.model.predict_proba(centre)[:, 1]
         return out
-    from slidemap.compute.inference import compiled_predict
+    from slidemap.compute.models.runtime import compiled_predict
 
     predict = compiled_predict(fitted.model)
     stack = stacks.window_stack(fitted.inputs.window_channels)

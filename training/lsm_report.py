@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from slidemap.compute.io import atomic_path, write_bytes_atomic, write_json_atomic
+from slidemap.compute.region.raster_io import atomic_path, write_bytes_atomic, write_json_atomic
 
 def _network_epochs(report: dict[str, Any]) -> list[str]:
     """Each network's best epoch per split (and per CV fold): with the centre-linear start, 0 means

@@ -34,7 +34,7 @@ from sklearn.metrics import roc_auc_score
 
 from slidemap.compute.models.select import record_default
 from slidemap.compute.models.store import ModelInfo, read_card, save_artefact, update_card
-from slidemap.compute.windows import OUT_SIZE, halo_for
+from slidemap.compute.maps.windows import OUT_SIZE, halo_for
 from slidemap.training.cls_metrics import classification_metrics, curves, mcnemar_test, rate_curve
 from slidemap.training.lsm_config import REFERENCE, WINDOW_MODELS, LsmConfig, make_config
 from slidemap.training.lsm_eval import Score, bootstrap_auc, clusters_for, cv_score, rank
@@ -239,7 +239,7 @@ def train_lsm(
     from tqdm.auto import tqdm
 
     from slidemap.training.lsm_distil import distil
-    from slidemap.compute.classes import jenks_breaks, jenks_classes
+    from slidemap.compute.maps.classes import jenks_breaks, jenks_classes
     from slidemap.training.lsm_report import planted_rule, single_factor_auc, write_report
 
     overrides = dict(overrides or {})

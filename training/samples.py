@@ -33,8 +33,8 @@ import numpy as np
 import rasterio
 from scipy import ndimage
 
-from slidemap.compute.factors import Encoding, Normalisation, class_codes_present, load_normalisation
-from slidemap.compute.grid import Grid
+from slidemap.compute.terrain.factors import Encoding, Normalisation, class_codes_present, load_normalisation
+from slidemap.compute.region.grid import Grid
 from slidemap.errors import BuildError
 
 log = logging.getLogger(__name__)
@@ -151,8 +151,8 @@ def balanced_weights(y: np.ndarray) -> np.ndarray:
 
 def find_detected_inventory(region_dir: str | Path) -> Path | None:
     """The newest detected-inventory GeoPackage written by ``slidemap inventory``, if any (the one
-    rule: :func:`slidemap.compute.inventory_layers.latest_detected`)."""
-    from slidemap.compute.inventory_layers import latest_detected
+    rule: :func:`slidemap.compute.region.inventory_layers.latest_detected`)."""
+    from slidemap.compute.region.inventory_layers import latest_detected
 
     return latest_detected(Path(region_dir))
 

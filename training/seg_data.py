@@ -6,7 +6,7 @@ score each epoch on the validation part, and two functions that predict the vali
 pixels with a trained network and return an :class:`Evaluation` (labels, probabilities and the
 test chip each pixel belongs to, for bootstrap intervals).
 
-Normalisation (:mod:`slidemap.compute.image_norm`) is robust and per image: a region's scene is
+Normalisation (:mod:`slidemap.compute.maps.image_norm`) is robust and per image: a region's scene is
 normalised by its own percentiles (the unlabelled statistics of the whole image, as ``detect`` does
 on any new scene), a chip by its own.
 """
@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from slidemap.compute.image_norm import BandStats, apply_stats, image_stats, robust_spec
+from slidemap.compute.maps.image_norm import BandStats, apply_stats, image_stats, robust_spec
 from slidemap.training import scene as sc
 from slidemap.training.chips import ChipSampler, ChipSet, chip_buffer, random_split, split
 

@@ -120,7 +120,7 @@ class EarlyStopping:
 
 
 def build_model(bands: int, base_width: int, attention: bool, seed: int) -> Any:
-    from slidemap.compute.inference import configure_tensorflow
+    from slidemap.compute.models.runtime import configure_tensorflow
     from slidemap.training.unet import build_unet
 
     configure_tensorflow()  # the one place TensorFlow is configured, before Keras imports it

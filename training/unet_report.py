@@ -18,7 +18,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from slidemap.compute.io import atomic_path, write_bytes_atomic, write_json_atomic
+from slidemap.compute.region.raster_io import atomic_path, write_bytes_atomic, write_json_atomic
 from slidemap.training.seg_metrics import METRIC_KEYS
 
 METRIC_NOTE = (

@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from slidemap.compute.io import write_json_atomic
+from slidemap.compute.region.raster_io import write_json_atomic
 from slidemap.compute.models.store import ModelInfo, list_models, read_card
 from slidemap.errors import BuildError, ModelError
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slidemap.compute.io import sha256_file, write_json_atomic
+from slidemap.compute.region.raster_io import sha256_file, write_json_atomic
 from slidemap.errors import ModelError
 
 WEIGHT_FILES = ("model.keras", "model.joblib")

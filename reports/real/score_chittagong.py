@@ -24,8 +24,8 @@ DATA = ROOT.parent / "shared" / "data" / "s2_landslide_chittagong"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from slidemap.compute.detection import detect_file, load_detector
-    from slidemap.compute.io import write_bytes_atomic, write_json_atomic
+    from slidemap.compute.maps.detection import detect_file, load_detector
+    from slidemap.compute.region.raster_io import write_bytes_atomic, write_json_atomic
     from slidemap.training.seg_metrics import segmentation_metrics
 
     ap = argparse.ArgumentParser()

@@ -112,8 +112,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _map(args: argparse.Namespace) -> int:
-    from slidemap.compute.dask_run import check_address
-    from slidemap.compute.susceptibility import map_region
+    from slidemap.compute.maps.dask_run import check_address
+    from slidemap.compute.maps.susceptibility import map_region
 
     check_address(args.dask)
 

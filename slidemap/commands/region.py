@@ -38,7 +38,7 @@ def register(groups: dict[str, Any]) -> None:
 
 
 def _demo_region(args: argparse.Namespace) -> int:
-    from slidemap.compute.demo import generate_demo_region
+    from slidemap.compute.demo.region import generate_demo_region
     from slidemap.errors import InputError
 
     if args.size_km <= 0:
@@ -49,7 +49,7 @@ def _demo_region(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from slidemap.compute.prepare import prepare_region
+    from slidemap.compute.region.prepare import prepare_region
 
     result = prepare_region(args.region_dir, show_progress=not args.quiet)
     h, w = result.grid.shape
@@ -70,7 +70,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from slidemap.compute.status import format_status, region_status
+    from slidemap.compute.models.status import format_status, region_status
 
     status = region_status(args.region_dir)
     print(json.dumps(status, indent=2) if args.json else format_status(status))

@@ -251,11 +251,11 @@ def _warn_if_no_skill(model_dir: Path) -> None:
 
 
 def detect_handler(args: argparse.Namespace) -> int:
-    from slidemap.compute.detection import detect_file
+    from slidemap.compute.maps.detection import detect_file
 
     model_dir, input_path, out = _detect_model(args)
     _warn_if_no_skill(model_dir)
-    from slidemap.compute.dask_run import check_address
+    from slidemap.compute.maps.dask_run import check_address
 
     check_address(args.dask)
     if args.dask and input_path.is_dir():
@@ -268,9 +268,9 @@ def detect_handler(args: argparse.Namespace) -> int:
 
 
 def inventory_handler(args: argparse.Namespace) -> int:
-    from slidemap.compute.inventory_map import map_inventory
+    from slidemap.compute.maps.inventory import map_inventory
 
-    from slidemap.compute.inventory_map import pick_detector
+    from slidemap.compute.maps.inventory import pick_detector
 
     model_dir = pick_detector(Path(args.region), args.model)
     _warn_if_no_skill(model_dir)

@@ -29,18 +29,18 @@ from rasterio.warp import calculate_default_transform
 from scipy import ndimage
 from tqdm import tqdm
 
-from slidemap.compute import terrain
-from slidemap.compute.inventory_layers import read_inventory, write_inventory
-from slidemap.compute.factors import (
+from slidemap.compute.terrain import derivatives as terrain
+from slidemap.compute.region.inventory_layers import read_inventory, write_inventory
+from slidemap.compute.terrain.factors import (
     CATEGORICAL_FACTORS,
     FACTOR_ORDER,
     FACTORS_JSON,
     UNITS,
     FactorSpec,
 )
-from slidemap.compute.grid import Grid
-from slidemap.compute.io import FAST_READ, atomic_path, cog_writer, sha256_file, write_cog, write_json_atomic
-from slidemap.compute.region import Region, load_region, parse_label, read_classes
+from slidemap.compute.region.grid import Grid
+from slidemap.compute.region.raster_io import FAST_READ, atomic_path, cog_writer, sha256_file, write_cog, write_json_atomic
+from slidemap.compute.region.manifest import Region, load_region, parse_label, read_classes
 from slidemap.errors import RegionError
 
 log = logging.getLogger(__name__)
@@ -397,7 +397,7 @@ class _Builder:
         return frame.to_crs(self.grid.crs)
 
     def vectors(self) -> None:
-        from slidemap.compute.region import VECTOR_THEMES
+        from slidemap.compute.region.manifest import VECTOR_THEMES
 
         for name in VECTOR_THEMES:
             spec = getattr(self.region.inputs, name)
@@ -658,7 +658,7 @@ class _Builder:
                     filled[n] = float(holes.sum() / footprint.sum())
             stack = np.stack([arrays[n] for n in names]).astype(np.float32)
             tags = dict(SYNTHETIC_TAGS) if self.synthetic else {}
-            # read window by window by the block engine and `map`: the fast-read layout (compute/io.py)
+            # read window by window by the block engine and `map`: the fast-read layout (compute/region/raster_io.py)
             write_cog(target, stack, self.grid, band_names=names, nodata=float("nan"), tags=tags, layout=FAST_READ)
             specs = []
             for n, band in zip(names, stack, strict=True):

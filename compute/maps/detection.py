@@ -10,7 +10,7 @@ strips gives the same numbers as one processed whole, and a big raster never has
 
 NaN input (or, in files, the nodata value or all-zero pixels) gives NaN output.
 
-Normalisation is the card's (:mod:`slidemap.compute.image_norm`): a robust model normalises each
+Normalisation is the card's (:mod:`slidemap.compute.maps.image_norm`): a robust model normalises each
 input scene (a GeoTIFF, a region's imagery) by that scene's own percentiles, computed once from a
 decimated read, and each chip of a chip folder by its own; bare arrays handed to
 :meth:`Detector.predict` use the training scene's statistics unless a scene is given
@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from slidemap.compute.image_norm import BandStats, apply_stats, image_stats, stats_for
+from slidemap.compute.maps.image_norm import BandStats, apply_stats, image_stats, stats_for
 from slidemap.errors import InputError, ModelError
 
 log = logging.getLogger(__name__)
@@ -344,7 +344,7 @@ def load_detector(model_dir: str | Path, tile: int = DEFAULT_TILE, overlap: int 
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    from slidemap.compute.inference import configure_tensorflow, device_summary
+    from slidemap.compute.models.runtime import configure_tensorflow, device_summary
 
     configure_tensorflow()
     import keras
@@ -481,7 +481,7 @@ def detect_file(
     from rasterio.shutil import copy as rio_copy
     from tqdm.auto import tqdm
 
-    from slidemap.compute.io import atomic_path
+    from slidemap.compute.region.raster_io import atomic_path
 
     try:
         src = rasterio.open(input_path)
@@ -598,7 +598,7 @@ def detect_chunk(model_dir: str, input_path: str, indexes: list[int], factor: fl
 
 def _detect_on_dask(address: Any, model_dir: Path, input_path: Path, indexes: list[int], factor: float,
                     stats: BandStats | None, chunks: list, emit: Callable[..., None], progress: bool) -> None:
-    from slidemap.compute.dask_run import dask_client, run_tasks
+    from slidemap.compute.maps.dask_run import dask_client, run_tasks
 
     tasks = [(str(model_dir), str(input_path), indexes, factor, stats, rows, cols) for rows, cols in chunks]
     with dask_client(address) as client:
@@ -608,7 +608,7 @@ def _detect_on_dask(address: Any, model_dir: Path, input_path: Path, indexes: li
 
 def _write_styles(prob_path: Path, mask_path: Path | None) -> None:
     """QGIS/SLD styles beside the probability COG (the server's ramp) and the mask (its classes)."""
-    from slidemap.compute.styles import DETECTION_COLORMAP, Stop, colormap_stops, write_category_names, write_raster_styles
+    from slidemap.compute.region.styles import DETECTION_COLORMAP, Stop, colormap_stops, write_category_names, write_raster_styles
 
     write_raster_styles(prob_path, colormap_stops(DETECTION_COLORMAP, units="probability"), classes=False)
     if mask_path is not None:
@@ -630,8 +630,8 @@ def detect_folder(
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from slidemap.compute.chip_io import IMAGE_EXTS, read_image_file
-    from slidemap.compute.io import atomic_path
+    from slidemap.compute.region.image_files import IMAGE_EXTS, read_image_file
+    from slidemap.compute.region.raster_io import atomic_path
 
     image_dir = folder / "images" if (folder / "images").is_dir() else folder
     files = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)

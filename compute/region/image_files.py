@@ -97,7 +97,7 @@ def region_is_synthetic(region_dir: str | Path) -> bool:
     """Whether a region is SYNTHETIC: its manifest says so, else what `prepare` wrote."""
     region_dir = Path(region_dir)
     try:
-        from slidemap.compute.region import load_region
+        from slidemap.compute.region.manifest import load_region
 
         return bool(load_region(region_dir, check_files=False).synthetic)
     except Exception:  # no readable manifest: fall back to what prepare wrote

@@ -9,9 +9,9 @@ Conventions (shared by every function here):
   NaN never leaks inward: a valid cell whose 3x3 neighbour is NaN uses its own value for that
   neighbour; a neighbour outside the raster is extrapolated linearly from the two nearest
   inside cells. Both are ``gdaldem -compute_edges``'s rules (details and the one deviation, at
-  the 4 corner cells, in :mod:`slidemap.compute.terrain_kernels`).
+  the 4 corner cells, in :mod:`slidemap.compute.terrain.kernels`).
 
-The 3x3-window factors run as numba kernels (:mod:`slidemap.compute.terrain_kernels`, each with
+The 3x3-window factors run as numba kernels (:mod:`slidemap.compute.terrain.kernels`, each with
 a NumPy twin that the tests and benchmarks hold it to). Flow routing for TWI uses pyflwdir for
 depression filling and accumulation, with steepest-descent D8 directions set here.
 """
@@ -26,7 +26,7 @@ import pyflwdir
 import pyflwdir.dem
 from affine import Affine
 
-from . import terrain_kernels as _k
+from . import kernels as _k
 from .factors import TERRAIN_FACTORS as _TERRAIN_FACTORS
 
 __all__ = [
@@ -170,8 +170,8 @@ def flow_accumulation(dem: np.ndarray, cellsize: tuple[float, float]) -> np.ndar
        ``pyflwdir.dem.fill_depressions`` (priority flood, Wang & Liu 2006), outlets at the edge
        of the valid data (the raster border and the rim of NaN holes), so the whole DEM drains.
     2. D8 directions by steepest descent on the filled DEM, using the true x, y and diagonal
-       distances (:func:`~slidemap.compute.terrain_kernels.d8_steepest`); flats (filled pits,
-       lakes) drain to their nearest exit (:func:`~slidemap.compute.terrain_kernels.d8_resolve_flats`).
+       distances (:func:`~slidemap.compute.terrain.kernels.d8_steepest`); flats (filled pits,
+       lakes) drain to their nearest exit (:func:`~slidemap.compute.terrain.kernels.d8_resolve_flats`).
        pyflwdir's own ``from_dem`` directions are not used: they point at the lowest, not the
        steepest, neighbour, break ties by scan order and run border cells along the border.
     3. The accumulation itself is pyflwdir's (``from_array(...).upstream_area``).

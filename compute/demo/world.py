@@ -1,7 +1,7 @@
 """World building for the SYNTHETIC demo region: terrain, hydrography, settlements,
 roads, geology, land cover, planted landslides and Sentinel-2-like imagery.
 
-Used only by :mod:`slidemap.compute.demo` (see its docstring); every function takes
+Used only by :mod:`slidemap.compute.demo.region` (see its docstring); every function takes
 its own ``numpy.random.Generator`` so the output is a pure function of the seed.
 """
 

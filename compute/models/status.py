@@ -4,7 +4,7 @@ JSON keys (a contract other tools rely on): ``name, synthetic, grid, factors, fa
 imagery, labels, models, default_models, reports, caches, device`` (later features add keys, never
 rename them). ``default_models`` is ``{"susceptibility": {name, version, path, score, ...} | null,
 "detection": ...}`` from :mod:`slidemap.compute.models.select`. ``device`` is
-:func:`slidemap.compute.inference.device_summary`: where TensorFlow actually places ops
+:func:`slidemap.compute.models.runtime.device_summary`: where TensorFlow actually places ops
 (``"GPU"``/``"CPU"``), the installed build, and the memory, XLA and precision set-up.
 """
 
@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from slidemap.compute.factors import FACTORS_JSON
-from slidemap.compute.region import load_manifest
+from slidemap.compute.terrain.factors import FACTORS_JSON
+from slidemap.compute.region.manifest import load_manifest
 
 
 def _abs(path: Path) -> str | None:
@@ -43,7 +43,7 @@ def region_status(region_dir: str | Path) -> dict[str, Any]:
             "transform": g.get("transform"),
         }
         factor_names = [f["name"] for f in data["factors"]]
-    from slidemap.compute.inference import device_summary
+    from slidemap.compute.models.runtime import device_summary
     from slidemap.compute.models.select import default_models_status
     from slidemap.compute.models.store import list_models
 

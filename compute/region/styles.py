@@ -6,7 +6,7 @@
 * GeoPackages: the same QML/SLD in the GeoPackage's ``layer_styles`` table (which QGIS applies when
   it opens a layer) and as ``<name>.qml`` beside it for the first layer.
 
-Colours are given once by the callers (the class table of :mod:`slidemap.compute.classes`, the
+Colours are given once by the callers (the class table of :mod:`slidemap.compute.maps.classes`, the
 detection ramp), so styles, tiles and legends agree.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
-from slidemap.compute.io import write_bytes_atomic
+from slidemap.compute.region.raster_io import write_bytes_atomic
 
 QGIS_VERSION = "3.28.0"
 # the colour ramps the server renders probability layers with (rio-tiler names), and the styles use

@@ -61,8 +61,8 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
-from slidemap.compute.grid import Grid
-from slidemap.compute.io import atomic_path
+from slidemap.compute.region.grid import Grid
+from slidemap.compute.region.raster_io import atomic_path
 from slidemap.errors import BuildError
 
 log = logging.getLogger(__name__)

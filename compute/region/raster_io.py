@@ -21,7 +21,7 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.shutil import copy as rio_copy
 
-from slidemap.compute.grid import Grid
+from slidemap.compute.region.grid import Grid
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 Steps (stage-1 post-processing of ``../shared/method.md``):
 
-1. detect over ``build/imagery.tif`` (streamed, seamless: :mod:`slidemap.compute.detection`);
+1. detect over ``build/imagery.tif`` (streamed, seamless: :mod:`slidemap.compute.maps.detection`);
 2. threshold at the model card's threshold (chosen on validation data when it was trained; the
    same number ``detect`` writes into its output's tags and cuts its mask at);
 3. remove detections on roads, water and settlements (``build/exclusion_imagery.tif``, when the
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from slidemap.compute.inventory_layers import DETECTED_LAYER, DETECTED_NAME, read_inventory, write_detected_styles
+from slidemap.compute.region.inventory_layers import DETECTED_LAYER, DETECTED_NAME, read_inventory, write_detected_styles
 from slidemap.errors import BuildError
 
 log = logging.getLogger(__name__)
@@ -113,9 +113,9 @@ def map_inventory(
     import geopandas as gpd
     import rasterio
 
-    from slidemap.compute.detection import detect_file, load_detector
-    from slidemap.compute.io import atomic_path, write_bytes_atomic, write_json_atomic
-    from slidemap.compute.chip_io import region_is_synthetic
+    from slidemap.compute.maps.detection import detect_file, load_detector
+    from slidemap.compute.region.raster_io import atomic_path, write_bytes_atomic, write_json_atomic
+    from slidemap.compute.region.image_files import region_is_synthetic
 
     region_dir = Path(region_dir)
     build = region_dir / "build"

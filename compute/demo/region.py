@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from slidemap.errors import RegionError
-from slidemap.compute.demo_world import (
+from slidemap.compute.demo.world import (
     CRS_STR,
     DEM_NODATA,
     DEM_RES,

@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from slidemap.compute.factors import Encoding
-from slidemap.compute.inference import ModelCache
-from slidemap.compute.windows import block_centres, iter_windows
+from slidemap.compute.terrain.factors import Encoding
+from slidemap.compute.models.runtime import ModelCache
+from slidemap.compute.maps.windows import block_centres, iter_windows
 from slidemap.errors import BuildError, InputError, ModelError
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def _load_weights(model_dir: Path, card: dict[str, Any]) -> Any:
         import joblib
 
         return joblib.load(weights)
-    from slidemap.compute.inference import configure_tensorflow
+    from slidemap.compute.models.runtime import configure_tensorflow
 
     configure_tensorflow()
     import keras
@@ -148,7 +148,7 @@ def load_susceptibility(model_dir: str | Path, mode: str | None = None) -> Susce
     model = _load_weights(run_dir, run_card)
     run_arch = run_card.get("architecture", "")
     kind = "centre" if run_arch.startswith("centre") else "dense" if run_arch == "dense_fcn" else "window"
-    from slidemap.compute.inference import compiled_predict
+    from slidemap.compute.models.runtime import compiled_predict
 
     windows = card.get("windows") or {}
     n = len(encoding.channels)
@@ -222,7 +222,7 @@ def map_block(model_dir: str, mode: str | None, factors_tif: str, indexes: list[
 
 def _map_on_dask(address: Any, model_dir: Path, mode: str, factors_tif: Path, indexes: list[int], grid: Any,
                  block: int, progress: bool) -> np.ndarray:
-    from slidemap.compute.dask_run import dask_client, run_tasks
+    from slidemap.compute.maps.dask_run import dask_client, run_tasks
 
     height, width = grid.shape
     tasks = [(str(model_dir), mode, str(factors_tif), indexes, block, r, c)
@@ -251,10 +251,10 @@ def map_region(
     """
     import rasterio
 
-    from slidemap.compute.grid import Grid
-    from slidemap.compute.io import write_cog, write_json_atomic
-    from slidemap.compute.classes import class_table, classify, jenks_classes
-    from slidemap.compute.styles import (
+    from slidemap.compute.region.grid import Grid
+    from slidemap.compute.region.raster_io import write_cog, write_json_atomic
+    from slidemap.compute.maps.classes import class_table, classify, jenks_classes
+    from slidemap.compute.region.styles import (
         SUSCEPTIBILITY_COLORMAP,
         Stop,
         colormap_stops,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from slidemap.compute.styles import VectorClass, write_gpkg_styles
+from slidemap.compute.region.styles import VectorClass, write_gpkg_styles
 
 LAYERS = {"polygon": "inventory_polygons", "point": "inventory_points"}
 LEGACY_LAYER = "landslides"

@@ -182,7 +182,7 @@ def _modify_devices(tf: Any, change: Callable[[], None], what: str) -> None:
             return  # the runtime started with growth from the environment: the goal is met
         raise RuntimeError(
             f"slidemap could not {what}: TensorFlow had already initialised its devices ({exc}). "
-            "Call slidemap.compute.inference.configure_tensorflow() before any TensorFlow op."
+            "Call slidemap.compute.models.runtime.configure_tensorflow() before any TensorFlow op."
         ) from exc
 
 

@@ -1,0 +1,1 @@
+"""maps: see docs/ARCHITECTURE.md."""

@@ -1,0 +1,1 @@
+"""region: see docs/ARCHITECTURE.md."""

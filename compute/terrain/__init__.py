@@ -1,0 +1,1 @@
+"""terrain: see docs/ARCHITECTURE.md."""
