@@ -68,7 +68,7 @@ def main() -> int:
     import rasterio
 
     from slidemap.compute.maps.susceptibility import load_susceptibility, resolve_model
-    from slidemap.training.lsm import build_dense_fcn, build_window_cnn, flops_dense_per_cell, flops_window_cnn
+    from slidemap.training.lsm_networks import build_dense_fcn, build_window_cnn, flops_dense_per_cell, flops_window_cnn
 
     peak = float32_peak_gflops()
     with rasterio.open(region / "build" / "factors.tif") as src:

@@ -12,7 +12,7 @@ import json, os, sys, time
 import numpy as np
 import keras
 from slidemap.training.unet import build_unet
-from slidemap.training.lsm import build_window_cnn, build_dense_fcn, flops_window_cnn, flops_dense_per_cell
+from slidemap.training.lsm_networks import build_window_cnn, build_dense_fcn, flops_window_cnn, flops_dense_per_cell
 
 small = len(sys.argv) > 1 and sys.argv[1] == "small"
 rng = np.random.default_rng(0)

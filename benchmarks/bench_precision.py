@@ -40,7 +40,7 @@ def main() -> int:
     configure_tensorflow()
     import keras
 
-    from slidemap.training.lsm import build_dense_fcn, build_window_cnn
+    from slidemap.training.lsm_networks import build_dense_fcn, build_window_cnn
     from slidemap.training.unet import build_unet
 
     device = device_summary()

@@ -74,7 +74,7 @@ def rio_mbtiles() -> str | None:
 
 def byte_vrt(region: Path, out: Path) -> None:
     """The imagery layer's bands and rescale as a Byte VRT (what both peers tile)."""
-    from slidemap.server.app import ServerSettings, build_service
+    from slidemap.server.service import ServerSettings, build_service
 
     service = build_service(region, ServerSettings(cache_size_mb=0, report_device=False))
     layer = service.registry.get("imagery")

@@ -490,7 +490,6 @@ class LayerRegistry:
         return InputState("overlay", out, "inventory overlay", _stat_fingerprint(out), None, base.grid, ("inventory",))
 
     def _rasterise_overlay(self, grid: Grid, known: Path, detected: Path) -> np.ndarray:
-        import geopandas as gpd
         from rasterio.features import rasterize
 
         raster = np.zeros(grid.shape, dtype=np.uint8)

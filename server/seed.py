@@ -71,7 +71,7 @@ def parse_zoom(zoom: str | None, default: tuple[int, int]) -> tuple[int, int]:
 
 
 def _settings_dict(cache_dir: Path | None, block_size: int = BLOCK_SIZE) -> dict[str, Any]:
-    from slidemap.server.app import ServerSettings
+    from slidemap.server.service import ServerSettings
 
     # Seeding has no per-request budget or queue limit and keeps every tile it makes.
     s = ServerSettings(cache_dir=cache_dir, max_blocks_per_request=10**9, cache_size_mb=10**7,
@@ -91,7 +91,7 @@ def _service_key(region: str, settings: dict[str, Any]) -> tuple:
 
 def _service(region: str, settings: dict[str, Any]):
     """One tile service per worker process (models load once per worker)."""
-    from slidemap.server.app import ServerSettings, build_service
+    from slidemap.server.service import ServerSettings, build_service
 
     key = _service_key(region, settings)
     if key not in _SERVICES:
@@ -270,7 +270,7 @@ def seed(
     of a ``local`` cluster. ``metatile``: tiles per side read at once. ``pyramid``: make coarser
     zooms of continuous layers by halving finer data. ``png_level``: zlib level of PNG tiles.
     """
-    from slidemap.server.app import ServerSettings, build_service
+    from slidemap.server.service import ServerSettings, build_service
     from slidemap.server.seed_archive import ArchiveWriter, archive_metadata
     from slidemap.server.seed_runner import Runner
     from slidemap.server.tiles import get_tms, zoom_range

@@ -16,7 +16,7 @@ from typing import Any
 
 from slidemap.errors import InputError
 
-PRELOAD = ["slidemap.server.seed", "slidemap.server.seed_read", "slidemap.server.app"]  # what each pool worker has imported before its first task
+PRELOAD = ["slidemap.server.seed", "slidemap.server.seed_read", "slidemap.server.service"]  # what each pool worker has imported before its first task
 
 
 def default_workers() -> int:

@@ -103,7 +103,7 @@ def test_xla_inference_compiles_once_and_agrees_with_the_cpu():
 
 def test_susceptibility_models_agree_with_the_cpu():
     from slidemap.compute.models.runtime import BatchPredictor
-    from slidemap.training.lsm import build_dense_fcn, build_window_cnn
+    from slidemap.training.lsm_networks import build_dense_fcn, build_window_cnn
 
     keras, tf = _keras_tf()
     keras.utils.set_random_seed(1)

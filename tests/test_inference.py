@@ -338,7 +338,7 @@ MIXED_DECISIONS = {"mixed_bfloat16": 0.97, "mixed_float16": 0.99}  # share of ce
 
 
 def mixed_models(policy: str) -> dict[str, tuple]:
-    from slidemap.training.lsm import build_dense_fcn, build_window_cnn
+    from slidemap.training.lsm_networks import build_dense_fcn, build_window_cnn
     from slidemap.training.unet import build_unet
 
     rng = np.random.default_rng(0)

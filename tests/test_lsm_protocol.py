@@ -210,7 +210,7 @@ def test_window_network_starts_as_the_logistic_regression_and_its_fast_form_copi
     (standardised logistic regression folded onto the raw values), and the fast form built from it
     starts with the same linear path on every cell."""
     from slidemap.training.baselines import fit_baseline, make_baseline
-    from slidemap.training.lsm import (
+    from slidemap.training.lsm_networks import (
         DENSE_HALO,
         build_dense_fcn,
         build_window_cnn,

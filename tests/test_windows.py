@@ -143,7 +143,7 @@ def test_dense_block_equals_per_cell_patches_and_window_serving_equals_training(
 
     from slidemap.compute.terrain.factors import Encoding, Normalisation
     from slidemap.compute.maps.susceptibility import load_susceptibility
-    from slidemap.training.lsm import build_dense_fcn, build_window_cnn
+    from slidemap.training.lsm_networks import build_dense_fcn, build_window_cnn
     from slidemap.training.lsm_fit import FittedModel, ModelInputs, StackCache, predict_cells
     from slidemap.training.samples import RegionData
 

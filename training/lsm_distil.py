@@ -1,6 +1,6 @@
 """The fast form of a window 3D-CNN: a dense network trained to reproduce it (distillation).
 
-A window model needs one 3D-CNN pass per cell; its fast form (:func:`slidemap.training.lsm.build_dense_fcn`)
+A window model needs one 3D-CNN pass per cell; its fast form (:func:`slidemap.training.lsm_networks.build_dense_fcn`)
 maps a whole block in one pass. No labels are needed to train it -- every valid cell of the region
 is an example, its target the window model's probability there -- so it learns the window model,
 not the inventory:
@@ -27,7 +27,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from slidemap.training.window_augment import transform_direction
-from slidemap.training.lsm import (
+from slidemap.training.lsm_networks import (
     DENSE_HALO,
     build_dense_fcn,
     centre_linear_weights,

@@ -145,7 +145,7 @@ def _fit_window(
 ) -> FittedModel:
     import keras
 
-    from slidemap.training.lsm import average_models, build_window_cnn, set_centre_linear
+    from slidemap.training.lsm_networks import average_models, build_window_cnn, set_centre_linear
 
     sizes = WINDOW_MODELS[name]
     stack = stacks.window_stack(inputs.window_channels)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +29,9 @@ from typing import Any
 
 import joblib
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from slidemap.compute.models.select import record_default
-from slidemap.compute.models.store import ModelInfo, read_card, save_artefact, update_card
+from slidemap.compute.models.store import ModelInfo, new_run_id, read_card, save_artefact, update_card
 from slidemap.compute.maps.windows import OUT_SIZE, halo_for
 from slidemap.training.cls_metrics import classification_metrics, curves, mcnemar_test, rate_curve
 from slidemap.training.lsm_config import REFERENCE, WINDOW_MODELS, LsmConfig, make_config
@@ -247,7 +245,7 @@ def train_lsm(
         overrides["models"] = ",".join(models)
     cfg = make_config(preset, overrides)
     t0 = time.perf_counter()
-    run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+    run_id = new_run_id()
     data = load_region_data(region_dir)
     detected_path = find_detected_inventory(region_dir) if cfg.use_detected else None
     detected = rasterise_detected(detected_path, data.grid) if detected_path else None

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,6 @@ METRIC_NOTE = (
     "F1 on the validation part (carved from the training side, never the test part) and is then applied "
     "unchanged to the test part. The F1 interval is a percentile bootstrap over test chips."
 )
-
-
-def new_run_id() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
 
 
 def _m(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -114,6 +114,7 @@ def map_inventory(
     import rasterio
 
     from slidemap.compute.maps.detection import detect_file, load_detector
+    from slidemap.compute.models.store import new_run_id
     from slidemap.compute.region.raster_io import atomic_path, write_bytes_atomic, write_json_atomic
     from slidemap.compute.region.image_files import region_is_synthetic
 
@@ -125,7 +126,7 @@ def map_inventory(
     model_path = pick_detector(region_dir, model_dir)
     det = load_detector(model_path)
     thr = float(det.threshold if threshold is None else threshold)
-    out_dir = region_dir / "reports" / "inventory" / (run_id or _new_run_id())
+    out_dir = region_dir / "reports" / "inventory" / (run_id or new_run_id())
     out_dir.mkdir(parents=True, exist_ok=True)
     prob_path = out_dir / "probability.tif"
     detect_file(model_path, imagery, prob_path, progress=progress, detector=det)
@@ -200,12 +201,6 @@ def map_inventory(
     write_json_atomic(out_dir / "report.json", report)
     write_bytes_atomic(out_dir / "report.md", _markdown(report).encode())
     return {**report, "gpkg": str(gpkg), "report_dir": str(out_dir)}
-
-
-def _new_run_id() -> str:
-    import secrets
-
-    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
 
 
 def _pixel_metrics(labels: np.ndarray, detected: np.ndarray, valid: np.ndarray) -> dict[str, Any]:

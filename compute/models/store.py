@@ -57,6 +57,14 @@ class ModelInfo:
         }
 
 
+def new_run_id() -> str:
+    """The one run-id format, for training and inventory runs alike: UTC time to the second, then
+    4 random hex digits so that two runs started in one second stay apart; sorts by time as text."""
+    import secrets
+
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(2)
+
+
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for lib in _LIBRARIES:

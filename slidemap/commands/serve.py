@@ -85,7 +85,8 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from slidemap.errors import InputError
-    from slidemap.server.app import LOOPBACK, ServerSettings, create_app
+    from slidemap.server.app import create_app
+    from slidemap.server.service import LOOPBACK, ServerSettings
 
     if args.public_url and not args.public_url.startswith(("http://", "https://")):
         raise InputError(f"--public-url {args.public_url!r}: give an http:// or https:// URL")

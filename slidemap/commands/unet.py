@@ -166,7 +166,9 @@ def train_handler(args: argparse.Namespace) -> int:
     cfg = _config(args)
     progress = not args.quiet
     name = args.name or "attention-unet"
-    run_id = unet_report.new_run_id()
+    from slidemap.compute.models.store import new_run_id
+
+    run_id = new_run_id()
     region = None
     if args.chips:
         if not args.out:
