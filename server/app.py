@@ -39,6 +39,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
+from slidemap.compute import provenance
 from slidemap.compute.maps.blocks import short_error
 from slidemap.compute.models.select import ROLES, has_skill, score_of, skill_note, skill_of
 from slidemap.errors import SlidemapError
@@ -456,14 +457,14 @@ def create_app(region_dir: Path, settings: ServerSettings | None = None) -> Fast
         url = f"{base(request)}/layers/{layer.id}/tiles/{tms.id}/{{z}}/{{x}}/{{y}}{suffix}.{format}?{urlencode(q)}"
         minzoom, maxzoom = zoom_range(registry, layer, tms)
         w, s, e, n = wgs84_bounds(registry.grid_of(layer))
-        synthetic = " SYNTHETIC data: generated, not observed." if registry.synthetic else ""
+        synthetic = provenance.sentence(registry.synthetic)
         name = layer.title if info is None else f"{layer.title} - {info.name}, {skill_note(info.card)}"
         return {
             "tilejson": "3.0.0",
             "name": name,
             "description": layer.description + synthetic,
             "version": "1.0.0",
-            "attribution": f"slidemap - {registry.label}" + (" (SYNTHETIC)" if registry.synthetic else ""),
+            "attribution": f"slidemap - {registry.label}" + provenance.suffix(registry.synthetic),
             "scheme": "xyz",
             "tiles": [url],
             "minzoom": minzoom,

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import rasterio
 
+from slidemap.compute import provenance
 from slidemap.compute.maps.blocks import (
     BlockEngine,
     InferenceExecutor,
@@ -340,7 +341,7 @@ class LayerRegistry:
             inputs["factors"] = replace(inputs["factors"], problem=meta_problem)
         layers: dict[str, Layer] = {}
         synthetic = bool(meta.get("synthetic", False))
-        tag = " (SYNTHETIC)" if synthetic else ""
+        tag = provenance.suffix(synthetic)
         if "hillshade" in inputs:
             layers["hillshade"] = Layer(
                 "hillshade", f"Hillshade{tag}", "basemap", "", inputs["hillshade"].path, (1,),

@@ -46,6 +46,7 @@ from typing import Any
 
 import morecantile
 
+from slidemap.compute import provenance
 from slidemap.compute.maps.blocks import BLOCK_SIZE
 from slidemap.errors import InputError
 from slidemap.server.seed_encode import DEFAULT_PNG_LEVEL, Encoding
@@ -386,7 +387,7 @@ class SeedReport:
             rate = f", {s.tiles / s.tile_seconds:.0f} tiles/s" if s.tile_seconds > 0 else ""
             lines.append(f"{s.layer}: {s.tiles} tiles{reused}, zoom {s.zooms[0]}-{s.zooms[1]}{rate}, "
                          f"{s.blocks_computed} model blocks computed{workers} -> {s.where}")
-        synthetic = " (SYNTHETIC data)" if self.synthetic else ""
+        synthetic = provenance.suffix(self.synthetic)
         return f"seeded {self.region}{synthetic} in {self.seconds:.1f} s ({self.where})\n  " + "\n  ".join(lines)
 
 

@@ -12,16 +12,17 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from slidemap.compute import provenance
 from slidemap.compute.region.raster_io import atomic_path
 
 
 def archive_metadata(service, layer, zooms: tuple[int, int], fmt: str) -> dict[str, Any]:
     w, s, e, n = service.registry.grid_of(layer).bounds_in("EPSG:4326")
     synthetic = service.registry.synthetic
-    desc = layer.description + (" SYNTHETIC data: generated, not observed." if synthetic else "")
+    desc = layer.description + provenance.sentence(synthetic)
     return {
         "name": layer.title, "format": fmt, "type": "overlay", "version": "1.3",
-        "description": desc, "attribution": "slidemap" + (" (SYNTHETIC)" if synthetic else ""),
+        "description": desc, "attribution": "slidemap" + provenance.suffix(synthetic),
         "bounds": [w, s, e, n], "center": [(w + e) / 2, (s + n) / 2, zooms[1]],
         "minzoom": int(zooms[0]), "maxzoom": int(zooms[1]),
     }

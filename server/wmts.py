@@ -15,6 +15,7 @@ from xml.sax.saxutils import escape, quoteattr
 import morecantile
 from titiler.core.utils import tms_limits, tms_to_xml
 
+from slidemap.compute import provenance
 from slidemap.server.layers import Layer, LayerRegistry
 from slidemap.server.tiles import get_tms, wgs84_bounds, zoom_range
 
@@ -60,7 +61,7 @@ def capabilities(
         template = f"{base_url}/layers/{layer.id}/tiles/{{TileMatrixSet}}/{{TileMatrix}}/{{TileCol}}/{{TileRow}}.{fmt}"
         if qs:
             template += "?" + qs
-        abstract = layer.description + (" SYNTHETIC data." if catalog.synthetic else "")
+        abstract = layer.description + provenance.sentence(catalog.synthetic)
         layer_xml.append(
             f"""
     <Layer>

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from slidemap.compute import provenance
 from slidemap.compute.region.inventory_layers import DETECTED_LAYER, DETECTED_NAME, read_inventory, write_detected_styles
 from slidemap.errors import BuildError
 
@@ -155,7 +156,7 @@ def map_inventory(
     marked = region_is_synthetic(region_dir) or bool(det.card.get("synthetic"))
     with atomic_path(gpkg, suffix=".gpkg") as tmp:
         frame.to_file(tmp, layer=DETECTED_LAYER, driver="GPKG",
-                      **({"layer_metadata": {"SYNTHETIC": "true"}} if marked else {}))
+                      **provenance.gpkg_metadata(marked))
         write_detected_styles(tmp, published_as=gpkg)
     inventory = None
     inv_path = build / "inventory.gpkg"

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from slidemap.compute import provenance
 from slidemap.compute.terrain.factors import FACTORS_JSON
 from slidemap.compute.region.manifest import load_manifest
 
@@ -84,7 +85,7 @@ def region_status(region_dir: str | Path) -> dict[str, Any]:
 
 
 def format_status(status: dict[str, Any]) -> str:
-    lines = [f"region {status['name']}" + ("  [SYNTHETIC]" if status["synthetic"] else "")]
+    lines = [f"region {status['name']}" + provenance.suffix(status["synthetic"])]
     lines.append(f"  folder      {status['root']}")
     if not status["built"]:
         lines.append(f"  not prepared: run `slidemap prepare {status['root']}`")
