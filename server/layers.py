@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import rasterio
 
+from slidemap.compute.region.layout import RegionLayout
 from slidemap.compute import provenance
 from slidemap.compute.maps.blocks import (
     BlockEngine,
@@ -221,7 +222,8 @@ class LayerRegistry:
         max_loaded_models: int = 4,
     ) -> None:
         self.region_dir = Path(region_dir)
-        self.build = self.region_dir / "build"
+        self.layout = RegionLayout(self.region_dir)
+        self.build = self.layout.build
         self.cache_dir = Path(cache_dir)
         self.executor = executor
         self.loaders = loaders or default_loaders()
@@ -235,23 +237,23 @@ class LayerRegistry:
         self._resolved: dict[tuple, tuple[tuple, ModelInfo]] = {}
         self._faults: dict[str, tuple[str | None, str]] = {}  # input key -> (fingerprint, problem)
         self._model_faults: dict[str, str] = {}
-        self.factors_path = self.build / "factors.tif"
-        self.imagery_path = self.build / "imagery.tif"
-        self.hillshade_path = self.build / "hillshade.tif"
+        self.factors_path = self.layout.factors_tif
+        self.imagery_path = self.layout.imagery_tif
+        self.hillshade_path = self.layout.hillshade_tif
         if not self.factors_path.exists() and not self.imagery_path.exists():
             raise BuildError(f"{self.build}: no factors.tif or imagery.tif; run `slidemap prepare {self.region_dir}` first")
         self.region_name = self._region_name()
         self._watched = [str(p) for p in (self.factors_path, self.imagery_path, self.hillshade_path,
-                                          self.build / "factors.json",
-                                          self.build / "inventory.gpkg", self.build / "detected.gpkg")]
-        self._inventory_runs = str(self.region_dir / "reports" / "inventory")
+                                          self.layout.factors_json,
+                                          self.layout.inventory_gpkg, self.layout.detected_fallback_gpkg)]
+        self._inventory_runs = str(self.layout.inventory_runs)
         self._overlay_tmp: Path | None = None
         self._catalog: Catalog | None = None
         self.refresh()
 
     # ---- region -------------------------------------------------------------------------------
     def _region_name(self) -> str:
-        manifest = self.region_dir / "region.toml"
+        manifest = self.layout.manifest
         if manifest.is_file():
             import tomllib
 
@@ -287,7 +289,7 @@ class LayerRegistry:
     # ---- following the inputs ------------------------------------------------------------------
     def _detected_source(self) -> Path:
         """The newest `slidemap inventory` run's detected polygons (run ids start with a UTC timestamp)."""
-        return latest_detected(self.region_dir) or self.build / "detected.gpkg"
+        return latest_detected(self.region_dir) or self.layout.detected_fallback_gpkg
 
     def _signature(self) -> tuple:
         """(size, mtime, inode) of every file the layers are made from: a few stat calls."""
@@ -319,7 +321,7 @@ class LayerRegistry:
             return self._catalog
 
     def _read_factors_json(self) -> tuple[dict[str, Any], str | None]:
-        path = self.build / "factors.json"
+        path = self.layout.factors_json
         if not path.is_file():
             return {"factors": []}, None
         try:
@@ -457,7 +459,7 @@ class LayerRegistry:
 
     def _overlay_input(self, inputs: dict[str, InputState], sig: tuple) -> InputState | None:
         """Known (1) and detected (2) polygons rasterised once onto the finest grid; 3 = both."""
-        known = self.build / "inventory.gpkg"
+        known = self.layout.inventory_gpkg
         detected = self._detected_source()
         sources = [p for p in (known, detected) if p.is_file()]
         if not sources:
@@ -564,7 +566,7 @@ class LayerRegistry:
 
     # ---- models -------------------------------------------------------------------------------
     def _models_signature(self, kind: str) -> tuple:
-        root = self.region_dir / "models"
+        root = self.layout.models
         sig: list[Any] = [_stat_fingerprint(root / "defaults.json")]
         try:
             with os.scandir(root / kind) as it:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from slidemap.compute.region.layout import RegionLayout
 from slidemap.compute.maps.blocks import InferenceExecutor
 from slidemap.errors import SlidemapError
 from slidemap.server.cache import TileCache
@@ -48,7 +49,7 @@ def build_service(region_dir: Path, settings: ServerSettings | None = None) -> T
     region_dir = Path(region_dir).resolve()
     if not region_dir.is_dir():
         raise SlidemapError(f"{region_dir}: no such region folder; make one with `slidemap demo-region` or write region.toml")
-    cache_dir = Path(settings.cache_dir) if settings.cache_dir else region_dir / "cache"
+    cache_dir = Path(settings.cache_dir) if settings.cache_dir else RegionLayout(region_dir).cache
     executor = InferenceExecutor(settings.inference_workers, settings.max_pending_blocks, settings.retry_after_s,
                                  max_wait_s=settings.max_queue_seconds)
     registry = LayerRegistry(region_dir, cache_dir, executor, settings.loaders, settings.block_size,

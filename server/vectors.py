@@ -28,7 +28,7 @@ class InventoryVectors:
 
     def path_of(self, source: str) -> Path:
         if source == "known":
-            return self.registry.build / "inventory.gpkg"
+            return self.registry.layout.inventory_gpkg
         return self.registry._detected_source()
 
     def geojson(self, source: str) -> bytes:

@@ -30,6 +30,7 @@ from typing import Any
 import joblib
 import numpy as np
 
+from slidemap.compute.region.layout import RegionLayout
 from slidemap.compute.models.select import record_default
 from slidemap.compute.models.store import ModelInfo, new_run_id, read_card, save_artefact, update_card
 from slidemap.compute.maps.windows import OUT_SIZE, halo_for
@@ -329,7 +330,7 @@ def train_lsm(
                 ((lambda p, mm=fitted.model: joblib.dump(mm, p)), "model.joblib") if fitted.kind == "centre"
                 else (_save_keras(fitted.model), "model.keras")
             )
-            path = save_artefact(data.region_dir / "models", "lsm", m, card, write, weights_file=weights)
+            path = save_artefact(RegionLayout.of(data.region_dir).models, "lsm", m, card, write, weights_file=weights)
             versions[m] = read_card(path)["version"]
             if m in fast_forms:
                 ff = fast_forms[m]
@@ -342,7 +343,7 @@ def train_lsm(
                     "agreement": ff.card(cfg.fast_agreement), "threshold": fitted.threshold,
                     "class_breaks": card["class_breaks"], "training_data": card["training_data"],
                 }
-                fpath = save_artefact(data.region_dir / "models", "lsm", f"{m}_fast", fast_card,
+                fpath = save_artefact(RegionLayout.of(data.region_dir).models, "lsm", f"{m}_fast", fast_card,
                                       _save_keras(ff.model), weights_file="model.keras")
                 update_card(path, {"fast_form": {"name": f"{m}_fast", "version": read_card(fpath)["version"],
                                                  **ff.card(cfg.fast_agreement)}})
@@ -434,7 +435,7 @@ def train_lsm(
     }
     bar.close()
     if write:
-        out_dir = Path(region_dir) / "reports" / "lsm" / run_id
+        out_dir = RegionLayout.of(region_dir).report_dir("lsm", run_id)
         write_report(report, curve_data, rates, out_dir)
         report["report_dir"] = str(out_dir)
     return report

@@ -33,6 +33,7 @@ import numpy as np
 import rasterio
 from scipy import ndimage
 
+from slidemap.compute.region.layout import RegionLayout
 from slidemap.compute.terrain.factors import Encoding, Normalisation, class_codes_present, load_normalisation
 from slidemap.compute.region.grid import Grid
 from slidemap.errors import BuildError
@@ -79,12 +80,12 @@ class RegionData:
 
 def load_region_data(region_dir: str | Path) -> RegionData:
     region_dir = Path(region_dir)
-    build = region_dir / "build"
-    factors_tif, labels_tif = build / "factors.tif", build / "labels.tif"
-    for path in (factors_tif, labels_tif, build / "factors.json"):
+    layout = RegionLayout.of(region_dir)
+    factors_tif, labels_tif = layout.factors_tif, layout.labels_tif
+    for path in (factors_tif, labels_tif, layout.factors_json):
         if not path.is_file():
             raise BuildError(f"{path}: not built; run `slidemap prepare {region_dir}` first")
-    spec = load_normalisation(build)
+    spec = load_normalisation(layout.build)
     with rasterio.open(factors_tif) as src:
         names = [d or "" for d in src.descriptions]
         stack = src.read().astype(np.float32, copy=False)
@@ -99,7 +100,7 @@ def load_region_data(region_dir: str | Path) -> RegionData:
         labels = src.read(1)
     if labels.shape != grid.shape:
         raise BuildError(f"{labels_tif}: shape {labels.shape} is not the factor grid's {grid.shape}; rerun prepare")
-    meta = json.loads((build / "factors.json").read_text())
+    meta = json.loads(layout.factors_json.read_text())
     digest = hashlib.sha256()
     for path in (factors_tif, labels_tif):
         digest.update(path.read_bytes())

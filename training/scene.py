@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from slidemap.compute.region.layout import RegionLayout
 from slidemap.errors import BuildError
 
 IGNORE = 255
@@ -73,8 +74,8 @@ def scene_from_region(region_dir: str | Path, bands: list[str] | None = None) ->
     from slidemap.training.chips import region_is_synthetic
 
     region_dir = Path(region_dir)
-    build = region_dir / "build"
-    imagery, labels_path = build / "imagery.tif", build / "labels_imagery.tif"
+    layout = RegionLayout.of(region_dir)
+    imagery, labels_path = layout.imagery_tif, layout.labels_imagery_tif
     for path in (imagery, labels_path):
         if not path.is_file():
             raise BuildError(f"{path}: missing; run `slidemap prepare {region_dir}` (needs imagery and an inventory)")

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from slidemap.compute.region.layout import RegionLayout
 from slidemap.compute import provenance
 from slidemap.compute.region.inventory_layers import DETECTED_LAYER, DETECTED_NAME, read_inventory, write_detected_styles
 from slidemap.errors import BuildError
@@ -120,14 +121,14 @@ def map_inventory(
     from slidemap.compute.region.image_files import region_is_synthetic
 
     region_dir = Path(region_dir)
-    build = region_dir / "build"
-    imagery = build / "imagery.tif"
+    layout = RegionLayout.of(region_dir)
+    imagery = layout.imagery_tif
     if not imagery.is_file():
         raise BuildError(f"{imagery}: missing; add imagery to region.toml and run `slidemap prepare {region_dir}`")
     model_path = pick_detector(region_dir, model_dir)
     det = load_detector(model_path)
     thr = float(det.threshold if threshold is None else threshold)
-    out_dir = region_dir / "reports" / "inventory" / (run_id or new_run_id())
+    out_dir = layout.report_dir("inventory", run_id or new_run_id())
     out_dir.mkdir(parents=True, exist_ok=True)
     prob_path = out_dir / "probability.tif"
     detect_file(model_path, imagery, prob_path, progress=progress, detector=det)
@@ -137,7 +138,7 @@ def map_inventory(
         pixel_area = abs(transform.a * transform.e)
         pixel_size = abs(transform.a)
     detected_mask = np.isfinite(prob) & (prob >= thr)
-    exclusion_path = build / "exclusion_imagery.tif"
+    exclusion_path = layout.exclusion_imagery_tif
     excluded_pixels = 0
     if exclusion_path.is_file():
         with rasterio.open(exclusion_path) as src:
@@ -159,7 +160,7 @@ def map_inventory(
                       **provenance.gpkg_metadata(marked))
         write_detected_styles(tmp, published_as=gpkg)
     inventory = None
-    inv_path = build / "inventory.gpkg"
+    inv_path = layout.inventory_gpkg
     if inv_path.is_file():
         inv = read_inventory(inv_path)
         if "label" in inv.columns:
@@ -167,7 +168,7 @@ def map_inventory(
         inventory = inv.to_crs(crs) if inv.crs is not None and crs is not None else inv
     obj = object_metrics(frame, inventory, pixel_size)
     pixel = None
-    labels_path = build / "labels_imagery.tif"
+    labels_path = layout.labels_imagery_tif
     if labels_path.is_file():
         with rasterio.open(labels_path) as src:
             lab = src.read(1)

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from slidemap.compute.region.layout import RegionLayout
 from slidemap.compute.terrain.factors import Encoding
 from slidemap.compute.models.runtime import ModelCache
 from slidemap.compute.maps.windows import block_centres, iter_windows
@@ -265,7 +266,8 @@ def map_region(
     if mode not in MODES:
         raise InputError(f"--mode {mode}: choose auto, window or dense")
     region_dir = Path(region_dir)
-    factors_tif = region_dir / "build" / "factors.tif"
+    layout = RegionLayout.of(region_dir)
+    factors_tif = layout.factors_tif
     if not factors_tif.is_file():
         raise BuildError(f"{factors_tif}: not built; run `slidemap prepare {region_dir}` first")
     if block is not None and block <= 0:
@@ -279,7 +281,7 @@ def map_region(
     if missing:
         raise ModelError(f"{model_dir}: trained on factors {missing} that {factors_tif} lacks; retrain on this region")
     indexes = [names.index(n) + 1 for n in sm.factor_names]
-    labels_tif = region_dir / "build" / "labels.tif"
+    labels_tif = layout.labels_tif
     labels = rasterio.open(labels_tif).read(1) if labels_tif.is_file() else None
     synthetic = bool(sm.card.get("synthetic"))
     block = block or (128 if sm.mode == "window" else 512)
@@ -292,7 +294,7 @@ def map_region(
         prob = _map_on_dask(dask, Path(model_dir).resolve(), mode, factors_tif.resolve(), indexes, grid, block, progress)
     seconds = time.perf_counter() - t0
     n_cells = int(np.isfinite(prob).sum())
-    out = Path(out) if out else region_dir / "maps" / f"susceptibility_{sm.name}-{sm.version}.tif"
+    out = Path(out) if out else layout.maps / f"susceptibility_{sm.name}-{sm.version}.tif"
     tags = {"synthetic": str(synthetic).lower(), "model": sm.name, "model_version": sm.version, "mode": sm.mode}
     write_cog(out, prob, grid, band_names=["susceptibility"], nodata=float("nan"), tags=tags)
     cell_km2 = grid.res[0] * grid.res[1] / 1e6

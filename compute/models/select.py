@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from slidemap.compute.region.layout import RegionLayout
 from slidemap.compute.region.raster_io import write_json_atomic
 from slidemap.compute.models.store import ModelInfo, list_models, read_card
 from slidemap.errors import BuildError, ModelError
@@ -85,7 +86,7 @@ def best_model(candidates: list[ModelInfo]) -> ModelInfo | None:
 
 
 def _defaults_path(region_dir: str | Path) -> Path:
-    return Path(region_dir) / "models" / DEFAULTS_FILE
+    return RegionLayout.of(region_dir).models / DEFAULTS_FILE
 
 
 def read_defaults(region_dir: str | Path) -> dict[str, Any]:
@@ -146,7 +147,7 @@ def resolve_model(
     6 hex digits); a name -> its newest version; a folder (only with ``allow_path``, i.e. the CLI)."""
     kind = ROLES[role]
     models = list_models(region_dir, kind)
-    where = Path(region_dir) / "models" / kind
+    where = RegionLayout.of(region_dir).models / kind
     if spec is None or spec == "":
         info = default_model(region_dir, role)
         if info is not None:

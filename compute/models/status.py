@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from slidemap.compute.region.layout import RegionLayout
 from slidemap.compute import provenance
-from slidemap.compute.terrain.factors import FACTORS_JSON
 from slidemap.compute.region.manifest import load_manifest
 
 
@@ -29,8 +29,8 @@ def _dir_size(path: Path) -> int:
 
 def region_status(region_dir: str | Path) -> dict[str, Any]:
     root, manifest = load_manifest(region_dir)
-    build = root / "build"
-    factors_json = build / FACTORS_JSON
+    layout = RegionLayout(root)
+    factors_json = layout.factors_json
     grid: dict[str, Any] | None = None
     factor_names: list[str] = []
     if factors_json.is_file():
@@ -49,9 +49,9 @@ def region_status(region_dir: str | Path) -> dict[str, Any]:
     from slidemap.compute.models.store import list_models
 
     models = [m.to_status() for m in list_models(root)]
-    reports_root = root / "reports"
+    reports_root = layout.reports
     reports = sorted(str(p.resolve()) for p in reports_root.rglob("report.json")) if reports_root.is_dir() else []
-    caches_root = root / "cache"
+    caches_root = layout.cache
     caches = []
     if caches_root.is_dir():
         for entry in sorted(caches_root.iterdir()):
@@ -59,7 +59,7 @@ def region_status(region_dir: str | Path) -> dict[str, Any]:
                 caches.append({"name": entry.name, "path": str(entry.resolve()), "bytes": _dir_size(entry)})
             elif entry.is_file():
                 caches.append({"name": entry.name, "path": str(entry.resolve()), "bytes": entry.stat().st_size})
-    maps_root = root / "maps"
+    maps_root = layout.maps
     maps = sorted(str(p.resolve()) for p in maps_root.glob("*.tif")) if maps_root.is_dir() else []
     return {
         "name": manifest.region.name,
@@ -67,14 +67,14 @@ def region_status(region_dir: str | Path) -> dict[str, Any]:
         "root": str(root),
         "built": factors_json.is_file(),
         "grid": grid,
-        "factors": _abs(build / "factors.tif"),
+        "factors": _abs(layout.factors_tif),
         "factor_names": factor_names,
         "normalisation": _abs(factors_json),
-        "imagery": _abs(build / "imagery.tif"),
-        "labels": _abs(build / "labels.tif"),
-        "labels_imagery": _abs(build / "labels_imagery.tif"),
-        "exclusion": _abs(build / "exclusion_imagery.tif"),
-        "inventory": _abs(build / "inventory.gpkg"),
+        "imagery": _abs(layout.imagery_tif),
+        "labels": _abs(layout.labels_tif),
+        "labels_imagery": _abs(layout.labels_imagery_tif),
+        "exclusion": _abs(layout.exclusion_imagery_tif),
+        "inventory": _abs(layout.inventory_gpkg),
         "models": models,
         "default_models": default_models_status(root),
         "reports": reports,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slidemap.compute.region.layout import RegionLayout
 from slidemap.compute.region.raster_io import sha256_file, write_json_atomic
 from slidemap.errors import ModelError
 
@@ -174,7 +175,7 @@ def verify(path: str | Path) -> dict[str, Any]:
 
 def list_models(region_dir: str | Path, kind: str | None = None) -> list[ModelInfo]:
     """Every artefact under ``REGION/models``, newest first."""
-    models_root = Path(region_dir) / "models"
+    models_root = RegionLayout.of(region_dir).models
     infos: list[ModelInfo] = []
     if not models_root.is_dir():
         return infos

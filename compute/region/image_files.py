@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from slidemap.compute.region.layout import RegionLayout
 from slidemap.errors import InputError
 
 IGNORE = 255
@@ -101,7 +102,7 @@ def region_is_synthetic(region_dir: str | Path) -> bool:
 
         return bool(load_region(region_dir, check_files=False).synthetic)
     except Exception:  # no readable manifest: fall back to what prepare wrote
-        factors = region_dir / "build" / "factors.json"
+        factors = RegionLayout.of(region_dir).factors_json
         if factors.is_file():
             return bool(json.loads(factors.read_text()).get("synthetic", False))
         return False

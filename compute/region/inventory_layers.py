@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from slidemap.compute.region.layout import RegionLayout
 from slidemap.compute.region.styles import VectorClass, write_gpkg_styles
 
 LAYERS = {"polygon": "inventory_polygons", "point": "inventory_points"}
@@ -69,5 +70,5 @@ def write_detected_styles(path: Path, published_as: Path | None = None) -> None:
 
 def latest_detected(region_dir: Path) -> Path | None:
     """The newest ``slidemap inventory`` run's detected polygons, or None."""
-    runs = sorted((Path(region_dir) / "reports" / "inventory").glob(f"*/{DETECTED_NAME}"))
+    runs = sorted(RegionLayout.of(region_dir).inventory_runs.glob(f"*/{DETECTED_NAME}"))
     return runs[-1] if runs else None

@@ -20,10 +20,9 @@ from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.warp import transform_bounds
 
+from slidemap.compute.region.layout import MANIFEST, RegionLayout
 from slidemap.errors import RegionError
 
-MANIFEST = "region.toml"
-BUILD_DIR = "build"
 RASTER_THEMES = ("rainfall",)
 CATEGORICAL_THEMES = ("landcover", "soil", "lithology")
 VECTOR_THEMES = ("roads", "rivers", "settlements", "water")
@@ -158,7 +157,7 @@ class Region:
 
     @property
     def build_dir(self) -> Path:
-        return self.root / BUILD_DIR
+        return RegionLayout(self.root).build
 
     def path(self, relative: str) -> Path:
         return (self.root / relative).resolve()

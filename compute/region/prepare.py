@@ -29,13 +29,13 @@ from rasterio.warp import calculate_default_transform
 from scipy import ndimage
 from tqdm import tqdm
 
+from slidemap.compute.region.layout import RegionLayout
 from slidemap.compute import provenance
 from slidemap.compute.terrain import derivatives as terrain
 from slidemap.compute.region.inventory_layers import read_inventory, write_inventory
 from slidemap.compute.terrain.factors import (
     CATEGORICAL_FACTORS,
     FACTOR_ORDER,
-    FACTORS_JSON,
     UNITS,
     FactorSpec,
 )
@@ -180,6 +180,7 @@ def _read_float(path: Path) -> np.ndarray:
 class _Builder:
     def __init__(self, region: Region, show_progress: bool):
         self.region = region
+        self.layout = RegionLayout(region.root)
         self.build = region.build_dir
         self.build.mkdir(parents=True, exist_ok=True)
         self.state = _State(self.build)
@@ -223,17 +224,17 @@ class _Builder:
         return self.state.extra(name)
 
     def part(self, name: str) -> Path:
-        return self.build / "parts" / f"{name}.tif"
+        return self.layout.part(name)
 
     def native(self, name: str) -> Path:
-        return self.build / "native" / f"{name}.tif"
+        return self.layout.native(name)
 
     # terrain ---------------------------------------------------------------------------
     def terrain(self) -> None:
         spec = self.region.inputs.dem
         key = _key("terrain", self.sha(spec.path), spec.band, self.dem_grid.to_dict(), self.grid.to_dict())
         names = list(terrain.TERRAIN_FACTORS)
-        outputs = [self.part(n) for n in names] + [self.native(n) for n in names] + [self.build / "hillshade.tif"]
+        outputs = [self.part(n) for n in names] + [self.native(n) for n in names] + [self.layout.hillshade_tif]
 
         def build() -> dict[str, Any]:
             dem_path = self.region.path(spec.path)
@@ -242,7 +243,7 @@ class _Builder:
                 raise RegionError(f"{dem_path}: inputs.dem has no valid cells (all nodata); check the file and its nodata value")
             factors = terrain.terrain_factors(dem, self.dem_grid.res)
             # the base map of a region without imagery: shaded relief at the DEM's own resolution
-            write_cog(self.build / "hillshade.tif", terrain.hillshade(dem, self.dem_grid.res), self.dem_grid,
+            write_cog(self.layout.hillshade_tif, terrain.hillshade(dem, self.dem_grid.res), self.dem_grid,
                       band_names=["hillshade"], nodata=0, overview_resampling="average",
                       tags=dict(SYNTHETIC_TAGS) if self.synthetic else {})
             same = self.dem_grid == self.grid
@@ -302,7 +303,7 @@ class _Builder:
         if spec is None or self.img_grid is None:
             return
         key = _key("imagery", self.sha(spec.path), spec.bands, spec.scale, spec.nodata, self.img_grid.to_dict())
-        target = self.build / "imagery.tif"
+        target = self.layout.imagery_tif
 
         def build() -> dict[str, Any]:
             path = self.region.path(spec.path)
@@ -355,7 +356,7 @@ class _Builder:
 
         def read_red_nir() -> tuple[np.ndarray, np.ndarray]:
             if pre is None:  # the post-event scene, already reflectance on the imagery grid
-                with rasterio.open(self.build / "imagery.tif") as src:
+                with rasterio.open(self.layout.imagery_tif) as src:
                     return src.read(upper.index("B4") + 1), src.read(upper.index("B8") + 1)
             with rasterio.open(self.region.path(pre.path)) as src:
                 nodata = pre.nodata if pre.nodata is not None else (src.nodata if src.nodata is not None else 0)
@@ -405,7 +406,7 @@ class _Builder:
             if spec is None:
                 continue
             key = _key("vector", name, self.sha(spec.path), spec.layer, self.grid.crs.to_string())
-            target = self.build / "vectors" / f"{name}.gpkg"
+            target = self.layout.vector(name)
 
             def build(name: str = name, target: Path = target) -> dict[str, Any]:
                 frame = self._read_vector(name)
@@ -425,7 +426,7 @@ class _Builder:
             def build(name: str = name, factor: str = factor) -> dict[str, Any]:
                 import geopandas as gpd
 
-                frame = gpd.read_file(self.build / "vectors" / f"{name}.gpkg")
+                frame = gpd.read_file(self.layout.vector(name))
                 if frame.empty:
                     return {"features": 0}
                 mask = rasterize(
@@ -494,7 +495,7 @@ class _Builder:
             return
         shas = [self.sha(s.path) for s in specs]
         key = _key("inventory", "layers-by-geometry", shas, [s.model_dump() for s in specs], self.grid.crs.to_string())
-        target = self.build / "inventory.gpkg"
+        target = self.layout.inventory_gpkg
 
         def build() -> dict[str, Any]:
             import geopandas as gpd
@@ -572,7 +573,7 @@ class _Builder:
             target = self.build / f"{name}.tif"
 
             def build(name: str = name, grid: Grid = grid, target: Path = target) -> dict[str, Any]:
-                frame = read_inventory(self.build / "inventory.gpkg")
+                frame = read_inventory(self.layout.inventory_gpkg)
                 labels = np.zeros(grid.shape, dtype=np.uint8)
                 negatives = frame[~frame["label"].astype(bool)]
                 positives = frame[frame["label"].astype(bool)]
@@ -583,7 +584,7 @@ class _Builder:
                 if name == "labels":
                     valid = np.isfinite(_read_float(self.part("altitude")))
                 else:
-                    with rasterio.open(self.build / "imagery.tif") as src:
+                    with rasterio.open(self.layout.imagery_tif) as src:
                         valid = ~np.isnan(src.read(1))
                 labels[~valid] = LABEL_NODATA
                 counts = {
@@ -608,14 +609,14 @@ class _Builder:
         if not themes:
             return
         key = _key("exclusion", [self.part_keys[f"vector:{t}"] for t in themes], self.img_grid.to_dict())
-        target = self.build / "exclusion_imagery.tif"
+        target = self.layout.exclusion_imagery_tif
 
         def build() -> dict[str, Any]:
             import geopandas as gpd
 
             mask = np.zeros(self.img_grid.shape, dtype=np.uint8)
             for theme in themes:
-                frame = gpd.read_file(self.build / "vectors" / f"{theme}.gpkg")
+                frame = gpd.read_file(self.layout.vector(theme))
                 if frame.empty:
                     continue
                 spec = getattr(self.region.inputs, theme)
@@ -640,7 +641,7 @@ class _Builder:
         names = [n for n in FACTOR_ORDER if n in self.part_keys and self.part(n).exists()]
         # the layout is in the key: a region prepared before it changed gets the new layout on the next run
         key = _key("stack", [self.part_keys[n] for n in names], names, self.synthetic, repr(FAST_READ))
-        target = self.build / "factors.tif"
+        target = self.layout.factors_tif
 
         def build() -> dict[str, Any]:
             arrays = {n: _read_float(self.part(n)) for n in names}
@@ -675,7 +676,7 @@ class _Builder:
                     ).to_dict()
                 )
             write_json_atomic(
-                self.build / FACTORS_JSON,
+                self.layout.factors_json,
                 {
                     "synthetic": self.synthetic,
                     "region": self.region.name,
@@ -688,7 +689,7 @@ class _Builder:
             )
             return {"factors": names}
 
-        self.step("stack", key, [target, self.build / FACTORS_JSON], build)
+        self.step("stack", key, [target, self.layout.factors_json], build)
         return names
 
 

@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from slidemap.compute.region.layout import RegionLayout
 from slidemap.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -180,8 +181,9 @@ def train_handler(args: argparse.Namespace) -> int:
     elif args.region:
         region = Path(args.region)
         source = scene_from_region(region, bands=cfg.bands)
-        models_root, out_dir = region / "models", Path(args.out) if args.out else None
-        report_dir = Path(args.report_dir) if args.report_dir else region / "reports" / "unet" / run_id
+        layout = RegionLayout(region)
+        models_root, out_dir = layout.models, Path(args.out) if args.out else None
+        report_dir = Path(args.report_dir) if args.report_dir else layout.report_dir("unet", run_id)
         log.info("scene %dx%d px, bands %s%s", source.shape[1], source.shape[0], source.bands,
                  " (SYNTHETIC)" if source.synthetic else "")
     else:
