@@ -30,7 +30,8 @@ from rio_tiler.errors import InvalidColorMapName, RioTilerError, TileOutsideBoun
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from slidemap.compute.maps.blocks import ComputeCancelled, ComputeTimeout, InputChanged, QueueFull
-from slidemap.errors import SlidemapError
+from slidemap.compute.models.runtime import OutOfMemory
+from slidemap.errors import BuildError, ModelError, SlidemapError
 
 log = logging.getLogger("slidemap.server")
 
@@ -54,6 +55,22 @@ class ModelNotFound(NotFound):
 
 class OverBudget(SlidemapError):
     http_status = 422
+
+
+# The statuses of the error types below the web layer (which carry none), most specific first.
+STATUS_OF_TYPE: tuple[tuple[type[SlidemapError], int], ...] = (
+    (OutOfMemory, 503),  # the device is full now; a retry may find it free
+    (BuildError, 409),  # not built yet, or an input that cannot be read: re-run prepare
+    (ModelError, 409),  # a model that cannot be used with these inputs
+)
+
+
+def http_status(exc: SlidemapError) -> int:
+    """The one mapping from a slidemap error to its HTTP status (400 unless listed)."""
+    own = getattr(type(exc), "http_status", None)
+    if own is not None:
+        return int(own)
+    return next((status for kind, status in STATUS_OF_TYPE if isinstance(exc, kind)), 400)
 
 
 class ErrorBody(BaseModel):
@@ -133,8 +150,9 @@ def install(app: FastAPI, scrub: Scrubber | None = None) -> None:
 
     @app.exception_handler(SlidemapError)
     async def _slidemap(request: Request, exc: SlidemapError) -> JSONResponse:
-        log.info("%s %s -> %d: %s", request.method, request.url.path, exc.http_status, exc)
-        return _json(exc.http_status, str(exc))
+        status = http_status(exc)
+        log.info("%s %s -> %d: %s", request.method, request.url.path, status, exc)
+        return _json(status, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

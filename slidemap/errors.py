@@ -1,7 +1,8 @@
 """One error type per boundary.
 
 The CLI turns any :class:`SlidemapError` into one line on stderr and exit code 2;
-the server turns it into a 4xx JSON body. Messages name the file and the fix.
+the server turns it into a 4xx JSON body (the statuses are the web layer's business:
+``slidemap.server.errors`` maps these types, in one place). Messages name the file and the fix.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ class SlidemapError(Exception):
     """Base of every error a user can fix."""
 
     exit_code = 2
-    http_status = 400
 
 
 class RegionError(SlidemapError):
@@ -21,13 +21,9 @@ class RegionError(SlidemapError):
 class BuildError(SlidemapError):
     """A build step needs something that has not been built yet."""
 
-    http_status = 409
-
 
 class ModelError(SlidemapError):
     """A model artefact is missing, corrupt or does not match its inputs."""
-
-    http_status = 409
 
 
 class InputError(SlidemapError):

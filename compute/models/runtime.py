@@ -493,8 +493,6 @@ def batch_size_for(
 class OutOfMemory(SlidemapError):
     """Even one sample does not fit in the device's memory."""
 
-    http_status = 503
-
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """TensorFlow's out-of-memory errors (XLA reports them as internal errors), and numpy's."""
