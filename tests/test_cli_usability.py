@@ -57,3 +57,27 @@ def test_a_reader_that_leaves_early_is_not_an_error():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 0, err
     assert "BrokenPipe" not in err and "error" not in err, err
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("epochs=abc", "--set epochs=abc: Input should be a valid integer"),
+    ("loss=dice", "--set loss=dice: Input should be 'focal' or 'focal+dice'"),
+    ("nope=1", "--set nope=...: no such setting; known: alpha, augment,"),
+    ("epochs", "--set epochs: write KEY=VALUE"),
+])
+def test_train_unet_settings_are_validated(setting, message, capsys, tmp_path):
+    """`train unet --set KEY=VALUE` (as `train lsm` has): typed by UnetConfig, one line on a mistake."""
+    code = main(["train", "unet", "--chips", str(tmp_path), "--out", str(tmp_path / "m"), "--set", setting])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("slidemap: error: " + message) and "\n" not in err, err
+
+
+def test_train_unet_settings_apply_over_the_preset():
+    from slidemap.training.unet_train import apply_settings, preset
+
+    cfg = apply_settings(preset("demo"), {"epochs": "40", "augment": "off", "splits": "blocked,random",
+                                          "compare_epochs": "3,6", "epoch_chips": "none"})
+    assert (cfg.epochs, cfg.augment, cfg.splits, cfg.compare_epochs, cfg.epoch_chips) == (
+        40, False, ("blocked", "random"), (3, 6), None)
+    assert cfg.base_width == preset("demo").base_width  # the rest stays the preset's

@@ -23,7 +23,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -58,27 +58,27 @@ class UnetConfig:
     epochs: int = 24  # at most; early stopping decides
     min_epochs: int = 6
     patience: int = 6
-    monitor: str = "pr_auc"
+    monitor: Literal["pr_auc", "f1"] = "pr_auc"
     warmup_epochs: int = 2
     refit: bool = True
-    loss: str = "focal"  # focal | focal+dice
+    loss: Literal["focal", "focal+dice"] = "focal"
     dice_weight: float = 1.0
     search_iterations: int = 0
     search_epochs: int = 8
-    search_space: str = "focal"  # focal: alpha, gamma at the fixed optimizer and rate | paper
+    search_space: Literal["focal", "paper"] = "focal"  # focal: alpha, gamma at the fixed optimizer and rate
     compare: bool = False
     compare_epochs: tuple[int, int] = (50, 100)
     baselines: bool = False
     splits: tuple[str, ...] = ("blocked",)
     buffer: int | None = None  # px (scenes; default 16) or index positions / px (chip folders)
     positive_share: float = 0.5
-    normalisation: str = "auto"  # auto (scene for regions, chip for chip folders) | scene | chip
+    normalisation: Literal["auto", "scene", "chip"] = "auto"  # auto: scene for regions, chip for chip folders
     augment: bool = True
     jit: bool = False
     bands: list[str] | None = None
     seed: int = 0
     # used as they are when the search is off, and as the fixed part of the focal search space
-    optimizer: str = "adam"
+    optimizer: Literal["adam", "sgd"] = "adam"
     learning_rate: float = 1e-3
     alpha: float = 0.5
     gamma: float = 2.0
@@ -120,6 +120,36 @@ PRESETS: dict[str, UnetConfig] = {
         compare_epochs=(50, 100), splits=SPLITS,
     ),
 }
+
+
+def apply_settings(cfg: UnetConfig, settings: dict[str, str]) -> UnetConfig:
+    """``--set key=value`` on top of a preset, validated by pydantic against :class:`UnetConfig`'s
+    field types (numbers, true/false, the listed choices; comma lists for tuples and lists; none where
+    a field may be empty). Raises ValueError naming the key and what it takes."""
+    from pydantic import TypeAdapter, ValidationError
+
+    known = sorted(f for f in cfg.__dataclass_fields__ if f not in ("preset", "extra"))
+    values = cfg.to_dict()
+    for key, raw in settings.items():
+        if key not in known:
+            raise ValueError(f"--set {key}=...: no such setting; known: {', '.join(known)}")
+        text = raw.strip()
+        current = getattr(cfg, key)
+        if text.lower() in ("none", "null") and key in _OPTIONAL_SETTINGS:
+            values[key] = None
+        elif isinstance(current, (tuple, list)) or key in ("bands", "splits", "compare_epochs"):
+            values[key] = [p.strip() for p in text.split(",") if p.strip()]
+        else:
+            values[key] = text
+    try:
+        return TypeAdapter(UnetConfig).validate_python(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = str(err["loc"][0]) if err["loc"] else "?"
+        raise ValueError(f"--set {key}={settings.get(key, '')}: {err['msg']}") from None
+
+
+_OPTIONAL_SETTINGS = ("epoch_chips", "buffer", "bands")
 
 
 def preset(name: str, **overrides: Any) -> UnetConfig:

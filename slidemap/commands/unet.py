@@ -88,6 +88,9 @@ def register(groups: dict[str, Any]) -> None:
     p.add_argument("--learning-rate", type=float, help="peak learning rate when the search does not set it")
     p.add_argument("--alpha", type=float, help="focal loss alpha (landslide weight) when the search is off")
     p.add_argument("--gamma", type=float, help="focal loss gamma (focusing) when the search is off")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="settings",
+                   help="override any setting after the preset and the flags above, validated, e.g. --set epochs=40 "
+                   "--set loss=focal+dice --set splits=blocked,random (an unknown key prints every key)")
     p.set_defaults(handler=train_handler)
 
     d = groups["root"].add_parser(
@@ -143,6 +146,19 @@ def _config(args: argparse.Namespace) -> Any:
         "gamma": args.gamma, "bands": args.bands, "splits": tuple(args.splits) if args.splits else None,
     }
     cfg = preset(args.preset, **overrides)
+    settings: dict[str, str] = {}
+    for item in getattr(args, "settings", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set {item}: write KEY=VALUE, e.g. --set epochs=40")
+        settings[key.strip()] = value
+    if settings:
+        from slidemap.training.unet_train import apply_settings
+
+        try:
+            cfg = apply_settings(cfg, settings)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
     if cfg.chip % 16 or cfg.chip < 16:
         raise InputError(f"--chip {cfg.chip}: must be a positive multiple of 16")
     bad = [s for s in cfg.splits if s not in ("random", "blocked")]
