@@ -590,6 +590,9 @@ def create_app(region_dir: Path, settings: ServerSettings | None = None) -> Fast
         return Response(result.content, media_type=result.media_type, headers=headers)
 
     from slidemap.server.ogc_tiles import router as ogc_tiles_router
+    from slidemap.server.reports import router as reports_router
+
+    app.include_router(reports_router(registry.region_dir))
 
     app.include_router(ogc_tiles_router(
         base, registry, service,

@@ -1,0 +1,94 @@
+"""The region's training and inventory reports over HTTP: a list, each report's JSON, its figures.
+
+``GET /reports`` lists ``REGION/reports/<kind>/<run_id>/report.json`` (newest first);
+``GET /reports/{kind}/{run_id}`` answers the report itself and ``GET /reports/{kind}/{run_id}/{file}``
+one of its files (figures, the Markdown version). So a client -- the dashboard on another machine, a
+notebook -- reads the evidence behind the maps without the region's disk. A router factory like
+:mod:`slidemap.server.ogc_tiles`: a test mounts it on a bare FastAPI app over any folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path as PathParam
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+
+from slidemap.compute.region.layout import RegionLayout
+from slidemap.server.errors import NotFound, error_responses
+
+REPORT_FILE = "report.json"
+MEDIA_TYPES = {".json": "application/json", ".md": "text/markdown; charset=utf-8", ".png": "image/png"}
+MAX_LISTED = 500  # newest first; a region with more runs lists these
+Kind = Annotated[str, PathParam(pattern=r"^[a-z]{1,32}$", description="report kind: unet, lsm or inventory")]
+RunId = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_.\-]{1,80}$", description="the run id (its folder name)")]
+FileName = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}\.(png|md|json)$",
+                                    description="a file of the report folder: .png, .md or .json")]
+
+
+class ReportEntry(BaseModel):
+    kind: str = Field(description="unet, lsm or inventory")
+    run_id: str
+    synthetic: bool | None = Field(description="the report's own SYNTHETIC flag; null where it has none")
+    created: str | None = None
+    href: str = Field(description="the report JSON, relative to the server's root")
+    files: list[str] = Field(description="figures and other files beside it, each at href + '/' + name")
+
+
+class ReportsResponse(BaseModel):
+    reports: list[ReportEntry]
+    truncated: bool = Field(description=f"more than {MAX_LISTED} runs: the newest are listed")
+
+
+def router(region_dir: str | Path) -> APIRouter:
+    root = RegionLayout.of(region_dir).reports
+    api = APIRouter(tags=["Reports"])
+
+    def folder_of(kind: str, run_id: str) -> Path:
+        folder = root / kind / run_id
+        if not (folder / REPORT_FILE).is_file():
+            raise NotFound(f"no report {kind}/{run_id}; see /reports")
+        return folder
+
+    @api.get("/reports", response_model=ReportsResponse, responses=error_responses(400))
+    def list_reports() -> ReportsResponse:
+        """Every report of the region, newest first (by run id, which starts with the UTC time)."""
+        found = sorted(root.glob(f"*/*/{REPORT_FILE}"), key=lambda p: p.parent.name, reverse=True) if root.is_dir() else []
+        entries = []
+        for path in found[:MAX_LISTED]:
+            kind, run_id = path.parent.parent.name, path.parent.name
+            meta: dict[str, Any] = {}
+            try:
+                meta = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):  # listed all the same: its own route answers what is wrong
+                pass
+            synthetic = meta.get("synthetic") if isinstance(meta, dict) else None
+            files = sorted(p.name for p in path.parent.iterdir()
+                           if p.is_file() and p.suffix in MEDIA_TYPES and p.name != REPORT_FILE)
+            entries.append(ReportEntry(
+                kind=kind, run_id=run_id, synthetic=synthetic if isinstance(synthetic, bool) else None,
+                created=str(meta.get("created")) if isinstance(meta, dict) and meta.get("created") else None,
+                href=f"/reports/{kind}/{run_id}", files=files))
+        return ReportsResponse(reports=entries, truncated=len(found) > MAX_LISTED)
+
+    @api.get("/reports/{kind}/{run_id}", responses={200: {"content": {"application/json": {}}},
+                                                   **error_responses(400, 404, 409)})
+    def report(kind: Kind, run_id: RunId) -> FileResponse:
+        """One report as its trainer wrote it (report.json)."""
+        return FileResponse(folder_of(kind, run_id) / REPORT_FILE, media_type=MEDIA_TYPES[".json"])
+
+    @api.get("/reports/{kind}/{run_id}/{name}", responses={200: {"content": {"image/png": {}, "text/markdown": {}}},
+                                                          **error_responses(400, 404)})
+    def report_file(kind: Kind, run_id: RunId, name: FileName) -> FileResponse:
+        """A file of a report's folder: a figure (.png), the Markdown report (.md) or other JSON."""
+        folder = folder_of(kind, run_id)
+        path = folder / name
+        # the name pattern has no separators; a link leading out of the folder is refused too
+        if not path.is_file() or path.resolve().parent != folder.resolve():
+            raise NotFound(f"no file {name} in report {kind}/{run_id}; /reports lists its files")
+        return FileResponse(path, media_type=MEDIA_TYPES[path.suffix])
+
+    return api
