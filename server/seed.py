@@ -44,7 +44,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import morecantile
 
 from slidemap.compute import provenance
 from slidemap.compute.maps.blocks import BLOCK_SIZE
@@ -389,9 +388,3 @@ class SeedReport:
                          f"{s.blocks_computed} model blocks computed{workers} -> {s.where}")
         synthetic = provenance.suffix(self.synthetic)
         return f"seeded {self.region}{synthetic} in {self.seconds:.1f} s ({self.where})\n  " + "\n  ".join(lines)
-
-
-def tiles_count(bounds: tuple[float, float, float, float], zooms: tuple[int, int]) -> int:
-    """How many WebMercatorQuad tiles cover ``bounds`` over ``zooms`` (for estimates)."""
-    tms = morecantile.tms.get("WebMercatorQuad")
-    return sum(1 for _ in tms.tiles(*bounds, list(range(zooms[0], zooms[1] + 1))))
