@@ -44,7 +44,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from slidemap.compute import provenance
 from slidemap.compute.maps.blocks import BLOCK_SIZE
 from slidemap.errors import InputError
