@@ -23,7 +23,7 @@ from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 
 from slidemap.compute.maps.blocks import InputUnreadable as BlockInputUnreadable
-from slidemap.server.tiles import _as_categorical, _bounds_in_tms
+from slidemap.server.tiles import _as_categorical, native_extent
 
 TILE = 256  # seeded tiles are @1x
 
@@ -80,20 +80,10 @@ def read_computed_block(service, layer, info, tms: morecantile.TileMatrixSet, z:
     """A computed layer's block: the server's ``TileService._computed`` for a block of tiles, with
     every missing block computed (a seed has no per-request budget)."""
     engine = service.registry.engine(layer, info, catalog)
-    bbox = block_bounds(tms, z, x0, y0, nx, ny)
-    rl, rb, rr, rt = _bounds_in_tms(engine.grid, tms.id)
-    if bbox[2] <= rl or bbox[0] >= rr or bbox[3] <= rb or bbox[1] >= rt:
+    extent = native_extent(engine, tms, block_bounds(tms, z, x0, y0, nx, ny), nx * TILE)
+    if extent is None:
         return None
-    tile_res = (bbox[2] - bbox[0]) / (nx * TILE)
-    clip = (max(bbox[0], rl - tile_res), max(bbox[1], rb - tile_res),
-            min(bbox[2], rr + tile_res), min(bbox[3], rt + tile_res))
-    nb = transform_bounds(tms.rasterio_crs, engine.grid.crs, *clip, densify_pts=21)
-    level = engine.level_for_resolution((nb[2] - nb[0]) / max(1e-9, (clip[2] - clip[0]) / tile_res))
-    cell = engine.grid.res[0] * 2**level
-    eb = (nb[0] - 2 * cell, nb[1] - 2 * cell, nb[2] + 2 * cell, nb[3] + 2 * cell)
-    gl, gb, gr, gt = engine.grid.bounds
-    if nb[2] <= gl or nb[0] >= gr or nb[3] <= gb or nb[1] >= gt:
-        return None
+    level, eb, _ = extent
     missing = engine.missing_native(engine.blocks_for_bounds(eb, level), level)
     try:
         engine.ensure(missing)

@@ -248,6 +248,32 @@ def _as_categorical(img: ImageData) -> ImageData:
     return ImageData(codes, bounds=img.bounds, crs=img.crs)
 
 
+def native_extent(
+    engine: BlockEngine, tms: morecantile.TileMatrixSet, bbox: tuple[float, float, float, float], width_px: int,
+) -> tuple[int, tuple[float, float, float, float], tuple[float, float, float, float]] | None:
+    """What rendering ``bbox`` (in the TMS's CRS) at ``width_px`` pixels across needs of a block engine:
+    ``(level, bounds with margin, bounds)`` in the engine's CRS, or None where it misses the region.
+    The one rule for the server's computed tiles and seeding's computed metatiles."""
+    # Test overlap in the TMS's CRS first: a zoom-0 tile transformed to a UTM grid is garbage.
+    rl, rb, rr, rt = _bounds_in_tms(engine.grid, tms.id)
+    if bbox[2] <= rl or bbox[0] >= rr or bbox[3] <= rb or bbox[1] >= rt:
+        return None
+    tile_res = (bbox[2] - bbox[0]) / width_px
+    # Only the part over the region (plus a pixel) needs native blocks.
+    clip = (max(bbox[0], rl - tile_res), max(bbox[1], rb - tile_res),
+            min(bbox[2], rr + tile_res), min(bbox[3], rt + tile_res))
+    nb = transform_bounds(tms.rasterio_crs, engine.grid.crs, *clip, densify_pts=21)
+    # Native units per pixel, measured on the clipped part (same scale as the whole bbox).
+    level = engine.level_for_resolution((nb[2] - nb[0]) / max(1e-9, (clip[2] - clip[0]) / tile_res))
+    cell = engine.grid.res[0] * 2**level
+    # Two cells of margin so resampling at the edge sees the same neighbours as the next tile.
+    eb = (nb[0] - 2 * cell, nb[1] - 2 * cell, nb[2] + 2 * cell, nb[3] + 2 * cell)
+    gl, gb, gr, gt = engine.grid.bounds
+    if nb[2] <= gl or nb[0] >= gr or nb[3] <= gb or nb[1] >= gt:
+        return None
+    return level, eb, tuple(nb)
+
+
 class TileService:
     """One tile request, start to end: cache lookup, read or compute, render, cache write."""
 
@@ -397,25 +423,10 @@ class TileService:
         breaks: list[float] | None, cancel: threading.Event | None = None, catalog: Catalog | None = None,
     ) -> tuple[ImageData | None, tuple[int, int] | None, dict[str, float]]:
         engine = self._engine(layer, info, catalog)
-        tile = Tile(x, y, z)
-        bbox = tms.xy_bounds(tile)
-        # Test overlap in the TMS's CRS first: a zoom-0 tile transformed to a UTM grid is garbage.
-        rl, rb, rr, rt = _bounds_in_tms(engine.grid, tms.id)
-        if bbox[2] <= rl or bbox[0] >= rr or bbox[3] <= rb or bbox[1] >= rt:
+        extent = native_extent(engine, tms, tms.xy_bounds(Tile(x, y, z)), size)
+        if extent is None:
             return None, None, {}
-        tile_res = (bbox[2] - bbox[0]) / size
-        # Only the part of the tile over the region (plus a pixel) needs native blocks.
-        clip = (max(bbox[0], rl - tile_res), max(bbox[1], rb - tile_res),
-                min(bbox[2], rr + tile_res), min(bbox[3], rt + tile_res))
-        nb = transform_bounds(tms.rasterio_crs, engine.grid.crs, *clip, densify_pts=21)
-        # Native units per tile pixel, measured on the clipped part (same scale as the whole tile).
-        level = engine.level_for_resolution((nb[2] - nb[0]) / max(1e-9, (clip[2] - clip[0]) / tile_res))
-        cell = engine.grid.res[0] * 2**level
-        # Two cells of margin so resampling at the tile edge sees the same neighbours as the next tile.
-        eb = (nb[0] - 2 * cell, nb[1] - 2 * cell, nb[2] + 2 * cell, nb[3] + 2 * cell)
-        gl, gb, gr, gt = engine.grid.bounds
-        if nb[2] <= gl or nb[0] >= gr or nb[3] <= gb or nb[1] >= gt:
-            return None, None, {}
+        level, eb, nb = extent
         blocks = engine.blocks_for_bounds(eb, level)
         missing = engine.missing_native(blocks, level)
         # Nearest the tile centre first, so a partial tile shows its middle.
