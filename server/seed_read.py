@@ -11,19 +11,16 @@ valid 2 x 2 children.
 
 from __future__ import annotations
 
-import math
 
 import morecantile
 import numpy as np
 from morecantile import Tile
 from rasterio.io import MemoryFile
-from rasterio.warp import transform_bounds
-from rio_tiler.errors import TileOutsideBounds
 from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 
 from slidemap.compute.maps.blocks import InputUnreadable as BlockInputUnreadable
-from slidemap.server.tiles import _as_categorical, native_extent
+from slidemap.server.tiles import _as_categorical, native_extent, read_over_data
 
 TILE = 256  # seeded tiles are @1x
 
@@ -42,26 +39,7 @@ def read_block(src: Reader, tms: morecantile.TileMatrixSet, z: int, x0: int, y0:
     As :func:`slidemap.server.tiles.read_tile`: only the pixel-aligned part of the block over the
     dataset is warped, so a block hanging far past a small region costs nothing extra.
     """
-    left, bottom, right, top = block_bounds(tms, z, x0, y0, nx, ny)
-    width, height = nx * TILE, ny * TILE
-    res = (right - left) / width
-    dl, db, dr, dt = transform_bounds(src.crs, tms.rasterio_crs, *src.bounds, densify_pts=21)
-    c0 = max(0, math.floor((dl - left) / res))
-    c1 = min(width, math.ceil((dr - left) / res))
-    r0 = max(0, math.floor((top - dt) / res))
-    r1 = min(height, math.ceil((top - db) / res))
-    if c1 <= c0 or r1 <= r0:
-        return None
-    sub = (left + c0 * res, top - r1 * res, left + c1 * res, top - r0 * res)
-    try:
-        part = src.part(sub, dst_crs=tms.rasterio_crs, bounds_crs=tms.rasterio_crs,
-                        width=c1 - c0, height=r1 - r0, **kwargs)
-    except TileOutsideBounds:
-        return None
-    arr = part.array
-    full = np.ma.MaskedArray(np.zeros((arr.shape[0], height, width), dtype=arr.dtype), mask=True)
-    full[:, r0:r1, c0:c1] = arr
-    return ImageData(full, bounds=(left, bottom, right, top), crs=tms.rasterio_crs)
+    return read_over_data(src, tms, block_bounds(tms, z, x0, y0, nx, ny), nx * TILE, ny * TILE, **kwargs)
 
 
 def read_file_block(layer, path, tms: morecantile.TileMatrixSet, z: int, x0: int, y0: int, nx: int,

@@ -22,6 +22,7 @@ import math
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -219,26 +220,38 @@ def read_tile(src: Reader, tms: morecantile.TileMatrixSet, tile: Tile, size: int
     if not src.tile_exists(tile.x, tile.y, tile.z):
         return None
     bbox = tms.xy_bounds(tile)
-    res = (bbox.right - bbox.left) / size
+    return read_over_data(src, tms, tuple(bbox), size, size,
+                          whole=lambda: src.tile(tile.x, tile.y, tile.z, tilesize=size, **kwargs), **kwargs)
+
+
+def read_over_data(src: Reader, tms: morecantile.TileMatrixSet, bounds: tuple[float, ...], width: int, height: int,
+                   whole: Callable[[], ImageData] | None = None, **kwargs) -> ImageData | None:
+    """``width`` x ``height`` pixels over ``bounds`` (the TMS's CRS), warping only the pixel-aligned
+    part over the dataset and masking the rest; None when it misses the dataset. ``whole`` reads the
+    full extent when all of it is over the dataset (rio-tiler's own tile path). The one rule for the
+    server's tiles (:func:`read_tile`) and seeding's metatiles."""
+    left, bottom, right, top = bounds
+    res = (right - left) / width
     dl, db, dr, dt = transform_bounds(src.crs, tms.rasterio_crs, *src.bounds, densify_pts=21)
-    c0 = max(0, math.floor((dl - bbox.left) / res))
-    c1 = min(size, math.ceil((dr - bbox.left) / res))
-    r0 = max(0, math.floor((bbox.top - dt) / res))
-    r1 = min(size, math.ceil((bbox.top - db) / res))
+    c0 = max(0, math.floor((dl - left) / res))
+    c1 = min(width, math.ceil((dr - left) / res))
+    r0 = max(0, math.floor((top - dt) / res))
+    r1 = min(height, math.ceil((top - db) / res))
     if c1 <= c0 or r1 <= r0:
         return None
     try:
-        if (c0, r0, c1, r1) == (0, 0, size, size):
-            return src.tile(tile.x, tile.y, tile.z, tilesize=size, **kwargs)
-        sub = (bbox.left + c0 * res, bbox.top - r1 * res, bbox.left + c1 * res, bbox.top - r0 * res)
+        if whole is not None and (c0, r0, c1, r1) == (0, 0, width, height):
+            return whole()
+        sub = (left + c0 * res, top - r1 * res, left + c1 * res, top - r0 * res)
         part = src.part(sub, dst_crs=tms.rasterio_crs, bounds_crs=tms.rasterio_crs,
                         width=c1 - c0, height=r1 - r0, **kwargs)
     except TileOutsideBounds:
         return None
     arr = part.array
-    full = np.ma.MaskedArray(np.zeros((arr.shape[0], size, size), dtype=arr.dtype), mask=True)
+    full = np.ma.MaskedArray(np.zeros((arr.shape[0], height, width), dtype=arr.dtype), mask=True)
     full[:, r0:r1, c0:c1] = arr
-    return ImageData(full, bounds=tuple(bbox), crs=tms.rasterio_crs, band_descriptions=part.band_descriptions)
+    return ImageData(full, bounds=(left, bottom, right, top), crs=tms.rasterio_crs,
+                     band_descriptions=part.band_descriptions)
 
 
 def _as_categorical(img: ImageData) -> ImageData:
