@@ -5,12 +5,19 @@ float32 and under ``mixed_bfloat16`` with the same weights, and the agreement of
 Run: ``.venv/bin/python benchmarks/bench_networks.py`` (``small`` for a smoke run); one JSON line per
 network. It is backend-neutral on purpose: the lent H200 had JAX but no TensorFlow (nothing can be
 installed there beyond 64 MiB a call), so its figures (``benchmarks/results/gpu_h200_keras_jax.jsonl``,
-BENCHMARKS.md "GPU") were taken with ``KERAS_BACKEND=jax`` through a shim that skipped TensorFlow's
-configuration and stubbed rasterio, which these networks never call.
+BENCHMARKS.md "GPU") were taken with ``KERAS_BACKEND=jax .venv/bin/python benchmarks/bench_networks.py``
+(under another backend this script skips slidemap's TensorFlow set-up itself).
 """
 import json, os, sys, time
 import numpy as np
 import keras
+
+if keras.backend.backend() != "tensorflow":
+    # Another Keras backend (the H200 had JAX, no TensorFlow): the networks are backend-neutral;
+    # only slidemap's TensorFlow set-up is skipped.
+    import slidemap.compute.models.runtime as _runtime
+
+    _runtime.configure_tensorflow = lambda: None
 from slidemap.training.unet import build_unet
 from slidemap.training.lsm_networks import build_window_cnn, build_dense_fcn, flops_window_cnn, flops_dense_per_cell
 
