@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from slidemap.dashboard.reports import Report
+from slidemap.dashboard.reports import Report, show_figure
 
 ROLE_TITLES = {"susceptibility": "Susceptibility models", "detection": "Detectors"}
 METRIC_NAMES = {"roc_auc": "blocked ROC-AUC", "f1": "blocked F1"}
@@ -112,13 +112,13 @@ def render(models: dict[str, Any] | None, reports: list[Report]) -> None:
             st.altair_chart(classes_chart(crows), width="stretch")
         # ROC/PR, then the success- and prediction-rate curves, of the blocked split
         for wanted in ("roc_pr_blocked", "rates_blocked"):
-            figures = [p for p in report.images() if wanted in p.name]
+            figures = [f for f in report.images() if wanted in f.name]
             if figures:
-                st.image(str(figures[0]), caption=f"{figures[0].name} [{report.label}]")
+                show_figure(figures[0], report, width=None)
 
 
 def fetch_models(server: str) -> dict[str, Any] | None:
-    from slidemap.dashboard.map import ServerFailed, ServerUnavailable, get_json
+    from slidemap.dashboard.client import ServerFailed, ServerUnavailable, get_json
 
     try:
         return get_json(f"{server.rstrip('/')}/models")

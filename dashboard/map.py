@@ -29,9 +29,8 @@ from urllib.parse import parse_qsl, urlencode, urljoin
 
 import httpx
 
-from slidemap.errors import SlidemapError
+from slidemap.dashboard.client import ServerFailed, ServerUnavailable, get_json
 
-TIMEOUT_S = 10.0
 LEGEND_TIMEOUT_S = 30.0
 LEGEND_TTL_S = 120.0
 MAP_HEIGHT_PX = 620
@@ -39,19 +38,6 @@ MAP_HEIGHT_PX = 620
 # Fallback legend for the five susceptibility classes, only used when the server gives no legend of
 # its own; the names are the paper's (very low .. very high by Jenks natural breaks).
 CLASS_NAMES = ("very low", "low", "moderate", "high", "very high")
-
-
-class ServerUnavailable(SlidemapError):
-    """The tile server cannot be reached (not started, wrong URL, timed out)."""
-
-
-class ServerFailed(SlidemapError):
-    """The tile server answered with an error status or something that is not the expected JSON."""
-
-    def __init__(self, message: str, status: int | None = None, detail: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.detail = detail or message
 
 
 @dataclass(frozen=True)
@@ -73,41 +59,7 @@ class MapLayer:
 
 
 # --------------------------------------------------------------------------------------------
-# Talking to the tile server
-
-
-def get_json(url: str, params: dict[str, Any] | None = None, timeout: float = TIMEOUT_S) -> Any:
-    """GET ``url`` and return its JSON; raise ServerUnavailable / ServerFailed with one-line messages."""
-    try:
-        response = httpx.get(url, params=params, timeout=timeout, follow_redirects=True)
-    except httpx.TimeoutException as exc:
-        raise ServerUnavailable(f"no answer from {url} within {timeout:g} s") from exc
-    except httpx.HTTPError as exc:
-        raise ServerUnavailable(f"no answer from {url} ({type(exc).__name__}: {exc})") from exc
-    if response.status_code >= 400:
-        detail = _error_detail(response)
-        raise ServerFailed(
-            f"the tile server answered {response.status_code} to GET {url}: {detail}",
-            status=response.status_code,
-            detail=f"{detail} ({response.status_code})",
-        )
-    try:
-        return response.json()
-    except ValueError as exc:
-        raise ServerFailed(f"the tile server's answer to GET {url} is not JSON") from exc
-
-
-def _error_detail(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        text = response.text.strip().splitlines()
-        return text[0][:200] if text else response.reason_phrase
-    if isinstance(body, dict):
-        for key in ("detail", "message", "error"):
-            if key in body:
-                return str(body[key])[:300]
-    return str(body)[:300]
+# Talking to the tile server (the client: slidemap.dashboard.client)
 
 
 def with_query(url: str, extra: dict[str, str]) -> str:

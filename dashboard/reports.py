@@ -8,6 +8,11 @@ the PNGs beside a ``report.json`` (one run per folder) or, for a named report ``
 named ``X*.png`` and those its ``figures`` key lists.
 Readers are tolerant: they show the keys that are there and say which expected ones are missing.
 Real-data reports and SYNTHETIC ones are always shown apart and labelled.
+
+The region's own reports come from the tile server (``GET /reports``, each report's JSON and figures
+from its routes: :func:`fetch_reports`), so the dashboard needs no copy of the region. Only when the
+server cannot answer and a region folder was given are they read from that folder, and the page says
+so. Extra folders (``--reports``) are this machine's and are always read from disk.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ValidationError
 
 KINDS = ("unet", "lsm", "inventory")
 UNET_METRICS = ("accuracy", "precision", "recall", "f1", "miou", "pr_auc", "threshold")
@@ -28,15 +35,44 @@ SPLIT_NAMES = {"random": "random 80/20 split", "blocked": "spatially blocked 80/
 
 
 @dataclass(frozen=True)
+class Figure:
+    """One figure of a report: a PNG on this machine or at a URL of the tile server."""
+
+    name: str
+    path: Path | None = None
+    url: str | None = None
+
+    @property
+    def stem(self) -> str:
+        return Path(self.name).stem
+
+    def image(self) -> str | bytes:
+        """What ``st.image`` takes: the local path, or the figure's bytes fetched from the server
+        (fetched here, not by the browser, so the page works wherever the browser is)."""
+        if self.path is not None:
+            return str(self.path)
+        from slidemap.dashboard.client import get_bytes
+
+        return get_bytes(str(self.url))
+
+
+@dataclass(frozen=True)
 class Report:
-    """One saved report: its folder, its JSON (or why it could not be read)."""
+    """One saved report: where it came from, its JSON (or why it could not be read)."""
 
     kind: str  # the report's own kind: unet, lsm, inventory, unet-real-eval, ...
     run_id: str
-    folder: Path
+    folder: Path | None  # None for a report read from the tile server
     data: dict[str, Any]
     error: str | None = None
     source: Path | None = None  # the JSON file
+    figure_urls: tuple[str, ...] = ()  # a server report's figures
+    url: str | None = None  # a server report's JSON
+
+    @property
+    def origin(self) -> str:
+        """Where the report was read: its folder on this machine or its URL."""
+        return str(self.folder) if self.folder is not None else str(self.url)
 
     @property
     def page(self) -> str:
@@ -70,14 +106,17 @@ class Report:
         """Every model version the report names (``model_versions`` as a list, dict or string)."""
         return set(_strings(self.data.get("model_versions")))
 
-    def images(self) -> list[Path]:
-        """A run folder's PNGs; for a named report ``X.json``, ``X*.png`` and the files ``figures`` lists."""
+    def images(self) -> list[Figure]:
+        """A run folder's PNGs; for a named report ``X.json``, ``X*.png`` and the files ``figures`` lists;
+        for a server report, the PNGs its listing names."""
+        if self.folder is None:
+            return [Figure(url.rsplit("/", 1)[-1], url=url) for url in self.figure_urls]
         if self.source is None or self.source.name == REPORT_FILE:
-            return sorted(self.folder.glob("*.png"))
+            return [Figure(p.name, path=p) for p in sorted(self.folder.glob("*.png"))]
         found = set(self.folder.glob(f"{glob_escape(self.source.stem)}*.png"))
         found.update(self.folder / name for name in _strings(self.data.get("figures"))
                      if name.lower().endswith(".png") and "/" not in name and (self.folder / name).is_file())
-        return sorted(found)
+        return [Figure(p.name, path=p) for p in sorted(found)]
 
 
 def _strings(value: Any) -> Iterable[str]:
@@ -183,6 +222,77 @@ def find_reports(region_dir: Path | None, extra_dirs: Iterable[Path] = ()) -> li
                 reports.append(report)
     reports.sort(key=lambda r: r.created, reverse=True)
     return reports
+
+
+class ServerReportEntry(BaseModel):
+    """One line of the server's ``GET /reports`` (the fields the dashboard uses)."""
+
+    kind: str
+    run_id: str
+    created: str | None = None
+    href: str
+    files: list[str] = []
+
+
+class ServerReports(BaseModel):
+    reports: list[ServerReportEntry]
+    truncated: bool = False
+
+
+_FETCHED: dict[tuple[str, str | None], dict[str, Any]] = {}  # (report URL, created) -> its JSON; reports do not change
+
+
+def fetch_reports(server: str) -> list[Report]:
+    """The region's reports from the tile server, newest first. Raises the client's ServerUnavailable /
+    ServerFailed when the listing cannot be had; a report whose JSON cannot be had is kept, broken."""
+    from slidemap.dashboard.client import ServerFailed, ServerUnavailable, get_json
+
+    base = server.rstrip("/")
+    try:
+        listing = ServerReports.model_validate(get_json(f"{base}/reports"))
+    except ValidationError as exc:
+        raise ServerFailed(f"the tile server's {base}/reports is not a report listing "
+                           f"({exc.errors()[0]['msg']})") from exc
+    found = []
+    for entry in listing.reports:
+        url = f"{base}{entry.href}"
+        figures = tuple(f"{url}/{name}" for name in entry.files if name.lower().endswith(".png"))
+        key = (url, entry.created)
+        try:
+            data = _FETCHED.get(key)
+            if data is None:
+                data = get_json(url)
+                if not isinstance(data, dict):
+                    raise ServerFailed(f"{url}: a report must be a JSON object")
+                _FETCHED[key] = data
+        except (ServerUnavailable, ServerFailed) as exc:
+            found.append(Report("unknown", entry.run_id, None, {}, str(exc), None, figures, url))
+            continue
+        kind = data.get("kind") if isinstance(data.get("kind"), str) and data.get("kind") else entry.kind
+        found.append(Report(kind, entry.run_id, None, data, None, None, figures, url))
+    found.sort(key=lambda r: r.created, reverse=True)
+    return found
+
+
+def region_reports(server: str, region_dir: Path | None, extra_dirs: Iterable[Path] = ()) -> tuple[list[Report], str | None]:
+    """The reports to show: the region's from the server (from ``region_dir`` only when the server
+    cannot answer), and those of the extra folders; with a note when the server could not answer."""
+    from slidemap.dashboard.client import ServerFailed, ServerUnavailable
+
+    note = None
+    try:
+        found = fetch_reports(server)
+    except (ServerUnavailable, ServerFailed) as exc:
+        if region_dir is not None:
+            note = f"The tile server did not list the region's reports ({exc}); they are read from {region_dir}."
+            found = find_reports(region_dir)
+        else:
+            note = f"The tile server did not list the region's reports ({exc}); start it to see them."
+            found = []
+    extra = find_reports(None, extra_dirs)
+    both = found + extra
+    both.sort(key=lambda r: r.created, reverse=True)
+    return both, note
 
 
 def for_versions(reports: list[Report], versions: dict[str, str]) -> list[Report]:
@@ -332,7 +442,7 @@ def _badge(report: Report) -> None:
         st.caption(" · ".join(f"{k}: {v}" for k, v in meta.items()))
     if isinstance(report.data.get("metric_definitions"), str):
         st.caption(report.data["metric_definitions"])
-    st.caption(f"folder: {report.folder}")
+    st.caption(f"from: {report.origin}")
 
 
 def _split_tables(report: Report, metrics: tuple[str, ...]) -> None:
@@ -357,18 +467,34 @@ def _split_tables(report: Report, metrics: tuple[str, ...]) -> None:
         st.caption("Missing: " + "; ".join(notes))
 
 
-def _images(report: Report, wanted: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> list[Path]:
+def show_figure(figure: Figure, report: Report, width: int | None = 760) -> bool:
+    """One figure with its report's label; a figure the server cannot send is a caption, not an error."""
     import streamlit as st
 
+    from slidemap.dashboard.client import ServerFailed, ServerUnavailable
+
+    try:
+        image = figure.image()
+    except (ServerUnavailable, ServerFailed) as exc:
+        st.caption(f"{figure.name}: not shown ({exc})")
+        return False
+    if width is None:
+        st.image(image, caption=f"{figure.name} [{report.label}]")
+    else:
+        st.image(image, caption=f"{figure.name} [{report.label}]", width=width)
+    return True
+
+
+def _images(report: Report, wanted: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> list[Figure]:
     shown = []
-    for path in report.images():
-        name = path.stem.lower()
+    for figure in report.images():
+        name = figure.stem.lower()
         if wanted and not any(w in name for w in wanted):
             continue
         if any(e in name for e in exclude):
             continue
-        st.image(str(path), caption=f"{path.name} [{report.label}]", width=760)
-        shown.append(path)
+        if show_figure(figure, report):
+            shown.append(figure)
     return shown
 
 

@@ -10,6 +10,8 @@ Endpoints (every error is JSON ``{"detail", "status"}``, see :mod:`slidemap.serv
 * ``GET /layers/{id}/tiles/{tms}/{z}/{x}/{y}[@Nx].{png|webp|tif|npy}`` - tiles; ETag, 304.
 * ``GET /layers/{id}/WMTSCapabilities.xml`` and ``GET /WMTSCapabilities.xml`` - OGC WMTS.
 * ``GET /point?lon=&lat=`` - factor values and model outputs at a location.
+* ``GET /reports[/{kind}/{run_id}[/{file}]]`` - the training and inventory reports and their figures.
+* ``GET /downloads[/{path}]`` - the region's outputs (maps, styles, inventories, tile archives, reports).
 * ``GET /`` - the map page (Leaflet served from the installed xstatic-leaflet package).
 * ``/tileMatrixSets``, ``/colorMaps`` - reference lists (:mod:`slidemap.server.reference`); ``/docs``.
 
@@ -590,9 +592,11 @@ def create_app(region_dir: Path, settings: ServerSettings | None = None) -> Fast
         return Response(result.content, media_type=result.media_type, headers=headers)
 
     from slidemap.server.ogc_tiles import router as ogc_tiles_router
+    from slidemap.server.downloads import router as downloads_router
     from slidemap.server.reports import router as reports_router
 
     app.include_router(reports_router(registry.region_dir))
+    app.include_router(downloads_router(registry.region_dir))
 
     app.include_router(ogc_tiles_router(
         base, registry, service,

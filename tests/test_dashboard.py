@@ -14,15 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import slidemap.dashboard
 from slidemap.dashboard import map as map_page
 from slidemap.dashboard import paper, reports
+from slidemap.errors import SlidemapError
+from slidemap.server import downloads as server_downloads
+from slidemap.server import reports as server_reports
 
 APP = str(Path(slidemap.dashboard.__file__).parent / "app.py")
 METHOD_MD = Path(__file__).resolve().parents[1].parent / "shared" / "method.md"
@@ -109,6 +112,35 @@ def make_stub_app(state: dict[str, Any]) -> FastAPI:
             "detection": {"default": "ccc333", "models": [entry("attention-unet", "ccc333", 0.775, 0.724, 0.813, True, "f1")]},
         }}
 
+    # the region's reports and outputs, answered by the real server's functions over state["region"]
+    def region_dir() -> Path:
+        if state.get("region") is None:
+            raise HTTPException(404, "Not Found")
+        return state["region"]
+
+    @app.get("/reports")
+    def reports_list():
+        return server_reports.list_reports(region_dir() / "reports").model_dump()
+
+    @app.get("/reports/{kind}/{run_id}")
+    def report_json(kind: str, run_id: str):
+        try:
+            return FileResponse(server_reports.report_folder(region_dir() / "reports", kind, run_id) / "report.json")
+        except SlidemapError as exc:
+            raise HTTPException(404, str(exc)) from exc
+
+    @app.get("/reports/{kind}/{run_id}/{name}")
+    def report_file(kind: str, run_id: str, name: str):
+        state["requests"].append(f"/reports/{kind}/{run_id}/{name}")
+        try:
+            return FileResponse(server_reports.report_file_path(region_dir() / "reports", kind, run_id, name))
+        except SlidemapError as exc:
+            raise HTTPException(404, str(exc)) from exc
+
+    @app.get("/downloads")
+    def downloads_list():
+        return {"outputs": [o.model_dump() for o in server_downloads.region_outputs(region_dir())]}
+
     @app.get("/point")
     def point(lon: float, lat: float, request: Request):
         state["requests"].append(str(request.url))
@@ -152,8 +184,9 @@ def stub():
 
 
 @pytest.fixture()
-def server(stub):
-    stub.state.update(mode="ok", requests=[], tiles=[])
+def server(stub, tmp_path):
+    # the stub serves the reports and outputs of the `region` fixture's folder (the same tmp_path)
+    stub.state.update(mode="ok", requests=[], tiles=[], region=tmp_path / "region")
     return stub
 
 
@@ -322,15 +355,12 @@ def test_map_one_layer_failing_keeps_the_others(monkeypatch, server, region):
 
 
 def test_version_selector_passes_model_to_layers(monkeypatch, server, region):
-    from slidemap.compute.models.store import save_artefact
-
-    for kind, name, payload in (("lsm", "multiscale", b"one"), ("lsm", "multiscale", b"two"), ("unet", "unet", b"u")):
-        save_artefact(region / "models", kind, name, {"synthetic": True},
-                      lambda p, payload=payload: p.write_bytes(payload), weights_file="model.joblib")
+    """The versions come from the server's /models (the region's disk is not read for them)."""
     at = run_app(monkeypatch, region, server.url)
     box = at.sidebar.selectbox(key="version_lsm")
-    assert box.options[0] == "server default (newest)" and len(box.options) == 3
+    assert box.options[0] == "server default" and len(box.options) == 4  # the stub lists three lsm versions
     version = box.options[1].split()[1]
+    assert version == "aaa111"
     box.set_value(version).run()
     assert not at.exception
     html = iframe_html(at)
@@ -396,8 +426,9 @@ def test_broken_and_partial_reports_are_messages(monkeypatch, server, tmp_path):
     write_report(region / "reports" / "lsm" / "broken", "{not json")
     write_report(region / "reports" / "lsm" / "partial", {"kind": "lsm", "models": {"logreg": {"blocked": {"roc_auc": 0.7}}},
                                                         "extra_key": [1, 2]})
-    at = run_app(monkeypatch, region, server.url, page=reports.PAGE_TITLES["lsm"])
-    assert any("not valid JSON" in w for w in texts(at.warning))
+    server.state["region"] = region
+    at = run_app(monkeypatch, None, server.url, page=reports.PAGE_TITLES["lsm"])
+    assert any("not JSON" in w for w in texts(at.warning))
     infos = " ".join(texts(at.info))
     assert "no `mcnemar` table" in infos and "no `classes`" in infos and "UNMARKED" in infos
     assert "No random-split results" in infos
@@ -688,7 +719,7 @@ def test_committed_real_reports_in_the_paper_comparison(monkeypatch, tmp_path):
     assert ours[multiscale] == pytest.approx(ecuador.data["models"]["multiscale"]["blocked"]["roc_auc"])
 
 
-def test_downloads_page_offers_every_output(monkeypatch, tmp_path):
+def test_downloads_page_offers_every_output(monkeypatch, server, tmp_path):
     """Maps with their styles, inventories and reports, one button each; caches are not outputs."""
     region = tmp_path / "region"
     files = {
@@ -704,11 +735,35 @@ def test_downloads_page_offers_every_output(monkeypatch, tmp_path):
     for rel, data in files.items():
         (region / rel).parent.mkdir(parents=True, exist_ok=True)
         (region / rel).write_bytes(data)
-    at = run_app(monkeypatch, region, f"http://127.0.0.1:{free_port()}", page="Downloads")
-    labels = [b.proto.label for b in at.get("download_button")]
+    server.state["region"] = region
+    at = run_app(monkeypatch, None, server.url, page="Downloads")
+    links = {b.proto.label: b.proto.url for b in at.get("link_button")}
     for rel in files:
         name = Path(rel).name
-        assert any(label.startswith(name) for label in labels) == (not rel.startswith("cache/")), (rel, labels)
+        url = next((u for label, u in links.items() if label.startswith(name)), None)
+        assert (url is not None) == (not rel.startswith("cache/")), (rel, links)
+        assert url is None or url == f"{server.url}/downloads/{rel}"
+
+
+def test_downloads_page_without_the_server_says_so(monkeypatch, tmp_path):
+    at = run_app(monkeypatch, None, f"http://127.0.0.1:{free_port()}", page="Downloads")
+    assert any("come from the tile server" in w for w in texts(at.warning))
+
+
+def test_reports_come_from_the_server_without_the_region_folder(monkeypatch, server, region):
+    """No region folder on the dashboard's machine: the report pages, figures included, come over HTTP."""
+    at = run_app(monkeypatch, None, server.url, page=reports.PAGE_TITLES["unet"])
+    assert not at.main.error
+    assert any("/reports/unet/run1/training_curves.png" in u for u in server.state["requests"])
+    assert any("training_curves.png [SYNTHETIC]" in c for img in at.get("image") for c in img.captions)
+    shown = " ".join(texts(at.caption))
+    assert f"from: {server.url}/reports/unet/run1" in shown
+
+
+def test_reports_fall_back_to_the_region_folder_when_the_server_is_down(monkeypatch, region):
+    at = run_app(monkeypatch, region, f"http://127.0.0.1:{free_port()}", page=reports.PAGE_TITLES["unet"])
+    shown = " ".join(texts(at.caption))
+    assert "did not list the region's reports" in shown and f"from: {region}" in shown
 
 
 def test_map_page_has_the_evidence_beside_it(monkeypatch, server, region):

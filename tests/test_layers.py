@@ -62,3 +62,14 @@ def test_the_contract_catches_an_upward_import_inside_compute(one_folder):
     finally:
         bad.unlink()
     assert result.returncode != 0 and "slidemap.compute.region.zz_upward" in result.stdout, result.stdout[-2000:]
+
+
+def test_the_dashboard_may_not_read_the_region_itself(one_folder):
+    """The dashboard talks to the tile server only: importing compute (the region's disk) breaks it."""
+    bad = one_folder / "slidemap" / "dashboard" / "zz_disk.py"
+    bad.write_text("from slidemap.compute.models import store  # noqa\n")
+    try:
+        result = lint(one_folder, ROOT / "pyproject.toml")
+    finally:
+        bad.unlink()
+    assert result.returncode != 0 and "slidemap.dashboard.zz_disk" in result.stdout, result.stdout[-2000:]

@@ -63,3 +63,40 @@ def test_bad_paths_are_json_4xx(client, url, status):
     r = client.get(url)
     assert r.status_code == status and set(r.json()) == {"detail", "status"}, (url, r.text)
     assert "/tmp" not in r.text
+
+
+# ---- /downloads: the region's outputs, and nothing else under the folder -----------------------
+@pytest.fixture()
+def downloads(tmp_path):
+    from slidemap.server.downloads import router as downloads_router
+
+    for rel, data in {"maps/susceptibility_multiscale-abc.tif": b"II*\x00", "maps/susceptibility_multiscale-abc.qml": b"<q/>",
+                      "build/inventory.gpkg": b"SQLite", "build/factors.tif": b"input, not an output",
+                      "cache/tiles/x.png": b"cache", "region.toml": b"[region]"}.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    os.symlink(tmp_path / "region.toml", tmp_path / "maps" / "linked.tif")
+    app = FastAPI()
+    server_errors.install(app)
+    app.include_router(downloads_router(tmp_path))
+    return TestClient(app)
+
+
+def test_downloads_list_only_outputs(downloads):
+    outputs = downloads.get("/downloads").json()["outputs"]
+    assert {o["path"] for o in outputs} == {"maps/susceptibility_multiscale-abc.tif",
+                                            "maps/susceptibility_multiscale-abc.qml", "build/inventory.gpkg"}
+    tif = next(o for o in outputs if o["path"].endswith(".tif"))
+    assert tif["group"] == "Maps" and tif["size"] == 4 and tif["href"] == "/downloads/maps/susceptibility_multiscale-abc.tif"
+    r = downloads.get(tif["href"])
+    assert r.status_code == 200 and r.content == b"II*\x00" and r.headers["content-type"].startswith("image/tiff")
+    assert "attachment" in r.headers["content-disposition"]
+
+
+@pytest.mark.parametrize("url", ["/downloads/build/factors.tif", "/downloads/region.toml", "/downloads/cache/tiles/x.png",
+                                 "/downloads/maps/linked.tif", "/downloads/maps/../region.toml",
+                                 "/downloads/maps/%2E%2E/region.toml", "/downloads/..%2Fregion.toml"])
+def test_downloads_send_nothing_else(downloads, url):
+    r = downloads.get(url)
+    assert r.status_code in (404, 422) and set(r.json()) == {"detail", "status"}, (url, r.text)
+    assert "/tmp" not in r.text

@@ -17,6 +17,24 @@ from slidemap.compute.terrain.factors import FACTORS_JSON
 
 MANIFEST = "region.toml"
 BUILD_DIR = "build"
+# What slidemap's commands write that a user takes away (README: "Where outputs land"), as
+# (group, glob under the region, what it is); never a recursive walk: the tile cache is huge
+OUTPUT_PATTERNS = (
+    ("Maps", "maps/*.tif", "GeoTIFF (COG)"),
+    ("Maps", "maps/*.qml", "QGIS style"),
+    ("Maps", "maps/*.sld", "SLD style"),
+    ("Maps", "maps/*_classes.json", "class areas and landslide shares"),
+    ("Maps", "maps/*.tif.aux.xml", "class names (GDAL)"),
+    ("Inventories", "build/inventory.gpkg", "known inventory (points, polygons; styled)"),
+    ("Inventories", "reports/inventory/*/landslides_detected.gpkg", "detected landslides (styled)"),
+    ("Inventories", "reports/inventory/*/*.tif", "detection probability"),
+    ("Tile archives", "*.mbtiles", "MBTiles"),
+    ("Tile archives", "maps/*.mbtiles", "MBTiles"),
+    ("Tile archives", "*.pmtiles", "PMTiles"),
+    ("Tile archives", "maps/*.pmtiles", "PMTiles"),
+    ("Reports", "reports/*/*/report.json", "report (JSON)"),
+    ("Reports", "reports/*/*/report.md", "report (Markdown)"),
+)
 
 
 @dataclass(frozen=True)

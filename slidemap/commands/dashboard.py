@@ -1,7 +1,9 @@
-"""``slidemap dashboard REGION_DIR``: start the Streamlit dashboard (map + reports), offline.
+"""``slidemap dashboard [REGION_DIR]``: start the Streamlit dashboard (map + reports), offline.
 
-Runs ``streamlit run dashboard/app.py`` headless on 127.0.0.1 with telemetry off, and hands the
-region, the tile server's URL and extra report folders to the app in its environment.
+Runs ``streamlit run dashboard/app.py`` headless on 127.0.0.1 with telemetry off, and hands the tile
+server's URL, the region folder (if given) and extra report folders to the app in its environment.
+The dashboard reads the region through the server; the folder is only its fallback for the reports
+while the server cannot list them, so a dashboard on another machine needs none.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ def register(groups: dict[str, argparse._SubParsersAction]) -> None:
         "dashboard",
         help="start the dashboard: the tile server's map beside the training reports",
         description="Start the Streamlit dashboard for a region. Start the tile server first "
-        "(`slidemap serve REGION_DIR`); the dashboard shows its layers and the saved reports.",
+        "(`slidemap serve REGION_DIR`); the dashboard shows its layers, models, reports and outputs, "
+        "all read from the server, so it may run on another machine.",
     )
-    parser.add_argument("region_dir", metavar="REGION_DIR", type=Path, help="the region folder")
+    parser.add_argument("region_dir", metavar="REGION_DIR", type=Path, nargs="?", default=None,
+                        help="the region folder, read only while the server cannot list the reports (optional)")
     parser.add_argument("--server", default=DEFAULT_SERVER, help=f"tile server URL (default {DEFAULT_SERVER})")
     parser.add_argument("--port", type=int, default=8501, help="dashboard port (default 8501)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -65,9 +69,9 @@ def streamlit_command(app: Path, host: str, port: int) -> list[str]:
     ]
 
 
-def dashboard_env(region: Path, server: str, reports: list[Path]) -> dict[str, str]:
+def dashboard_env(region: Path | None, server: str, reports: list[Path]) -> dict[str, str]:
     env = dict(os.environ)
-    env["SLIDEMAP_REGION"] = str(region.resolve())
+    env["SLIDEMAP_REGION"] = str(region.resolve()) if region is not None else ""
     env["SLIDEMAP_SERVER"] = server.rstrip("/")
     env["SLIDEMAP_REPORTS"] = os.pathsep.join(str(p.resolve()) for p in reports)
     env["STREAMLIT_BROWSER_GATHER_USAGE_STATS"] = "false"
@@ -75,8 +79,8 @@ def dashboard_env(region: Path, server: str, reports: list[Path]) -> dict[str, s
 
 
 def run(args: argparse.Namespace) -> int:
-    region: Path = args.region_dir
-    if not region.is_dir():
+    region: Path | None = args.region_dir
+    if region is not None and not region.is_dir():
         raise RegionError(f"{region}: no such region folder; create one with `slidemap demo-region {region}`")
     if not args.server.startswith(("http://", "https://")):
         raise InputError(f"--server {args.server}: give a URL such as {DEFAULT_SERVER}")
