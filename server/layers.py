@@ -48,6 +48,7 @@ from slidemap.compute.region.grid import Grid
 from slidemap.compute.region.inventory_layers import latest_detected, read_inventory
 from slidemap.compute.region.raster_io import write_cog
 from slidemap.compute.region.styles import DETECTION_COLORMAP, SUSCEPTIBILITY_COLORMAP
+from slidemap.compute.models.runtime import ModelCache
 from slidemap.compute.models.select import ROLES, default_model, has_skill, resolve_model, skill_note
 from slidemap.compute.models.store import ModelInfo, list_models, verify
 from slidemap.errors import BuildError, ModelError, SlidemapError
@@ -231,7 +232,7 @@ class LayerRegistry:
         self.wait_timeout = wait_timeout
         self.max_loaded_models = max(1, max_loaded_models)
         self._lock = threading.RLock()
-        self._models: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._models: ModelCache[Any] = ModelCache(self.max_loaded_models)
         self._engines: OrderedDict[tuple, BlockEngine] = OrderedDict()
         self._model_lists: dict[str, tuple[tuple, list[ModelInfo]]] = {}
         self._resolved: dict[tuple, tuple[tuple, ModelInfo]] = {}
@@ -627,29 +628,27 @@ class LayerRegistry:
         return info
 
     def _load_model(self, info: ModelInfo) -> Any:
+        """The loaded model of a version, from the one bounded model cache (compute's ModelCache);
+        a model that does not load is remembered as the region's fault until it loads."""
         key = (info.kind, model_key(info))
-        with self._lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                return self._models[key]
-        try:
-            verify(info.path)
-            model = self.loaders[info.kind](info.path)
-        except SlidemapError as exc:
-            self._model_faults[key[1]] = f"model {info.name} {info.version}: {exc}"
-            raise
-        except Exception as exc:  # noqa: BLE001 - a broken artefact is the user's to fix, not a 500
-            log.exception("loading %s failed", info.path)
-            problem = (f"{info.path.name}: cannot load the {info.kind} model ({type(exc).__name__}: "
-                       f"{short_error(exc)}); retrain it with `slidemap train {info.kind} REGION` or pick another with ?model=")
-            self._model_faults[key[1]] = problem
-            raise ModelError(problem) from exc
-        self._model_faults.pop(key[1], None)
-        with self._lock:
-            self._models[key] = model
-            while len(self._models) > self.max_loaded_models:
-                self._models.popitem(last=False)
+
+        def load() -> Any:
+            try:
+                verify(info.path)
+                model = self.loaders[info.kind](info.path)
+            except SlidemapError as exc:
+                self._model_faults[key[1]] = f"model {info.name} {info.version}: {exc}"
+                raise
+            except Exception as exc:  # noqa: BLE001 - a broken artefact is the user's to fix, not a 500
+                log.exception("loading %s failed", info.path)
+                problem = (f"{info.path.name}: cannot load the {info.kind} model ({type(exc).__name__}: "
+                           f"{short_error(exc)}); retrain it with `slidemap train {info.kind} REGION` or pick another with ?model=")
+                self._model_faults[key[1]] = problem
+                raise ModelError(problem) from exc
+            self._model_faults.pop(key[1], None)
             return model
+
+        return self._models.get_or_load(key, load)
 
     def engine(self, layer: Layer, info: ModelInfo | None = None, catalog: Catalog | None = None) -> BlockEngine:
         """The block engine of a computed layer's model over its input as it is now

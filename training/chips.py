@@ -33,8 +33,8 @@ from slidemap.compute.region.image_files import IMAGE_EXTS, MASK_ENCODINGS, read
 from slidemap.errors import BuildError, InputError
 
 IGNORE = 255
-__all__ = ["ChipSet", "ChipSampler", "IMAGE_EXTS", "MASK_ENCODINGS", "chips_from_folder", "blocked_split",
-           "random_split", "split", "region_is_synthetic", "read_image_file", "read_mask_file"]
+__all__ = ["ChipSet", "ChipSampler", "IMAGE_EXTS", "MASK_ENCODINGS", "chips_from_folder", "blocked_chip_split",
+           "random_chip_split", "split_chips", "region_is_synthetic", "read_image_file", "read_mask_file"]
 
 
 @dataclass
@@ -194,8 +194,8 @@ def chips_from_folder(
     )
 
 
-# ---- splits --------------------------------------------------------------------------------
-def random_split(n: int, test_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+# ---- splits of a chip list (index arrays; the sample-point splits of susceptibility are in splits.py) ----
+def random_chip_split(n: int, test_fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     perm = rng.permutation(n)
     n_test = max(1, int(round(n * test_fraction)))
@@ -214,7 +214,7 @@ def _near(fp: np.ndarray, others: np.ndarray, buffer: int) -> np.ndarray:
     return ((r1 > r0) & (c1 > c0)).any(axis=1)
 
 
-def blocked_split(
+def blocked_chip_split(
     chips: ChipSet, test_fraction: float = 0.2, seed: int = 0, buffer: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Whole blocks to the test side (about ``test_fraction`` of chips); no train chip within ``buffer`` of a test chip."""
@@ -242,12 +242,12 @@ def blocked_split(
     return train, test
 
 
-def split(chips: ChipSet, kind: str, test_fraction: float = 0.2, seed: int = 0,
+def split_chips(chips: ChipSet, kind: str, test_fraction: float = 0.2, seed: int = 0,
           buffer: int = 0) -> tuple[np.ndarray, np.ndarray]:
     if kind == "random":
-        return random_split(len(chips), test_fraction, seed)
+        return random_chip_split(len(chips), test_fraction, seed)
     if kind == "blocked":
-        return blocked_split(chips, test_fraction, seed, buffer)
+        return blocked_chip_split(chips, test_fraction, seed, buffer)
     raise ValueError(f"unknown split {kind!r}")
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from slidemap.compute.maps.image_norm import BandStats, apply_stats, image_stats, robust_spec
 from slidemap.training import scene as sc
-from slidemap.training.chips import ChipSampler, ChipSet, chip_buffer, random_split, split
+from slidemap.training.chips import ChipSampler, ChipSet, chip_buffer, random_chip_split, split_chips
 
 IGNORE = 255
 EVAL_MARGIN = 32  # px of context around each scored cell of a scene
@@ -217,11 +217,11 @@ def carve_validation(chips: ChipSet, idx: np.ndarray, kind: str, seed: int, buff
     """Split training indices into fit / validation parts the way the test split was made."""
     sub = chips.subset(idx)
     try:
-        fit, val = split(sub, kind, 0.2, seed + 1, buffer)
+        fit, val = split_chips(sub, kind, 0.2, seed + 1, buffer)
     except Exception:  # too few blocks inside the training part: random chips instead
-        fit, val = random_split(len(sub), 0.2, seed + 1)
+        fit, val = random_chip_split(len(sub), 0.2, seed + 1)
     if len(fit) == 0 or len(val) == 0:
-        fit, val = random_split(len(sub), 0.2, seed + 1)
+        fit, val = random_chip_split(len(sub), 0.2, seed + 1)
     return idx[fit], idx[val]
 
 
@@ -232,7 +232,7 @@ def chip_split_data(chips: ChipSet, kind: str, seed: int, positive_share: float,
     ``exclude`` (indices) are chips that may neither train nor validate (another split's test chips).
     """
     buffer = chip_buffer(chips) if buffer is None else buffer
-    train_idx, test_idx = split(chips, kind, 0.2, seed, buffer if kind == "blocked" else 0)
+    train_idx, test_idx = split_chips(chips, kind, 0.2, seed, buffer if kind == "blocked" else 0)
     if exclude is not None and len(exclude):
         train_idx = np.setdiff1d(train_idx, exclude)
     fit_idx, val_idx = carve_validation(chips, train_idx, kind, seed, buffer if kind == "blocked" else 0)

@@ -435,10 +435,10 @@ def _test_part(source: Scene | ChipSet, kind: str, cfg: UnetConfig) -> np.ndarra
 
         buffer = 16 if cfg.buffer is None else cfg.buffer
         return sc.split_scene(source, kind, cfg.chip, buffer if kind == "blocked" else 0, cfg.seed).mask(sc.TEST)
-    from slidemap.training.chips import chip_buffer, split
+    from slidemap.training.chips import chip_buffer, split_chips
 
     buffer = chip_buffer(source) if cfg.buffer is None else cfg.buffer
-    return split(source, kind, 0.2, cfg.seed, buffer if kind == "blocked" else 0)[1]
+    return split_chips(source, kind, 0.2, cfg.seed, buffer if kind == "blocked" else 0)[1]
 
 
 def run(source: Scene | ChipSet, cfg: UnetConfig, progress: bool = True) -> RunResult:
