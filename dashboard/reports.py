@@ -20,10 +20,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+
+from slidemap.report_schema import ReportCommon, parse_report
 
 KINDS = ("unet", "lsm", "inventory")
 UNET_METRICS = ("accuracy", "precision", "recall", "f1", "miou", "pr_auc", "threshold")
@@ -102,9 +105,19 @@ class Report:
             what = str(data or "")
         return f"[{self.label}] {self.kind} {self.run_id}" + (f" — {what}" if what else "")
 
+    @cached_property
+    def parsed(self) -> tuple[ReportCommon | None, str | None]:
+        """The report as its kind's schema reads it (:mod:`slidemap.report_schema`), or what is wrong."""
+        if self.error:
+            return None, self.error
+        return parse_report(self.data)
+
     def versions(self) -> set[str]:
-        """Every model version the report names (``model_versions`` as a list, dict or string)."""
-        return set(_strings(self.data.get("model_versions")))
+        """Every model version the report names (the schema keys them by model name)."""
+        typed, _ = self.parsed
+        if typed is not None:
+            return set(typed.model_versions.values())
+        return set(_strings(self.data.get("model_versions")))  # off-schema: whatever strings it holds
 
     def images(self) -> list[Figure]:
         """A run folder's PNGs; for a named report ``X.json``, ``X*.png`` and the files ``figures`` lists;
@@ -430,6 +443,9 @@ def _cell(value: Any) -> Any:
 def _badge(report: Report) -> None:
     import streamlit as st
 
+    _, problem = report.parsed
+    if problem and not report.error:
+        st.warning(f"This report {problem}; what could be read is shown.")
     if report.synthetic is True:
         st.warning("SYNTHETIC data: these figures come from a generated demo region, not from real landslides.")
     elif report.synthetic is False:

@@ -791,3 +791,30 @@ def test_mcnemar_tables_read_as_people_read_them():
                        "test": "chi-squared, continuity-corrected"}
     assert rows[1]["p"] == "0.042" and rows[1]["chi2"] is None
     assert reports.p_value(1e-12) == "< 1e-10" and reports.p_value(None) == "n/a"
+
+
+def test_report_schema_reads_and_refuses():
+    """The schema the trainers validate against and the dashboard parses with (slidemap.report_schema)."""
+    from pydantic import ValidationError
+
+    from slidemap.report_schema import LsmReport, UnetReport, parse_report, validate_report
+
+    typed, problem = parse_report(lsm_report())
+    assert problem is None and isinstance(typed, LsmReport) and typed.classes.breaks[-1] == 1.0
+    assert typed.models["logreg"]["blocked"].roc_auc == pytest.approx(0.80)
+    assert isinstance(parse_report(unet_report())[0], UnetReport)
+    assert parse_report({"kind": "lsm", "model_versions": ["a1", "b2"]})[0].model_versions == {"a1": "a1", "b2": "b2"}
+    bad = {**lsm_report(), "models": {"logreg": {"blocked": {"roc_auc": "high"}}}}
+    typed, problem = parse_report(bad)
+    assert typed is None and "models.logreg.blocked" in problem
+    with pytest.raises(ValidationError):
+        validate_report(bad)
+    validate_report({"kind": "inventory", "anything": 1})  # kinds without a schema pass
+
+
+def test_an_off_schema_report_is_shown_with_a_warning(monkeypatch, server, tmp_path):
+    region = tmp_path / "region"
+    write_report(region / "reports" / "lsm" / "odd", {**lsm_report(), "models": {"logreg": {"blocked": {"roc_auc": "high"}}}})
+    at = run_app(monkeypatch, None, server.url, page=reports.PAGE_TITLES["lsm"])
+    assert any("does not follow the LsmReport schema" in w for w in texts(at.warning))
+    assert not at.exception

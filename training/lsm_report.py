@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from slidemap.compute.region.raster_io import atomic_path, write_bytes_atomic, write_json_atomic
+from slidemap.report_schema import validate_report
 
 def _network_epochs(report: dict[str, Any]) -> list[str]:
     """Each network's best epoch per split (and per CV fold): with the centre-linear start, 0 means
@@ -280,6 +281,7 @@ def write_report(
 
         _plot(out_dir / f"rates_{split}.png", rate_plot)
     report = {**report, "rate_curves": rates}
+    validate_report(report)  # the shape the dashboard reads (slidemap.report_schema)
     write_json_atomic(out_dir / "report.json", report)
     write_bytes_atomic(out_dir / "report.md", render_markdown(report).encode())
     return out_dir

@@ -19,6 +19,7 @@ from typing import Any
 
 from slidemap.compute.region.raster_io import atomic_path, write_bytes_atomic, write_json_atomic
 from slidemap.training.seg_metrics import METRIC_KEYS
+from slidemap.report_schema import validate_report
 
 METRIC_NOTE = (
     "Pixel metrics pooled over all valid pixels of the test chips; precision, recall, F1 and IoU "
@@ -223,6 +224,7 @@ def write_report(report: dict[str, Any], out_dir: str | Path, result: Any | None
     out_dir.mkdir(parents=True, exist_ok=True)
     if result is not None:
         report["figures"] = plot_curves(result, out_dir)
+    validate_report(report)  # the shape the dashboard reads (slidemap.report_schema)
     write_json_atomic(out_dir / "report.json", report)
     write_bytes_atomic(out_dir / "report.md", markdown(report, title).encode())
     return out_dir
