@@ -56,9 +56,8 @@ step "7/8 start the tile server on 127.0.0.1:${PORT}"
 for f in "$LOG_DIR/serve.pid" "$LOG_DIR/dashboard.pid"; do
     if [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then kill "$(cat "$f")" 2>/dev/null || true; sleep 1; fi
 done
-# CORS for the dashboard's page only, so a click on its map can read the server's /point answer
+# CORS stays off: the dashboard's map is the server's own page (same origin for tiles and /point)
 nohup "$SM" serve "$DEMO_DIR" --host "${BIND_HOST:-127.0.0.1}" --port "$PORT" \
-    --cors-origin "http://127.0.0.1:${DASHBOARD_PORT}" --cors-origin "http://localhost:${DASHBOARD_PORT}" \
     > "$LOG_DIR/serve.log" 2>&1 &
 echo $! > "$LOG_DIR/serve.pid"
 for _ in $(seq 1 120); do

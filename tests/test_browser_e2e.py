@@ -1,8 +1,8 @@
 """End to end in a real headless Chromium (Debian's package, driven by Playwright; no browser download).
 
-Starts a tile server (the real ``slidemap serve`` app on a prepared demo region when the server and a
-prepared region are available, otherwise the stub of test_dashboard) and ``slidemap dashboard`` on free
-loopback ports, loads the page, waits for map tiles from our server, checks that no request left
+Starts a tile server (the real ``slidemap serve`` app on a prepared demo region, with stand-in models)
+and ``slidemap dashboard`` on free loopback ports, loads the page, waits for map tiles from our server
+in the map (the server's own map page, in the dashboard's iframe), checks that no request left
 loopback, switches a layer, clicks the map for ``/point`` values and saves a screenshot in the session's
 output folder (a temporary folder; ``SLIDEMAP_TEST_OUTPUT=DIR`` keeps it).
 """
@@ -37,7 +37,7 @@ pytestmark = [
 ]
 from playwright import sync_api  # noqa: E402  (a test dependency: imported, never skipped)
 from server_models import skill_block  # noqa: E402
-from test_dashboard import StubServer, free_port, lsm_report, write_report  # noqa: E402
+from test_dashboard import free_port, lsm_report, write_report  # noqa: E402
 
 
 def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None, log: Path | None = None) -> None:
@@ -117,15 +117,10 @@ class ThreadedApp:
         self.thread.join(10)
 
 
-@pytest.fixture(params=["stub", "real"])
+@pytest.fixture()
 def tile_server(request, tmp_path):
-    """(server URL, region folder): the issue-5 contract stub, or the real app on the prepared demo region."""
+    """(kind, server URL, region folder): the real app on the prepared demo region."""
     region = tmp_path / "region"
-    if request.param == "stub":
-        write_report(region / "reports" / "lsm" / "run1", lsm_report(), png="roc_pr_blocked.png")
-        with StubServer() as server:
-            yield request.param, server.url, region
-        return
     from slidemap.server.app import ServerSettings, create_app
 
     shutil.copytree(request.getfixturevalue("prepared_region"), region,
@@ -140,19 +135,18 @@ def tile_server(request, tmp_path):
             card["class_breaks"] = [0.1, 0.2, 0.35, 0.5, 1.0]
         save_artefact(region / "models", kind, name, card,
                       lambda p, kind=kind: p.write_bytes(f"stand-in {kind}".encode()))
-    # CORS is off by default: like scripts/demo.sh, name the dashboard's origin so its page may read /point.
-    request.node.dashboard_port = free_port()
+    write_report(region / "reports" / "lsm" / "run1", lsm_report(), png="roc_pr_blocked.png")
+    # CORS stays off (the default): the map is the server's own page, so /point is same-origin.
     settings = ServerSettings(cache_dir=tmp_path / "cache", block_size=64,
-                              cors_origins=(f"http://127.0.0.1:{request.node.dashboard_port}",),
                               loaders={"unet": StandInDetector, "lsm": StandInSusceptibility})
     with ThreadedApp(create_app(region, settings)) as server:
-        yield request.param, server.url, region
+        yield "real", server.url, region
 
 
 @pytest.fixture()
 def dashboard(request, tile_server, tmp_path):
     _, server_url, region = tile_server
-    port = getattr(request.node, "dashboard_port", None) or free_port()
+    port = free_port()
     env = dict(os.environ, STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
     log = tmp_path / "dashboard.log"
     with log.open("w") as out:
@@ -170,7 +164,7 @@ def dashboard(request, tile_server, tmp_path):
 
 
 def map_frame(page, timeout: float = 45.0):
-    """The iframe that holds the Leaflet map (Streamlit renders it as a srcdoc iframe)."""
+    """The iframe that holds the Leaflet map (the tile server's map page)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for frame in page.frames:
@@ -204,6 +198,7 @@ def test_dashboard_in_headless_chromium(dashboard, tile_server, output_dir):
             page = context.new_page()
             page.goto(dashboard, wait_until="domcontentloaded")
             frame = map_frame(page)
+            frame.wait_for_function("() => window.slidemapLayers.length > 0", timeout=30000)  # after /layers
             layers = {lyr["id"]: lyr for lyr in frame.evaluate("() => window.slidemapLayers")}
             prefixes = {lid: lyr["tiles"].split("{z}")[0] for lid, lyr in layers.items()}
 
@@ -220,11 +215,12 @@ def test_dashboard_in_headless_chromium(dashboard, tile_server, output_dir):
             wait_until(page, lambda: frame.evaluate("() => window.slidemapStatus.loaded") > 0, 20)
             assert frame.evaluate("() => window.slidemapStatus.loaded") > 0
             assert frame.evaluate("() => window.slidemapStatus.errors") == 0
-            # both servers have a susceptibility model (stand-in or stub): its class tiles and legend show
+            # the server has a susceptibility model (a stand-in): its class tiles and legend show
             assert "susceptibility/classes" in layers, sorted(layers)
             wait_until(page, lambda: tiles_of("susceptibility/classes"), 40)
             assert tiles_of("susceptibility/classes")
-            assert "very high" in frame.locator(".sm-legend").inner_text()
+            frame.wait_for_function("() => document.getElementById('legend').innerText.indexOf('very high') >= 0",
+                                    timeout=20000)
             # the evidence beside the map: the default model's blocked score and the models drawn (Altair)
             page.get_by_text("Evidence").first.wait_for(timeout=20000)
             if kind == "real":
@@ -236,22 +232,23 @@ def test_dashboard_in_headless_chromium(dashboard, tile_server, output_dir):
             slope = next(lid for lid in layers if "slope" in lid)
             frame.locator(".leaflet-control-layers").hover()  # the list is collapsed to a button until then
             frame.locator(".leaflet-control-layers-overlays label", has_text=layers[slope]["title"]).first.click()
-            frame.locator("#map").hover(position={"x": 10, "y": 200})  # away: the list folds again
+            page.mouse.move(2, 2)  # away from the frame: the list folds again
             wait_until(page, lambda: tiles_of(slope), 40)
             assert tiles_of(slope), f"switching to {slope} loaded no tile of it ({visible})"
 
             # Click the map: the server's /point values for that spot appear in a popup.
             # The map is fitted to the region; the legends sit bottom left, the layer button top right.
             box = frame.locator("#map").bounding_box()
-            frame.locator("#map").click(position={"x": box["width"] * 0.6, "y": box["height"] * 0.4})
+            frame.locator("#map").click(position={"x": box["width"] * 0.7, "y": box["height"] * 0.35})
             frame.wait_for_function("() => window.slidemapPoint !== null && window.slidemapPoint !== undefined",
                                     timeout=20000)
             point = frame.evaluate("() => window.slidemapPoint")
             wait_until(page, lambda: any(u.startswith(f"{server_url}/point?") and st == 200 for u, st in responses), 20)
             assert any(u.startswith(f"{server_url}/point?") and st == 200 for u, st in responses)
-            # both servers send CORS headers on /point, so the page reads the answer itself (no iframe fallback)
+            # the map is the server's own page: /point is same-origin, the page reads the answer itself
             assert point.get("ok") is True, point
-            assert "factors.slope" in frame.locator(".leaflet-popup-content").inner_text()
+            frame.locator(".leaflet-popup-content").wait_for(timeout=20000)
+            assert "slope" in frame.locator(".leaflet-popup-content").inner_text()
 
             page.wait_for_timeout(800)
             page.locator("h2").first.scroll_into_view_if_needed()
@@ -280,8 +277,8 @@ def test_server_map_page_in_headless_chromium(tile_server):
             page = context.new_page()
             page.goto(f"{server_url}/", wait_until="domcontentloaded")
             legend = page.locator("#legend")
-            legend.wait_for(state="visible", timeout=30000)  # the first layer is on, with its legend
-            page.wait_for_function("() => document.querySelectorAll('#legend b').length === 1", timeout=20000)
+            legend.wait_for(state="visible", timeout=30000)  # the base and the susceptibility classes are on
+            page.wait_for_function("() => document.querySelectorAll('#legend b').length === 2", timeout=20000)
             titles = {lyr["id"]: lyr["title"] for lyr in
                       page.evaluate("() => fetch('layers').then(r => r.json())")["layers"]}
             # the inventory as vectors: its polygons drawn as SVG paths when switched on
@@ -293,13 +290,13 @@ def test_server_map_page_in_headless_chromium(tile_server):
             known.first.click()
             for layer_id in ("factors/slope", "factors/landcover"):
                 page.locator(".leaflet-control-layers-overlays label", has_text=titles[layer_id]).first.click()
-            page.wait_for_function("() => document.querySelectorAll('#legend b').length === 3", timeout=20000)
+            page.wait_for_function("() => document.querySelectorAll('#legend b').length === 4", timeout=20000)
             text = legend.inner_text()
             assert titles["factors/slope"] in text and titles["factors/landcover"] in text
             # the layer switched on last is drawn on top, and its legend comes first
             assert text.index(titles["factors/landcover"]) < text.index(titles["factors/slope"])
             page.locator(".leaflet-control-layers-overlays label", has_text=titles["factors/slope"]).first.click()
-            page.wait_for_function("() => document.querySelectorAll('#legend b').length === 2", timeout=20000)
+            page.wait_for_function("() => document.querySelectorAll('#legend b').length === 3", timeout=20000)
             box = page.locator("#map").bounding_box()
             page.locator("#map").click(position={"x": box["width"] * 0.3, "y": box["height"] * 0.55})
             popup = page.locator(".leaflet-popup-content")
@@ -309,6 +306,14 @@ def test_server_map_page_in_headless_chromium(tile_server):
             line = next(ln for ln in popup.inner_text().splitlines() if ln.startswith("landcover:"))
             value = line.split(":", 1)[1].strip()
             assert value and not value[0].isdigit(), line  # a class name, not "1.000 class"
+            # a pinned model (as the dashboard pins its sidebar choice): the layer's TileJSON for it,
+            # and /point asks for the same model
+            page.goto(f"{server_url}/map?lsm=multiscale", wait_until="domcontentloaded")
+            page.wait_for_function("() => window.slidemapStatus && window.slidemapStatus.loaded > 0", timeout=30000)
+            assert any("susceptibility/classes/WebMercatorQuad/tilejson.json?model=multiscale" in u for u in requests)
+            page.locator("#map").click(position={"x": box["width"] * 0.5, "y": box["height"] * 0.5})
+            page.wait_for_function("() => window.slidemapPoint", timeout=20000)
+            assert any("/point?" in u and "susceptibility_model=multiscale" in u for u in requests)
         finally:
             browser.close()
     outside = [u for u in requests if urlsplit(u).scheme in ("http", "https", "ws", "wss")

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -270,10 +271,11 @@ def texts(elements) -> list[str]:
     return [e.value for e in elements]
 
 
-def iframe_html(at: AppTest) -> str:
+def iframe_src(at: AppTest) -> str:
+    """The URL of the one map on the page (the tile server's own map page)."""
     frames = [n for n in at.main.get("iframe")]
     assert len(frames) == 1, "the map page should hold exactly one map"
-    return frames[0].proto.srcdoc
+    return frames[0].proto.src
 
 
 def dataframes(at: AppTest):
@@ -288,21 +290,10 @@ def test_map_page_server_up(monkeypatch, server, region):
     at = run_app(monkeypatch, region, server.url)
     assert not at.error
     assert any("Tile server up" in s for s in texts(at.sidebar.success))
-    html = iframe_html(at)
-    # Tiles from our server's TileJSON, fitted to its bounds; Leaflet inlined, nothing loaded from elsewhere.
-    assert f"{server.url}/tiles/susceptibility/classes/{{z}}/{{x}}/{{y}}.png" in html
-    assert f"{server.url}/point" in html
-    assert "L.control.layers" in html and "Fit to region" in html and "sm-opacity" in html
-    assert json.dumps(BOUNDS[0]) in html
-    assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=[\"']?(https?:|//)", html)  # all inline
-    config = json.loads(re.search(r"const cfg = (\{.*?\});\n", html).group(1))
-    urls = re.findall(r"https?://[^\s\"']+", json.dumps(config))
-    assert urls and all(u.startswith(server.url) for u in urls)  # every URL the map uses is our server's
-    # the five-class legend from the server's legend URL travels with the layer
-    layers = config["layers"]
-    classes = next(layer for layer in layers if layer["id"] == "susceptibility/classes")
-    assert [e["label"] for e in classes["legend"]] == ["very low", "low", "moderate", "high", "very high"]
-    assert next(layer for layer in layers if layer["id"] == "imagery")["base"] is True
+    # the one map: the tile server's own page (its tiles and /point come from its own origin)
+    assert iframe_src(at) == f"{server.url}/map"
+    layer_ids = list(dataframes(at)[0]["id"])
+    assert "susceptibility/classes" in layer_ids and "imagery" in layer_ids
     # the layer list beside the map
     assert list(dataframes(at)[0]["layer"]) == ["Imagery (true colour)", "Slope", "Susceptibility classes",
                                                  "Landslide probability (U-Net)"]
@@ -350,8 +341,8 @@ def test_map_one_layer_failing_keeps_the_others(monkeypatch, server, region):
     server.state["mode"] = "tilejson404"
     at = run_app(monkeypatch, region, server.url)
     assert any("`detection`: no detector trained (404)" in i for i in texts(at.info))
-    html = iframe_html(at)
-    assert "/tiles/imagery/" in html and "/tiles/detection/" not in html
+    assert iframe_src(at) == f"{server.url}/map"
+    assert "detection" not in list(dataframes(at)[0]["id"]) and "imagery" in list(dataframes(at)[0]["id"])
 
 
 def test_version_selector_passes_model_to_layers(monkeypatch, server, region):
@@ -363,9 +354,7 @@ def test_version_selector_passes_model_to_layers(monkeypatch, server, region):
     assert version == "aaa111"
     box.set_value(version).run()
     assert not at.exception
-    html = iframe_html(at)
-    assert f"/tiles/susceptibility/classes/{{z}}/{{x}}/{{y}}.png?model={version}" in html
-    assert "/tiles/imagery/{z}/{x}/{y}.png\"" in html  # imagery is not a model's layer
+    assert iframe_src(at) == f"{server.url}/map?lsm={version}"  # the map page pins the chosen version
     assert any(f"susceptibility/classes/tilejson.json?model={version}" in u for u in server.state["requests"])
     # reports follow the chosen version: the fixture's lsm report is of another version
     at.sidebar.radio(key="page").set_value(reports.PAGE_TITLES["lsm"]).run()
@@ -480,26 +469,6 @@ def test_with_query_keeps_template_and_replaces_model():
     assert map_page.with_query("http://h/t/{z}/{x}/{y}.png", {}) == "http://h/t/{z}/{x}/{y}.png"
 
 
-def test_legend_shapes():
-    assert map_page._legend_entries({"classes": [{"label": "low", "color": [0, 128, 0, 255]}]}) == [
-        {"label": "low", "color": "rgba(0,128,0,1)"}]
-    assert map_page._legend_entries({"1": "#ff0000"}) == [{"label": "1", "color": "#ff0000"}]
-    assert map_page._legend_entries("nonsense") == []
-    classes = {"type": "categorical", "breaks": [0.2, 0.4, 0.6, 0.8],
-               "classes": [{"value": i, "label": n, "color": "#000000"} for i, n in enumerate("abcde")]}
-    assert [e["label"] for e in map_page._legend_entries(classes)] == [
-        "a (≤ 0.2)", "b (≤ 0.4)", "c (≤ 0.6)", "d (≤ 0.8)", "e (> 0.8)"]
-    ramp = {"type": "continuous", "stops": [[i / 8, f"#0000{i:02x}"] for i in range(9)], "units": "probability"}
-    assert [e["label"] for e in map_page._legend_entries(ramp)] == [
-        "0 probability", "0.25 probability", "0.5 probability", "0.75 probability", "1 probability"]
-
-
-def test_leaflet_is_inlined_with_its_images():
-    js, css = map_page.leaflet_assets()
-    assert "L.tileLayer" in js or "tileLayer" in js
-    assert "url(images/" not in css and "data:image/png;base64," in css
-
-
 def test_dashboard_command_checks_and_builds(tmp_path, capsys):
     from slidemap.cli import main
     from slidemap.commands import dashboard as cmd
@@ -550,8 +519,10 @@ def _server_settings(tmp_path: Path):
 def test_map_page_with_the_real_server(monkeypatch, real_server, prepared_region):
     at = run_app(monkeypatch, prepared_region, real_server)
     assert not at.main.error and not at.main.warning
-    html = iframe_html(at)
-    assert f"{real_server}/layers/imagery/tiles/WebMercatorQuad/{{z}}/{{x}}/{{y}}.png" in html
+    assert iframe_src(at) == f"{real_server}/map"
+    page = httpx.get(f"{real_server}/map")  # the server's map page, its Leaflet served by itself
+    assert page.status_code == 200 and "vendor/leaflet/leaflet.js" in page.text and "static/map.js" in page.text
+    assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=[\"']?(https?:|//)", page.text)
     layer_ids = list(dataframes(at)[0]["id"])
     assert "imagery" in layer_ids and "factors/slope" in layer_ids
     # the point form: the real /point at the region's centre gives the prepared factor stack's value there
