@@ -3,13 +3,12 @@
 The extract is on the layer's own grid (its native CRS and cell size; no resampling), so its values
 are exactly the layer's data: factor values in physical units, model probabilities (computed through
 the block engine, as tiles are), or class codes for class layers (with the colour table inside).
-Its size is bounded (``MAX_CELLS``) and a computed layer may need at most the per-request block
+Its size is bounded (``engine_reader.MAX_CELLS``) and a computed layer may need at most the per-request block
 budget of the server; beyond either the answer is a 422 that says what to do.
 """
 
 from __future__ import annotations
 
-import math
 import threading
 from dataclasses import dataclass
 
@@ -17,14 +16,13 @@ import numpy as np
 import rasterio
 from rasterio.io import MemoryFile
 from rasterio.warp import transform_bounds
-from rasterio.windows import Window, from_bounds
+from rasterio.windows import Window
 
-from slidemap.compute.maps.blocks import QueueFull
 from slidemap.compute.region.grid import Grid
-from slidemap.server.errors import BadTileRequest, OverBudget
+from slidemap.server.engine_reader import native_window
+from slidemap.server.errors import BadTileRequest
 from slidemap.server.tiles import wgs84_bounds
 
-MAX_CELLS = 4096 * 4096
 
 
 @dataclass
@@ -52,7 +50,7 @@ class Extract:
 
 
 def _window(grid: Grid, bbox: tuple[float, float, float, float]) -> Window:
-    """The grid cells a WGS84 ``bbox`` covers (whole cells, clipped to the grid)."""
+    """The cells of a file layer's grid a WGS84 ``bbox`` covers (whole cells, clipped to the grid)."""
     west, south, east, north = bbox
     if not (west < east and south < north):
         raise BadTileRequest(f"bbox {bbox}: give west,south,east,north with west < east and south < north")
@@ -62,18 +60,7 @@ def _window(grid: Grid, bbox: tuple[float, float, float, float]) -> Window:
     west, south, east, north = max(west, lw), max(south, ls), min(east, le), min(north, ln)
     if not (west < east and south < north):
         raise BadTileRequest(f"bbox {bbox} does not overlap the layer (its bounds are in /layers)")
-    native = transform_bounds("EPSG:4326", grid.crs, west, south, east, north, densify_pts=21)
-    raw = from_bounds(*native, transform=grid.transform)
-    c0, r0 = max(0, math.floor(raw.col_off)), max(0, math.floor(raw.row_off))
-    c1 = min(grid.width, math.ceil(raw.col_off + raw.width))
-    r1 = min(grid.height, math.ceil(raw.row_off + raw.height))
-    if c1 <= c0 or r1 <= r0:
-        raise BadTileRequest(f"bbox {bbox} does not overlap the layer (its bounds are in /layers)")
-    win = Window(c0, r0, c1 - c0, r1 - r0)
-    if win.width * win.height > MAX_CELLS:
-        raise OverBudget(f"bbox {bbox} covers {int(win.width)} x {int(win.height)} cells, more than "
-                         f"{MAX_CELLS:,}; ask for a smaller box, or use the COGs under build/ and maps/")
-    return win
+    return native_window(grid, transform_bounds("EPSG:4326", grid.crs, west, south, east, north, densify_pts=21), bbox)
 
 
 def extract_bbox(service, layer_id: str, bbox: tuple[float, float, float, float], model: str | None = None,
@@ -98,27 +85,13 @@ def extract_bbox(service, layer_id: str, bbox: tuple[float, float, float, float]
         return Extract(data, out_grid, float("nan"), names, None, tags)
     assert info is not None
     tags.update(model=info.name, model_version=info.version)
-    engine = service._engine(layer, info, catalog)
-    win = _window(engine.grid, bbox)
-    out_grid = engine.grid.window_grid(int(win.row_off), int(win.col_off), int(win.height), int(win.width))
-    blocks = engine.blocks_for_bounds(out_grid.bounds, 0)
-    missing = engine.missing_native(blocks, 0)
-    if len(missing) > service.max_blocks:
-        raise OverBudget(f"this box needs {len(missing)} model blocks of {layer.id!r}, more than the per-request "
-                         f"budget of {service.max_blocks}; ask for a smaller box, or compute them first with "
-                         f"`slidemap seed REGION --layer {layer.id}`")
-    result = engine.ensure(missing, budget=service.max_blocks, cancel=cancel)
-    if result.missing:
-        raise QueueFull(f"{layer.id}: the inference queue has no room for this box's blocks; retry shortly",
-                        registry.executor.retry_after)
-    arr, mosaic_grid, _ = engine.mosaic(out_grid.bounds, 0)
-    r0 = round((mosaic_grid.transform.f - out_grid.transform.f) / engine.grid.res[1])
-    c0 = round((out_grid.transform.c - mosaic_grid.transform.c) / engine.grid.res[0])
-    values = arr[r0 : r0 + out_grid.height, c0 : c0 + out_grid.width].astype(np.float32)
+    img = service.reader(layer, info, catalog, cancel=cancel).part(bbox)
+    out_grid = Grid(img.crs, img.transform, img.width, img.height)
+    values = img.array.data.astype(np.float32)
     if layer.output == "class":
-        classes = registry.classify(values, registry.class_breaks(info))
+        classes = registry.classify(values[0], registry.class_breaks(info))
         return Extract(classes[None], out_grid, 0, [layer.id.replace("/", "_")], colormap, tags)
-    return Extract(values[None], out_grid, float("nan"), [layer.id.replace("/", "_")], None, tags)
+    return Extract(values, out_grid, float("nan"), [layer.id.replace("/", "_")], None, tags)
 
 
 def extract_feature(service, layer_id: str, geometry: dict, model: str | None = None,

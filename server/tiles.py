@@ -30,21 +30,20 @@ import morecantile
 import numpy as np
 from morecantile import Tile
 from rasterio.errors import RasterioError
-from rasterio.io import MemoryFile
 from rasterio.warp import transform_bounds
-from rio_tiler.errors import TileOutsideBounds
+from rio_tiler.errors import PointOutsideBounds, TileOutsideBounds
 from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 from rio_tiler.utils import render as rt_render
 from titiler.core.resources.enums import ImageType
 from titiler.core.utils import render_image
 
-from slidemap.compute.maps.blocks import BlockEngine, InputChanged, QueueFull, file_fingerprint
+from slidemap.compute.maps.blocks import BlockEngine, InputChanged, file_fingerprint
 from slidemap.compute.region.grid import Grid
-from slidemap.compute.maps.blocks import InputUnreadable as BlockInputUnreadable
 from slidemap.compute.models.store import ModelInfo
 from slidemap.server.cache import TileCache, TileKey, etag_for
-from slidemap.server.errors import BadTileRequest, NotFound, OverBudget
+from slidemap.server.engine_reader import BlockEngineReader
+from slidemap.server.errors import BadTileRequest, NotFound
 from slidemap.server.layers import Catalog, InputState, Layer, LayerRegistry
 
 FORMATS: dict[str, str] = {
@@ -431,84 +430,41 @@ class TileService:
     def _engine(self, layer: Layer, info: ModelInfo, catalog: Catalog | None) -> BlockEngine:
         return self.registry.engine(layer, info, catalog)
 
+    def reader(self, layer: Layer, info: ModelInfo, catalog: Catalog | None = None, tms: morecantile.TileMatrixSet | None = None,
+               cancel: threading.Event | None = None) -> BlockEngineReader:
+        """The computed layer's values as a rio-tiler reader over its block engine: tiles, extracts
+        and /point all read through it, under this service's per-request budget."""
+        return BlockEngineReader(
+            self._engine(layer, info, catalog), tms=tms or get_tms("WebMercatorQuad"), name=layer.id,
+            max_blocks=self.max_blocks, fail_over_budget=self.over_budget == "error",
+            retry_after=self.registry.executor.retry_after, cancel=cancel,
+            unreadable=lambda exc: self.registry.report_fault(self.registry.input_state(layer, catalog),
+                                                              RuntimeError(exc.detail)))
+
     def _computed(
         self, layer: Layer, info: ModelInfo, tms: morecantile.TileMatrixSet, z: int, x: int, y: int, size: int,
         breaks: list[float] | None, cancel: threading.Event | None = None, catalog: Catalog | None = None,
     ) -> tuple[ImageData | None, tuple[int, int] | None, dict[str, float]]:
-        engine = self._engine(layer, info, catalog)
-        extent = native_extent(engine, tms, tms.xy_bounds(Tile(x, y, z)), size)
-        if extent is None:
-            return None, None, {}
-        level, eb, nb = extent
-        blocks = engine.blocks_for_bounds(eb, level)
-        missing = engine.missing_native(blocks, level)
-        # Nearest the tile centre first, so a partial tile shows its middle.
-        cx, cy = (nb[0] + nb[2]) / 2, (nb[1] + nb[3]) / 2
-        b = engine.block_size * engine.grid.res[0]
-        ox, oy = engine.grid.transform.c, engine.grid.transform.f
-        missing.sort(key=lambda rc: (ox + (rc[1] + 0.5) * b - cx) ** 2 + (oy - (rc[0] + 0.5) * b - cy) ** 2)
-        if len(missing) > self.max_blocks and self.over_budget == "error":
-            raise OverBudget(
-                f"tile {z}/{x}/{y} of {layer.id!r} needs {len(missing)} model blocks, more than the per-request "
-                f"budget of {self.max_blocks}; zoom in, or fill the cache first with "
-                f"`slidemap seed REGION --layer {layer.id}`"
-            )
         try:
-            result = engine.ensure(missing, budget=self.max_blocks, cancel=cancel)
-        except BlockInputUnreadable as exc:
-            raise self.registry.report_fault(self.registry.input_state(layer, catalog), RuntimeError(exc.detail)) from exc
-        if result.missing and self.over_budget == "error":
-            raise QueueFull(f"{layer.id}: the inference queue has no room for this tile's {len(missing)} blocks; "
-                            "retry shortly", self.registry.executor.retry_after)
-        t0 = time.perf_counter()
-        arr, grid, complete = engine.mosaic(eb, level)
-        t1 = time.perf_counter()
-        timing = {
-            "read": result.timings.read + (t1 - t0),
-            "halo": result.timings.halo,
-            "model": result.timings.model,
-            "store": result.timings.store,
-        }
-        img = self._warp(arr, grid, tms, x, y, z, size)
-        if img is not None and layer.output == "class":
+            img = self.reader(layer, info, catalog, tms, cancel).tile(x, y, z, tilesize=size)
+        except TileOutsideBounds:
+            return None, None, {}
+        partial, timing = img.metadata.get("partial"), dict(img.metadata.get("timing") or {})
+        if layer.output == "class":
             assert breaks is not None
             classes = self.registry.classify(img.array.filled(np.nan), breaks)
             img = ImageData(np.ma.MaskedArray(classes, mask=classes == 0), bounds=img.bounds, crs=img.crs)
-        timing["warp"] = time.perf_counter() - t1
-        partial = (result.computed, len(result.missing)) if (result.missing or not complete) else None
-        if partial and partial[1] == 0:
-            partial = (result.computed, len(engine.missing_native(blocks, level)))
-            if partial[1] == 0:
-                partial = None
         return img, partial, timing
-
-    @staticmethod
-    def _warp(arr: np.ndarray, grid, tms: morecantile.TileMatrixSet, x: int, y: int, z: int, size: int) -> ImageData | None:
-        with MemoryFile() as mem:
-            with mem.open(driver="GTiff", width=grid.width, height=grid.height, count=1, dtype="float32",
-                          crs=grid.crs, transform=grid.transform, nodata=float("nan")) as ds:
-                ds.write(arr, 1)
-            # tolerance ~0: exact per-pixel reprojection (GDAL's default approximates the transform to
-            # 1/8 pixel, which moves nearest-neighbour ties with the extent of the warped window).
-            with Reader(mem.name, tms=tms, options={"vrt_options": {"tolerance": 1e-6}}) as src:
-                return read_tile(src, tms, Tile(x, y, z), size, reproject_method="nearest", resampling_method="nearest")
 
     # ---- points -------------------------------------------------------------------------------
     def computed_value(self, layer: Layer, lon: float, lat: float, info: ModelInfo | None = None,
                        cancel: threading.Event | None = None) -> float | None:
         info = info or self.registry.model_info(layer)
-        engine: BlockEngine = self.registry.engine(layer, info)
-        xy = lonlat_to(engine.grid.crs, lon, lat)
-        if xy is None:
-            return None
-        rows, cols = engine.grid.rowcol(np.array([xy[0]]), np.array([xy[1]]))
-        if not engine.grid.contains(rows, cols)[0]:
-            return None
         try:
-            value = engine.value_at(int(rows[0]), int(cols[0]), budget=None, cancel=cancel)
-        except BlockInputUnreadable as exc:
-            raise self.registry.report_fault(self.registry.input_state(layer), RuntimeError(exc.detail)) from exc
-        return None if not math.isfinite(value) else value
+            point = self.reader(layer, info, cancel=cancel).point(lon, lat)
+        except PointOutsideBounds:
+            return None
+        return None if bool(point.array.mask[0]) else float(point.array.data[0])
 
 
 def data_tag(data_version: str) -> str:

@@ -870,10 +870,10 @@ def test_bbox_extract_of_a_computed_layer_matches_points_and_classes(server):
     ((-179.0, -80.0, 179.0, 80.0), 422),  # more cells than an extract may hold (the limit lowered here)
 ])
 def test_bad_bbox_extracts_are_clear_errors(server, bbox, status, monkeypatch):
-    from slidemap.server import extract
+    from slidemap.server import engine_reader
 
     client, _, _ = server
-    monkeypatch.setattr(extract, "MAX_CELLS", 100)
+    monkeypatch.setattr(engine_reader, "MAX_CELLS", 100)  # the one bound of a part's cells
     r = _extract(client, "factors/slope", bbox)
     assert r.status_code == status and "bbox" in r.json()["detail"], r.text
     assert client.get("/layers/factors/slope/bbox/1,2,3.tif").status_code in (404, 422)
@@ -964,3 +964,40 @@ def test_feature_extract_bodies_are_bounded_and_checked(server):
     huge = b'{"type": "Polygon", "coordinates": [[' + b"[0.0, 0.0]," * 200_000 + b"[0.0, 0.0]]]}"
     r = client.post("/layers/factors/slope/feature.tif", content=huge)
     assert r.status_code == 422 and "larger than" in r.json()["detail"]
+
+
+def test_one_reader_for_tiles_parts_and_points(server):
+    """A computed layer read through rio-tiler's BaseReader over its block engine: the tile, the
+    native part and the point agree with one another, and the reader answers rio-tiler's calls."""
+    from rio_tiler.errors import PointOutsideBounds, TileOutsideBounds
+    from rio_tiler.io import BaseReader
+
+    client, app, _ = server
+    service = app.state.service
+    layer = service.registry.get("susceptibility")
+    info = service.registry.model_info(layer)
+    reader = service.reader(layer, info)
+    assert isinstance(reader, BaseReader) and reader.info().dtype == "float32"
+    west, south, east, north = reader.get_geographic_bounds(reader.crs.__class__.from_epsg(4326))
+    box = (west + (east - west) * 0.4, south + (north - south) * 0.4, west + (east - west) * 0.45, south + (north - south) * 0.45)
+    part = reader.part(box)
+    assert part.crs == reader.crs and part.count == 1 and part.array.shape[1] > 2
+    # the point at a part cell's centre is that cell's value
+    r, c = part.height // 2, part.width // 2
+    x, y = part.transform * (c + 0.5, r + 0.5)
+    lon, lat = rasterio.warp.transform(part.crs, "EPSG:4326", [x], [y])
+    value = reader.point(lon[0], lat[0])
+    assert float(value.array.data[0]) == pytest.approx(float(part.array.data[0, r, c]), abs=1e-6)
+    assert client.get("/point", params={"lon": lon[0], "lat": lat[0]}).json()["susceptibility_probability"] == \
+        pytest.approx(float(part.array.data[0, r, c]), abs=1e-6)
+    # a tile over the region, and the ones outside it and the point outside it raise rio-tiler's errors
+    tms = reader.tms
+    t = tms.tile((west + east) / 2, (south + north) / 2, 14)
+    img = reader.tile(t.x, t.y, t.z)
+    assert img.array.shape == (1, 256, 256) and (~img.array.mask).any() and "timing" in img.metadata
+    with pytest.raises(TileOutsideBounds):
+        reader.tile(0, 0, 3)
+    with pytest.raises(PointOutsideBounds):
+        reader.point(10.0, 10.0)
+    stats = reader.statistics()
+    assert 0.0 <= stats["b1"].min <= stats["b1"].max <= 1.0
