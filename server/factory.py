@@ -21,6 +21,7 @@ import rasterio
 from fastapi import APIRouter, Depends, Path as PathParam, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import Field
+from titiler.core.models.mapbox import TileJSON
 
 from slidemap.compute import provenance
 from slidemap.compute.models.select import ROLES, has_skill, score_of, skill_note, skill_of
@@ -354,7 +355,8 @@ class TileServerFactory:
             return {k: (scrub(v) if isinstance(v, str) else v) for k, v in out.items()}
 
         @self.router.get("/layers/{layer_id:path}/{tms_id}/tilejson.json", tags=["Tiles"],
-                 responses=error_responses(400, 404, 409, 422))
+                         response_model=TileJSON, response_model_exclude_none=True,
+                         responses=error_responses(400, 404, 409, 422))
         def tilejson(
             request: Request,
             layer_id: str,
