@@ -43,7 +43,7 @@ from slidemap.compute.maps.blocks import (
     short_error,
     susceptibility_runner,
 )
-from slidemap.compute.maps.classes import CLASS_COLOURS, CLASS_NAMES
+from slidemap.compute.maps.classes import CLASS_COLOURS, CLASS_NAMES, card_breaks
 from slidemap.compute.region.grid import Grid
 from slidemap.compute.region.inventory_layers import latest_detected, read_inventory
 from slidemap.compute.region.raster_io import write_cog
@@ -709,14 +709,8 @@ class LayerRegistry:
 
     # ---- susceptibility classes ---------------------------------------------------------------
     def class_breaks(self, info: ModelInfo) -> list[float]:
-        """Upper bounds of the five classes, from the model card (the trainer's natural breaks)."""
-        value = info.card.get("class_breaks")
-        if isinstance(value, list) and len(value) == 5 and all(isinstance(v, (int, float)) for v in value):
-            return [float(v) for v in value]
-        raise ModelError(
-            f"model {info.name} {info.version} has no class_breaks in its card, so it has no susceptibility "
-            f"classes; retrain it with `slidemap train lsm REGION`"
-        )
+        """Upper bounds of the five classes, from the model card (compute's one rule)."""
+        return card_breaks(info.card, info.name, info.version)
 
     def classify(self, prob: np.ndarray, breaks: list[float]) -> np.ndarray:
         """Class 1..5 per value, 0 for NaN: the same rule as the susceptibility report."""

@@ -80,3 +80,14 @@ def test_default_comes_from_the_newest_run(tmp_path: Path) -> None:
     _save(tmp_path, "random_forest", 0.95, True, run_id="old")
     new = _save(tmp_path, "logreg", 0.70, True, run_id="new")
     assert default_model(tmp_path, "susceptibility").path == new
+
+
+def test_class_breaks_have_one_owner():
+    """The card's five breaks or a clear error: the tiles, the map COG and the report use this one rule."""
+    from slidemap.compute.maps.classes import card_breaks
+    from slidemap.errors import ModelError
+
+    assert card_breaks({"class_breaks": [0.1, 0.2, 0.4, 0.6, 1]}) == [0.1, 0.2, 0.4, 0.6, 1.0]
+    for card in ({}, {"class_breaks": [0.1, 0.2]}, {"class_breaks": ["a"] * 5}):
+        with pytest.raises(ModelError, match="no class_breaks"):
+            card_breaks(card, "multiscale", "abc123")

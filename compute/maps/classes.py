@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from slidemap.errors import ModelError
+
 CLASS_NAMES = ("very low", "low", "moderate", "high", "very high")
 # ColorBrewer RdYlGn reversed: green (safe) to red (susceptible); readable by the colour-blind
 CLASS_COLOURS = ((26, 152, 80), (145, 207, 96), (254, 224, 139), (252, 141, 89), (215, 48, 39))
@@ -44,6 +46,18 @@ def classify(values: np.ndarray, breaks: list[float]) -> np.ndarray:
     classes = np.digitize(values, np.asarray(breaks[:-1]), right=True).astype(np.uint8) + 1
     classes[~np.isfinite(values)] = NODATA_CLASS
     return classes
+
+
+def card_breaks(card: dict[str, Any], name: str = "", version: str = "") -> list[float]:
+    """The five classes' upper bounds a susceptibility model's card carries (the trainer's natural
+    breaks over its region): the one source the tiles, the map COG and the report classify with."""
+    value = card.get("class_breaks")
+    if isinstance(value, list) and len(value) == 5 and all(isinstance(v, (int, float)) for v in value):
+        return [float(v) for v in value]
+    raise ModelError(
+        f"model {name} {version} has no class_breaks in its card, so it has no susceptibility "
+        f"classes; retrain it with `slidemap train lsm REGION`"
+    )
 
 
 def jenks_classes(

@@ -254,7 +254,7 @@ def map_region(
 
     from slidemap.compute.region.grid import Grid
     from slidemap.compute.region.raster_io import write_cog, write_json_atomic
-    from slidemap.compute.maps.classes import class_table, classify, jenks_classes
+    from slidemap.compute.maps.classes import card_breaks, class_table, classify, jenks_classes
     from slidemap.compute.region.styles import (
         SUSCEPTIBILITY_COLORMAP,
         Stop,
@@ -281,6 +281,9 @@ def map_region(
     if missing:
         raise ModelError(f"{model_dir}: trained on factors {missing} that {factors_tif} lacks; retrain on this region")
     indexes = [names.index(n) + 1 for n in sm.factor_names]
+    # the card's breaks: the tiles, the map and the report classify alike (one owner of the rule);
+    # a card without them fails here, before any compute
+    breaks = card_breaks(sm.card, sm.name, sm.version)
     labels_tif = layout.labels_tif
     labels = rasterio.open(labels_tif).read(1) if labels_tif.is_file() else None
     synthetic = bool(sm.card.get("synthetic"))
@@ -299,8 +302,6 @@ def map_region(
     write_cog(out, prob, grid, band_names=["susceptibility"], nodata=float("nan"), tags=tags)
     cell_km2 = grid.res[0] * grid.res[1] / 1e6
     slides = prob[labels == 1] if labels is not None else None
-    # the card's breaks: the tiles, the map and the report classify alike (one owner of the rule)
-    breaks = sm.card.get("class_breaks")
     classes = jenks_classes(prob.ravel(), slides, breaks=breaks, cell_area_km2=cell_km2)
     class_map = classify(prob, classes["breaks"])
     classes_tif = out.with_name(out.stem + "_classes.tif")
