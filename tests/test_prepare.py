@@ -195,7 +195,7 @@ def test_status_json_contract(prepared_region, capsys):
     assert status["factors"].startswith("/") and status["factors"].endswith("factors.tif")
     assert status["factor_names"] == list(FACTOR_ORDER)
     assert isinstance(status["models"], list) and isinstance(status["reports"], list)
-    assert region_status(prepared_region)["built"] is True
+    assert region_status(prepared_region).built is True
 
 
 def test_status_of_unprepared_region(demo_region_source, capsys):

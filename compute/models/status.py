@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 from slidemap.compute.region.layout import RegionLayout
 from slidemap.compute import provenance
 from slidemap.compute.region.manifest import load_manifest
@@ -27,7 +29,45 @@ def _dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def region_status(region_dir: str | Path) -> dict[str, Any]:
+class GridSummary(BaseModel):
+    crs: str
+    resolution: list[float] | None = None
+    shape: list[int]
+    bounds: list[float] | None = None
+    transform: list[float] | None = None
+
+
+class CacheEntry(BaseModel):
+    name: str
+    path: str
+    bytes: int
+
+
+class RegionStatus(BaseModel):
+    """What ``slidemap status --json`` prints (paths absolute; None where a file is not built)."""
+
+    name: str
+    synthetic: bool
+    root: str
+    built: bool
+    grid: GridSummary | None
+    factors: str | None
+    factor_names: list[str]
+    normalisation: str | None
+    imagery: str | None
+    labels: str | None
+    labels_imagery: str | None
+    exclusion: str | None
+    inventory: str | None
+    models: list[dict[str, Any]] = Field(description="every model artefact: kind, name, version, path, card keys")
+    default_models: dict[str, dict[str, Any] | None] = Field(description="per role: the default by blocked skill, or None")
+    reports: list[str]
+    caches: list[CacheEntry]
+    maps: list[str]
+    device: dict[str, Any] = Field(description="runtime.device_summary(): where TensorFlow places ops")
+
+
+def region_status(region_dir: str | Path) -> RegionStatus:
     root, manifest = load_manifest(region_dir)
     layout = RegionLayout(root)
     factors_json = layout.factors_json
@@ -61,7 +101,7 @@ def region_status(region_dir: str | Path) -> dict[str, Any]:
                 caches.append({"name": entry.name, "path": str(entry.resolve()), "bytes": entry.stat().st_size})
     maps_root = layout.maps
     maps = sorted(str(p.resolve()) for p in maps_root.glob("*.tif")) if maps_root.is_dir() else []
-    return {
+    return RegionStatus(**{
         "name": manifest.region.name,
         "synthetic": manifest.region.synthetic,
         "root": str(root),
@@ -81,10 +121,12 @@ def region_status(region_dir: str | Path) -> dict[str, Any]:
         "caches": caches,
         "maps": maps,
         "device": device_summary(),
-    }
+    })
 
 
-def format_status(status: dict[str, Any]) -> str:
+def format_status(status: RegionStatus | dict[str, Any]) -> str:
+    """The status as a person reads it (a dict as ``--json`` printed it is read back first)."""
+    status = (status if isinstance(status, RegionStatus) else RegionStatus.model_validate(status)).model_dump()
     lines = [f"region {status['name']}" + provenance.suffix(status["synthetic"])]
     lines.append(f"  folder      {status['root']}")
     if not status["built"]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -73,5 +72,5 @@ def _status(args: argparse.Namespace) -> int:
     from slidemap.compute.models.status import format_status, region_status
 
     status = region_status(args.region_dir)
-    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    print(status.model_dump_json(indent=2) if args.json else format_status(status))
     return 0
