@@ -28,7 +28,9 @@ class Output(BaseModel):
 
     @property
     def label(self) -> str:
-        return f"{self.name} ({size_text(self.size)})"
+        # reports share one file name per run: their run folder tells them apart
+        shown = self.path.split("/", 1)[-1] if self.group == "Reports" else self.name
+        return f"{shown} ({size_text(self.size)})"
 
 
 class Outputs(BaseModel):
