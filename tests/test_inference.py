@@ -378,3 +378,24 @@ def test_float16_on_a_cpu_is_refused_with_the_fix():
     assert inference._mixed_policy_name("auto", on_gpu=False) == "mixed_bfloat16"
     assert inference._mixed_policy_name("auto", on_gpu=True) == "mixed_float16"
     assert inference._mixed_policy_name(None, on_gpu=True) is None
+
+
+def test_a_saved_model_computes_under_the_mixed_policy(tmp_path):
+    """A model saved in float32 and loaded keeps float32 layers whatever the global policy; the loaders
+    rebuild it under the mixed policy (SLIDEMAP_MIXED_PRECISION), with the same weights."""
+    from slidemap.training.lsm_networks import build_dense_fcn
+
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(2, 48, 48, 14)).astype(np.float32)
+    build_dense_fcn(14, width=8, dense=32).save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", compile=False)
+    assert inference.with_compute_policy(loaded) is loaded  # float32: untouched
+    p32 = np.asarray(loaded(x, training=False), dtype=np.float64)
+    with dtype_policy("mixed_bfloat16"):
+        reloaded = keras.models.load_model(tmp_path / "m.keras", compile=False)
+        assert all(layer.compute_dtype == "float32" for layer in reloaded.layers if layer.weights)  # why the loaders rebuild
+        mixed = inference.with_compute_policy(reloaded)
+    assert any(layer.compute_dtype == "bfloat16" for layer in mixed.layers)
+    assert all(v.dtype == "float32" for v in mixed.weights)  # weights stay float32
+    pmix = np.asarray(mixed(x, training=False), dtype=np.float64)
+    assert 0 < np.abs(p32 - pmix).max() < MIXED_TOLERANCE["mixed_bfloat16"]

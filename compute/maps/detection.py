@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,6 +40,7 @@ import numpy as np
 
 from slidemap.compute.maps.image_norm import BandStats, apply_stats, image_stats, stats_for
 from slidemap.errors import InputError, ModelError
+from slidemap.compute.models.runtime import ModelCache
 
 log = logging.getLogger(__name__)
 DEFAULT_TILE = 256
@@ -53,8 +53,7 @@ BLOCK_FACTOR = 3
 CHUNK_TILES = 8  # tile steps per side of a `detect --dask` chunk (1536 x 1536 px at 256/64)
 CACHE_SIZE = 4  # detectors (model versions) kept loaded; a pinned old version does not stay forever
 MASK_NODATA = 255
-_cache: OrderedDict[tuple[str, str], Detector] = OrderedDict()
-_cache_lock = threading.Lock()
+_cache: ModelCache[Detector] = ModelCache(CACHE_SIZE)  # the one bounded cache class of loaded models
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -340,37 +339,30 @@ def load_detector(model_dir: str | Path, tile: int = DEFAULT_TILE, overlap: int 
     if not isinstance(card.get("normalisation"), dict) or "method" not in card["normalisation"]:
         raise ModelError(f"{model_dir}/card.json: no normalisation block; retrain the detector")
     key = (str(model_dir.resolve()), str(card.get("version")))
-    with _cache_lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
-    from slidemap.compute.models.runtime import configure_tensorflow, device_summary
 
-    configure_tensorflow()
-    import keras
+    def load() -> Detector:
+        from slidemap.compute.models.runtime import configure_tensorflow, device_summary, with_compute_policy
 
-    try:
-        model = keras.saving.load_model(model_dir / card.get("weights", "model.keras"), compile=False)
-    except Exception as exc:  # a truncated or foreign file
-        raise ModelError(f"{model_dir}: the Keras model cannot be loaded ({exc.__class__.__name__}); retrain it") from exc
-    multiple = int(card.get("tile_multiple", 16))
-    tile = max(multiple, tile // multiple * multiple)
-    overlap = int(card.get("halo", DEFAULT_OVERLAP) if overlap is None else overlap)
-    overlap = min(overlap, tile // 4)
-    batch = 32 if device_summary()["device"] == "GPU" else 8
-    det = Detector(model, card, model_dir, tile=tile, overlap=overlap, batch_size=batch)
-    with _cache_lock:
-        _cache[key] = det
-        _cache.move_to_end(key)
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
-    return det
+        configure_tensorflow()
+        import keras
+
+        try:
+            model = keras.saving.load_model(model_dir / card.get("weights", "model.keras"), compile=False)
+        except Exception as exc:  # a truncated or foreign file
+            raise ModelError(f"{model_dir}: the Keras model cannot be loaded ({exc.__class__.__name__}); retrain it") from exc
+        multiple = int(card.get("tile_multiple", 16))
+        size = max(multiple, tile // multiple * multiple)
+        halo = int(card.get("halo", DEFAULT_OVERLAP) if overlap is None else overlap)
+        batch = 32 if device_summary()["device"] == "GPU" else 8
+        return Detector(with_compute_policy(model), card, model_dir, tile=size, overlap=min(halo, size // 4),
+                        batch_size=batch)
+
+    return _cache.get_or_load(key, load)
 
 
 def cached_detectors() -> list[tuple[str, str]]:
     """The (folder, version) keys of the detectors held in memory, least recently used first."""
-    with _cache_lock:
-        return list(_cache)
+    return _cache.keys()  # type: ignore[return-value]
 
 
 # ---- files --------------------------------------------------------------------------------

@@ -104,13 +104,13 @@ def _load_weights(model_dir: Path, card: dict[str, Any]) -> Any:
         import joblib
 
         return joblib.load(weights)
-    from slidemap.compute.models.runtime import configure_tensorflow
+    from slidemap.compute.models.runtime import configure_tensorflow, with_compute_policy
 
     configure_tensorflow()
     import keras
 
     # the artefact's own hash was just verified; safe_mode stays on (no lambdas in these models)
-    return keras.models.load_model(weights, compile=False)
+    return with_compute_policy(keras.models.load_model(weights, compile=False))
 
 
 def load_susceptibility(model_dir: str | Path, mode: str | None = None) -> SusceptibilityModel:

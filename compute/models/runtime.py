@@ -299,6 +299,35 @@ def _set_mixed_precision(settings: TensorflowSettings, on_gpu: bool) -> str:
     return keras.mixed_precision.global_policy().name
 
 
+def with_compute_policy(model: Any) -> Any:
+    """A loaded model that computes under the global mixed policy (``SLIDEMAP_MIXED_PRECISION``).
+
+    A saved Keras model keeps the float32 policy each layer was saved with, whatever the global
+    policy, so the setting alone never reached inference. Here the model is rebuilt from its config
+    with every layer under the mixed policy (weights stay float32; compute in bfloat16 on a CPU with
+    bfloat16 units, float16 on a GPU) and given the same weights. Under float32 the model is returned
+    as it is. BENCHMARKS.md ("Mixed precision vs float32") has the speed and the agreement.
+    """
+    import keras
+
+    policy = keras.mixed_precision.global_policy()
+    if policy.compute_dtype == "float32":
+        return model
+
+    def patch(node: Any) -> Any:
+        if isinstance(node, dict):
+            if node.get("class_name") == "DTypePolicy" and isinstance(node.get("config"), dict):
+                return {**node, "class_name": "DTypePolicy", "config": {**node["config"], "name": policy.name}}
+            return {k: patch(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [patch(v) for v in node]
+        return node
+
+    rebuilt = model.__class__.from_config(patch(model.get_config()))
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
+
+
 # ---- what is in use --------------------------------------------------------------------------------
 
 
@@ -664,6 +693,11 @@ class ModelCache(Generic[V]):
     def __contains__(self, key: Hashable) -> bool:
         with self._lock:
             return key in self._items
+
+    def keys(self) -> list[Hashable]:
+        """The keys held, least recently used first."""
+        with self._lock:
+            return list(self._items)
 
     def __len__(self) -> int:
         with self._lock:
