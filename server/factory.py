@@ -271,6 +271,7 @@ class TileServerFactory:
         """``/health`` and ``/models``."""
         registry, cache, scrub, device = self.registry, self.service.cache, self.scrub, self.device
         executor, label = registry.executor, registry.label
+
         @self.router.get("/health", response_model=HealthResponse, tags=["Service"], responses=error_responses(400))
         def health() -> dict[str, Any]:
             """"ok", or "degraded" with the reasons (unreadable inputs, unloadable models, unwritable caches)."""
@@ -329,7 +330,6 @@ class TileServerFactory:
                     })
                 roles[role] = {"default": default.version if default else None, "models": entries}
             return {"region": label, "synthetic": registry.synthetic, "roles": roles}
-
 
     def layer_routes(self) -> None:
         """``/layers``, legends and TileJSON."""
@@ -392,7 +392,6 @@ class TileServerFactory:
                 "legend": f"{base(request)}/layers/{layer.id}/legend" + (f"?model={info.version}" if info else ""),
                 "tileSize": 256 * scale,
             }
-
 
     def data_routes(self) -> None:
         """A layer's values as GeoTIFFs: inside a GeoJSON polygon, over a box."""
@@ -468,11 +467,11 @@ class TileServerFactory:
             result = await run_cancellable(request, lambda cancel: extract_bbox(service, layer_id, box, model, cancel))
             return geotiff_answer(result, f"{layer_id.replace('/', '_')}_{bbox.replace(',', '_')}.tif")
 
-
     def tile_routes(self) -> None:
         """XYZ tiles: ``/layers/{id}/tiles/{tms}/{z}/{x}/{y}[@Nx].{fmt}``."""
         answer_tile = self.answer_tile
         y_pattern = rf"^[0-9]{{1,9}}(@[1-{min(9, self.settings.max_scale)}]x)?\.({'|'.join(FORMATS)})$"
+
         @self.router.get(
             "/layers/{layer_id:path}/tiles/{tms_id}/{z}/{x}/{y_fmt}",
             tags=["Tiles"],
@@ -496,12 +495,12 @@ class TileServerFactory:
             y, scale = int(y_text), int(scale_text.rstrip("x") or 1)
             return await answer_tile(request, layer_id, tms_id, z, x, y, scale, fmt, render.params(), render.model, v)
 
-
     def wmts_routes(self) -> None:
         """OGC WMTS capabilities, per layer and for all."""
         registry, service, base = self.registry, self.service, self.base
+
         @self.router.get("/layers/{layer_id:path}/WMTSCapabilities.xml", tags=["OGC"], response_class=Response,
-                 responses={200: {"content": {"application/xml": {}}}, **error_responses(400, 404, 409, 422)})
+                         responses={200: {"content": {"application/xml": {}}}, **error_responses(400, 404, 409, 422)})
         def layer_wmts(
             request: Request,
             layer_id: str,
@@ -518,7 +517,7 @@ class TileServerFactory:
             return Response(xml, media_type="application/xml")
 
         @self.router.get("/WMTSCapabilities.xml", tags=["OGC"], response_class=Response,
-                 responses={200: {"content": {"application/xml": {}}}, **error_responses(400, 422)})
+                         responses={200: {"content": {"application/xml": {}}}, **error_responses(400, 422)})
         def all_wmts(
             request: Request,
             tms: Annotated[Literal[SUPPORTED_TMS] | None,  # type: ignore[valid-type]
@@ -538,10 +537,10 @@ class TileServerFactory:
             xml = capabilities(registry, parts, base(request), tmsobj)
             return Response(xml, media_type="application/xml")
 
-
     def point_routes(self) -> None:
         """``/point``: every layer's value at a location."""
         registry, point_values = self.registry, self.point_values
+
         @self.router.get("/point", response_model=PointResponse, tags=["Point"], responses=error_responses(400, 404, 409, 422, 503))
         async def point(
             request: Request,
@@ -558,7 +557,6 @@ class TileServerFactory:
                     registry.model_info(registry.layers[lid], spec)
             return await run_cancellable(request, lambda cancel: point_values(lon, lat, chosen, cancel))
 
-
     def inventory_routes(self) -> None:
         """The inventories as GeoJSON."""
         from slidemap.server.vectors import SOURCES, InventoryVectors
@@ -566,16 +564,16 @@ class TileServerFactory:
         vectors = InventoryVectors(self.registry)
 
         @self.router.get("/inventory/{source}.geojson", tags=["Layers"], response_class=Response,
-                 responses={200: {"content": {"application/geo+json": {}}}, **error_responses(400, 404, 422)})
+                         responses={200: {"content": {"application/geo+json": {}}}, **error_responses(400, 404, 422)})
         def inventory_geojson(source: Literal[SOURCES]) -> Response:  # type: ignore[valid-type]
             """The known inventory (landslides and non-landslides, points and polygons) or the latest
             detected landslide polygons, as GeoJSON in WGS84, for web maps."""
             return Response(vectors.geojson(source), media_type="application/geo+json")
 
-
     def page_routes(self) -> None:
         """The offline map page at ``/`` (and ``/map``)."""
         registry, templates = self.registry, self.templates
+
         @self.router.get("/", response_class=HTMLResponse, tags=["Map"], responses=error_responses(400))
         def map_page(request: Request) -> HTMLResponse:
             """An offline map of every layer (Leaflet served by this app, no CDN)."""
@@ -587,4 +585,3 @@ class TileServerFactory:
         @self.router.get("/map", include_in_schema=False)
         def map_alias(request: Request) -> HTMLResponse:
             return map_page(request)
-
