@@ -317,3 +317,18 @@ def test_no_skilled_detector_is_never_the_default(trained, tmp_path):
     with pytest.raises(ModelError, match="no detection model has skill"):
         resolve_model(region, "detection")
     assert resolve_model(region, "detection", "attention-unet").name == "attention-unet"  # by name it still works
+
+
+def test_a_chip_folder_gets_the_presets_folder_budget():
+    """demo: 30 epochs / patience 8 on a region's scenes, 60 / 12 on a chip folder (one pass over the
+    fit chips per epoch; validation still improved at 30 on the real chips); a budget the user gives wins."""
+    from slidemap.training.unet_train import apply_settings, preset
+
+    demo = preset("demo")
+    assert (demo.for_source(folder=False).epochs, demo.for_source(folder=False).patience) == (30, 8)
+    assert (demo.for_source(folder=True).epochs, demo.for_source(folder=True).patience) == (60, 12)
+    given = preset("demo", epochs=40)
+    assert given.for_source(folder=True).epochs == 40 and given.for_source(folder=True).patience == 12
+    given = apply_settings(preset("demo"), {"epochs": "45", "patience": "5"})
+    assert (given.for_source(folder=True).epochs, given.for_source(folder=True).patience) == (45, 5)
+    assert preset("quick").for_source(folder=True).epochs == 3  # no folder budget: unchanged

@@ -58,6 +58,10 @@ class UnetConfig:
     epochs: int = 24  # at most; early stopping decides
     min_epochs: int = 6
     patience: int = 6
+    # A chip folder's epoch is one pass over its fit chips, and on the real L4S chips both networks
+    # were still improving on validation at 30 epochs: a folder may get its own budget (None: as above).
+    folder_epochs: int | None = None
+    folder_patience: int | None = None
     monitor: Literal["pr_auc", "f1"] = "pr_auc"
     warmup_epochs: int = 2
     refit: bool = True
@@ -90,6 +94,13 @@ class UnetConfig:
         out["splits"] = list(self.splits)
         return out
 
+    def for_source(self, folder: bool) -> UnetConfig:
+        """The budget for the data at hand: a chip folder's own epochs and patience where the preset has them."""
+        if not folder:
+            return self
+        return replace(self, epochs=self.folder_epochs or self.epochs, patience=self.folder_patience or self.patience,
+                       folder_epochs=None, folder_patience=None)
+
     def fit_config(self, max_epochs: int | None = None, epoch_chips: int = 64, **changes: Any) -> FitConfig:
         return replace(FitConfig(
             base_width=self.base_width, batch_size=self.batch_size, epoch_chips=self.epoch_chips or epoch_chips,
@@ -110,6 +121,7 @@ PRESETS: dict[str, UnetConfig] = {
     # on 2 cores for a 20 km region
     "demo": UnetConfig(
         preset="demo", base_width=16, batch_size=8, epoch_chips=None, epochs=30, min_epochs=8, patience=8,
+        folder_epochs=60, folder_patience=12,
         warmup_epochs=2, learning_rate=2e-3, refit=False, search_iterations=0, search_epochs=8,
     ),
     # the paper's settings: width 64, batch 4, patience 10, 30 search iterations over its space,
@@ -141,6 +153,7 @@ def apply_settings(cfg: UnetConfig, settings: dict[str, str]) -> UnetConfig:
             values[key] = [p.strip() for p in text.split(",") if p.strip()]
         else:
             values[key] = text
+    values.update({k: None for k in _explicit_budget(settings) if k not in settings})
     try:
         return TypeAdapter(UnetConfig).validate_python(values)
     except ValidationError as exc:
@@ -149,14 +162,24 @@ def apply_settings(cfg: UnetConfig, settings: dict[str, str]) -> UnetConfig:
         raise ValueError(f"--set {key}={settings.get(key, '')}: {err['msg']}") from None
 
 
-_OPTIONAL_SETTINGS = ("epoch_chips", "buffer", "bands")
+_OPTIONAL_SETTINGS = ("epoch_chips", "buffer", "bands", "folder_epochs", "folder_patience")
 
 
 def preset(name: str, **overrides: Any) -> UnetConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
     clean = {k: v for k, v in overrides.items() if v is not None}
-    return replace(PRESETS[name], **clean)
+    return replace(PRESETS[name], **_explicit_budget(clean))
+
+
+def _explicit_budget(values: dict[str, Any]) -> dict[str, Any]:
+    """Epochs or patience a user gives apply to every source: the preset's folder budget steps aside."""
+    out = dict(values)
+    if "epochs" in values and "folder_epochs" not in values:
+        out["folder_epochs"] = None
+    if "patience" in values and "folder_patience" not in values:
+        out["folder_patience"] = None
+    return out
 
 
 @dataclass
@@ -444,6 +467,7 @@ def _test_part(source: Scene | ChipSet, kind: str, cfg: UnetConfig) -> np.ndarra
 def run(source: Scene | ChipSet, cfg: UnetConfig, progress: bool = True) -> RunResult:
     """Search, train every model on every split, score, and return everything the cards and report need."""
     t0, c0 = time.perf_counter(), time.process_time()
+    cfg = cfg.for_source(isinstance(source, ChipSet))
     if cfg.search_space not in ("focal", "paper"):
         raise ValueError(f"search space {cfg.search_space!r} unknown; use focal or paper")
     order = sorted(cfg.splits, key=lambda s: s != "blocked")  # blocked first: its model is the artefact
