@@ -111,3 +111,17 @@ def test_bad_dask_address_is_a_one_line_error(tiny_detector, tmp_path, capsys):
     assert code == 2 and "--dask 'localhost:8786'" in err and "tcp://" in err and "Traceback" not in err
     with pytest.raises(InputError):
         detection.detect_file(tiny_detector, src, tmp_path / "o.tif", progress=False, dask="nowhere")
+
+
+def test_blocks_fitted_to_the_grid_give_the_same_map(region_copy):
+    """Blocks sized to the grid (little NaN padding, one shape) map exactly what square blocks map."""
+    assert sus.fitted_block(667, 667, 512) == (336, 336)  # two blocks a side, not two of 512
+    assert sus.fitted_block(667, 1000, 512) == (336, 512)
+    assert sus.fitted_block(100, 40, 512) == (112, 48)  # one block, rounded up to 16
+    assert sus.fitted_block(5, 5, 128) == (16, 16)
+    with rasterio.open(region_copy / "build" / "factors.tif") as src:
+        stack = src.read([1]).astype(np.float32)
+    model = _HaloModel()
+    square = sus.predict_region(model, stack, block=32, progress=False)
+    fitted = sus.predict_region(model, stack, block=sus.fitted_block(*stack.shape[1:], 48), progress=False)
+    np.testing.assert_array_equal(square, fitted)

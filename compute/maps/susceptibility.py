@@ -24,6 +24,7 @@ of known landslides per class.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,24 +179,39 @@ def resolve_model(region_dir: str | Path, model: str | None) -> Path:
     return resolve(region_dir, "susceptibility", model, allow_path=True).path
 
 
+def fitted_block(height: int, width: int, target: int, multiple: int = 16) -> tuple[int, int]:
+    """Block rows and columns near ``target`` that tile a ``height`` x ``width`` grid with little
+    padding: as many blocks per side as ``target`` needs, each as small as covers the side (rounded
+    up to ``multiple``). Every block keeps one shape (no retracing), and a 667-cell side takes two
+    blocks of 336 instead of two of 512 (which computed 2.4x the cells; measured in BENCHMARKS.md)."""
+
+    def side(n: int) -> int:
+        per = math.ceil(n / max(1, math.ceil(n / target)))
+        return max(multiple, math.ceil(per / multiple) * multiple)
+
+    return side(height), side(width)
+
+
 def predict_region(
-    model: SusceptibilityModel, stack: np.ndarray, block: int = 256, progress: bool = True
+    model: SusceptibilityModel, stack: np.ndarray, block: int | tuple[int, int] = 256, progress: bool = True
 ) -> np.ndarray:
     """Probability map of a whole ``[c, H, W]`` physical stack, block by block with the model's halo.
 
-    Edge blocks are padded with NaN (nodata) to the full block size, so every call has one shape.
+    ``block``: a side, or (rows, columns) (see :func:`fitted_block`). Edge blocks are padded with NaN
+    (nodata) to the full block size, so every call has one shape.
     """
     from tqdm.auto import tqdm
 
     c, height, width = stack.shape
+    bh, bw = (block, block) if isinstance(block, int) else block
     h = model.halo
-    padded = np.full((c, height + 2 * h + block, width + 2 * h + block), np.nan, dtype=np.float32)
+    padded = np.full((c, height + 2 * h + bh, width + 2 * h + bw), np.nan, dtype=np.float32)
     padded[:, h : h + height, h : h + width] = stack
     out = np.full((height, width), np.nan, dtype=np.float32)
-    tiles = [(r, col) for r in range(0, height, block) for col in range(0, width, block)]
+    tiles = [(r, col) for r in range(0, height, bh) for col in range(0, width, bw)]
     for r, col in tqdm(tiles, desc=f"map {model.name} ({model.mode})", unit="block", disable=not progress):
-        prob = model.predict_block(padded[:, r : r + block + 2 * h, col : col + block + 2 * h])
-        hh, ww = min(block, height - r), min(block, width - col)
+        prob = model.predict_block(padded[:, r : r + bh + 2 * h, col : col + bw + 2 * h])
+        hh, ww = min(bh, height - r), min(bw, width - col)
         out[r : r + hh, col : col + ww] = prob[:hh, :ww]
     return out
 
@@ -287,12 +303,15 @@ def map_region(
     labels_tif = layout.labels_tif
     labels = rasterio.open(labels_tif).read(1) if labels_tif.is_file() else None
     synthetic = bool(sm.card.get("synthetic"))
+    given = block
     block = block or (128 if sm.mode == "window" else 512)
     t0 = time.perf_counter()
     if dask is None:
         with rasterio.open(factors_tif) as src:
             stack = src.read(indexes).astype(np.float32)
-        prob = predict_region(sm, stack, block=block, progress=progress)
+        # a block size the user gives is used as it is; else blocks fitted to the grid (no padding waste)
+        shape = (given, given) if given else fitted_block(grid.height, grid.width, block)
+        prob = predict_region(sm, stack, block=shape, progress=progress)
     else:
         prob = _map_on_dask(dask, Path(model_dir).resolve(), mode, factors_tif.resolve(), indexes, grid, block, progress)
     seconds = time.perf_counter() - t0
