@@ -8,33 +8,16 @@ through this page.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from slidemap.dashboard.client import ServerFailed, ServerUnavailable, get_json
+from slidemap.report_schema import Output, OutputsResponse
 
 
-class Output(BaseModel):
-    """One line of the server's ``GET /downloads`` (the fields this page uses)."""
-
-    group: str
-    path: str
-    what: str
-    size: int
-    href: str
-
-    @property
-    def name(self) -> str:
-        return self.path.rsplit("/", 1)[-1]
-
-    @property
-    def label(self) -> str:
-        # reports share one file name per run: their run folder tells them apart
-        shown = self.path.split("/", 1)[-1] if self.group == "Reports" else self.name
-        return f"{shown} ({size_text(self.size)})"
-
-
-class Outputs(BaseModel):
-    outputs: list[Output]
+def label(o: Output) -> str:
+    """A button's text: the file name (reports, which share one name per run: their run folder) and size."""
+    shown = o.path.split("/", 1)[-1] if o.group == "Reports" else o.path.rsplit("/", 1)[-1]
+    return f"{shown} ({size_text(o.size)})"
 
 
 def size_text(n: float) -> str:
@@ -49,7 +32,7 @@ def fetch_outputs(server: str) -> list[Output]:
     """The region's outputs as the server lists them; raises the client's errors."""
     url = f"{server.rstrip('/')}/downloads"
     try:
-        return Outputs.model_validate(get_json(url)).outputs
+        return OutputsResponse.model_validate(get_json(url)).outputs
     except ValidationError as exc:
         raise ServerFailed(f"the tile server's {url} is not a list of outputs ({exc.errors()[0]['msg']})") from exc
 
@@ -71,4 +54,4 @@ def render(server: str) -> None:
     for group in dict.fromkeys(o.group for o in outputs):
         st.subheader(group)
         for o in (o for o in outputs if o.group == group):
-            st.link_button(f"{o.label} - {o.what}", f"{base}{o.href}", help=o.path)
+            st.link_button(f"{label(o)} - {o.what}", f"{base}{o.href}", help=o.path)

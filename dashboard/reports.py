@@ -24,9 +24,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from slidemap.report_schema import ReportCommon, parse_report
+from slidemap.report_schema import ReportCommon, ReportsResponse, parse_report
 
 KINDS = ("unet", "lsm", "inventory")
 UNET_METRICS = ("accuracy", "precision", "recall", "f1", "miou", "pr_auc", "threshold")
@@ -237,21 +237,6 @@ def find_reports(region_dir: Path | None, extra_dirs: Iterable[Path] = ()) -> li
     return reports
 
 
-class ServerReportEntry(BaseModel):
-    """One line of the server's ``GET /reports`` (the fields the dashboard uses)."""
-
-    kind: str
-    run_id: str
-    created: str | None = None
-    href: str
-    files: list[str] = []
-
-
-class ServerReports(BaseModel):
-    reports: list[ServerReportEntry]
-    truncated: bool = False
-
-
 _FETCHED: dict[tuple[str, str | None], dict[str, Any]] = {}  # (report URL, created) -> its JSON; reports do not change
 
 
@@ -262,7 +247,7 @@ def fetch_reports(server: str) -> list[Report]:
 
     base = server.rstrip("/")
     try:
-        listing = ServerReports.model_validate(get_json(f"{base}/reports"))
+        listing = ReportsResponse.model_validate(get_json(f"{base}/reports"))
     except ValidationError as exc:
         raise ServerFailed(f"the tile server's {base}/reports is not a report listing "
                            f"({exc.errors()[0]['msg']})") from exc

@@ -14,9 +14,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path as PathParam
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, Field
 
 from slidemap.compute.region.layout import OUTPUT_PATTERNS
+from slidemap.report_schema import Output, OutputsResponse
 from slidemap.server.errors import NotFound, error_responses
 
 MEDIA_TYPES = {
@@ -26,19 +26,6 @@ MEDIA_TYPES = {
 }
 RelPath = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.\-/]{0,300}$",
                                    description="an output's path in the region, as GET /downloads lists it")]
-
-
-class Output(BaseModel):
-    group: str = Field(description="Maps, Inventories, Tile archives or Reports")
-    path: str = Field(description="the file's path inside the region folder")
-    what: str
-    size: int = Field(description="bytes")
-    modified: float = Field(description="POSIX time of the last change")
-    href: str = Field(description="the file, relative to the server's root")
-
-
-class OutputsResponse(BaseModel):
-    outputs: list[Output] = Field(description="grouped, newest first within a group")
 
 
 def region_outputs(region: Path) -> list[Output]:

@@ -136,17 +136,7 @@ class BlockEngineReader(BaseReader):
 
     def window(self, bbox: tuple[float, float, float, float], bounds_crs: CRS = WGS84_CRS) -> Window:
         """The native cells ``bbox`` covers (whole cells, clipped to the layer); a 4xx when it misses."""
-        west, south, east, north = bbox
-        if not (west < east and south < north):
-            raise BadTileRequest(f"bbox {bbox}: give west,south,east,north with west < east and south < north")
-        # clip to the layer first: a box far larger than the region (the whole world) does not
-        # transform into a projected CRS, but its part over the region does
-        lw, ls, le, ln = self.get_geographic_bounds(bounds_crs)
-        west, south, east, north = max(west, lw), max(south, ls), min(east, le), min(north, ln)
-        if not (west < east and south < north):
-            raise BadTileRequest(f"bbox {bbox} does not overlap the layer (its bounds are in /layers)")
-        return native_window(Grid(self.crs, self.transform, self.width, self.height),
-                             transform_bounds(bounds_crs, self.crs, west, south, east, north, densify_pts=21), bbox)
+        return grid_window(Grid(self.crs, self.transform, self.width, self.height), bbox, bounds_crs)
 
     def part(self, bbox: tuple[float, float, float, float], bounds_crs: CRS = WGS84_CRS, **kwargs) -> ImageData:
         """The layer's native cells over ``bbox`` (no resampling), computed within the budget."""
@@ -207,17 +197,28 @@ class BlockEngineReader(BaseReader):
         return self.preview().statistics(**kwargs)
 
 
-def native_window(grid: Grid, native_bounds: tuple[float, ...], asked: tuple[float, ...]) -> Window:
-    """Whole cells of ``grid`` under ``native_bounds`` (in the grid's CRS), clipped; a 4xx when empty or too big."""
-    raw = from_bounds(*native_bounds, transform=grid.transform)
+def grid_window(grid: Grid, bbox: tuple[float, float, float, float], bounds_crs: CRS = WGS84_CRS) -> Window:
+    """Whole cells of ``grid`` under ``bbox`` (in ``bounds_crs``), clipped to the grid; a 4xx when the box
+    is malformed, misses the grid or holds more than :data:`MAX_CELLS`. The one rule for computed and
+    file layers' extracts."""
+    west, south, east, north = bbox
+    if not (west < east and south < north):
+        raise BadTileRequest(f"bbox {bbox}: give west,south,east,north with west < east and south < north")
+    # clip to the layer first: a box far larger than the region (the whole world) does not
+    # transform into a projected CRS, but its part over the region does
+    lw, ls, le, ln = transform_bounds(grid.crs, bounds_crs, *grid.bounds, densify_pts=21)
+    west, south, east, north = max(west, lw), max(south, ls), min(east, le), min(north, ln)
+    if not (west < east and south < north):
+        raise BadTileRequest(f"bbox {bbox} does not overlap the layer (its bounds are in /layers)")
+    native = transform_bounds(bounds_crs, grid.crs, west, south, east, north, densify_pts=21)
+    raw = from_bounds(*native, transform=grid.transform)
     c0, r0 = max(0, math.floor(raw.col_off)), max(0, math.floor(raw.row_off))
     c1 = min(grid.width, math.ceil(raw.col_off + raw.width))
     r1 = min(grid.height, math.ceil(raw.row_off + raw.height))
     if c1 <= c0 or r1 <= r0:
-        raise BadTileRequest(f"bbox {asked} does not overlap the layer (its bounds are in /layers)")
+        raise BadTileRequest(f"bbox {bbox} does not overlap the layer (its bounds are in /layers)")
     win = Window(c0, r0, c1 - c0, r1 - r0)
     if win.width * win.height > MAX_CELLS:
-        raise OverBudget(f"bbox {asked} covers {int(win.width)} x {int(win.height)} cells, more than "
+        raise OverBudget(f"bbox {bbox} covers {int(win.width)} x {int(win.height)} cells, more than "
                          f"{MAX_CELLS:,}; ask for a smaller box, or use the COGs under build/ and maps/")
     return win
-

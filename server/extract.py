@@ -15,13 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import rasterio
 from rasterio.io import MemoryFile
-from rasterio.warp import transform_bounds
-from rasterio.windows import Window
 
 from slidemap.compute.region.grid import Grid
-from slidemap.server.engine_reader import native_window
+from slidemap.server.engine_reader import grid_window
 from slidemap.server.errors import BadTileRequest
-from slidemap.server.tiles import wgs84_bounds
 
 
 
@@ -49,20 +46,6 @@ class Extract:
             return mem.read()
 
 
-def _window(grid: Grid, bbox: tuple[float, float, float, float]) -> Window:
-    """The cells of a file layer's grid a WGS84 ``bbox`` covers (whole cells, clipped to the grid)."""
-    west, south, east, north = bbox
-    if not (west < east and south < north):
-        raise BadTileRequest(f"bbox {bbox}: give west,south,east,north with west < east and south < north")
-    # clip to the layer first: a box far larger than the region (the whole world) does not
-    # transform into a projected CRS, but its part over the region does
-    lw, ls, le, ln = wgs84_bounds(grid)
-    west, south, east, north = max(west, lw), max(south, ls), min(east, le), min(north, ln)
-    if not (west < east and south < north):
-        raise BadTileRequest(f"bbox {bbox} does not overlap the layer (its bounds are in /layers)")
-    return native_window(grid, transform_bounds("EPSG:4326", grid.crs, west, south, east, north, densify_pts=21), bbox)
-
-
 def extract_bbox(service, layer_id: str, bbox: tuple[float, float, float, float], model: str | None = None,
                  cancel: threading.Event | None = None) -> Extract:
     registry = service.registry
@@ -77,7 +60,7 @@ def extract_bbox(service, layer_id: str, bbox: tuple[float, float, float, float]
         colormap = {int(k): tuple(int(c) for c in v) for k, v in layer.colormap.items()}
     if not layer.computed:
         grid = registry.grid_of(layer, catalog)
-        win = _window(grid, bbox)
+        win = grid_window(grid, bbox)
         with rasterio.open(state.path) as src:
             data = src.read(list(layer.indexes), window=win, out_dtype="float32")
         names = [layer.id.split("/", 1)[-1]] if len(layer.indexes) == 1 else [f"band{i}" for i in layer.indexes]

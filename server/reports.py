@@ -15,9 +15,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path as PathParam
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, Field
 
 from slidemap.compute.region.layout import RegionLayout
+from slidemap.report_schema import ReportEntry, ReportsResponse
 from slidemap.server.errors import NotFound, error_responses
 
 REPORT_FILE = "report.json"
@@ -27,20 +27,6 @@ Kind = Annotated[str, PathParam(pattern=r"^[a-z]{1,32}$", description="report ki
 RunId = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_.\-]{1,80}$", description="the run id (its folder name)")]
 FileName = Annotated[str, PathParam(pattern=r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}\.(png|md|json)$",
                                     description="a file of the report folder: .png, .md or .json")]
-
-
-class ReportEntry(BaseModel):
-    kind: str = Field(description="unet, lsm or inventory")
-    run_id: str
-    synthetic: bool | None = Field(description="the report's own SYNTHETIC flag; null where it has none")
-    created: str | None = None
-    href: str = Field(description="the report JSON, relative to the server's root")
-    files: list[str] = Field(description="figures and other files beside it, each at href + '/' + name")
-
-
-class ReportsResponse(BaseModel):
-    reports: list[ReportEntry]
-    truncated: bool = Field(description=f"more than {MAX_LISTED} runs: the newest are listed")
 
 
 def report_folder(root: Path, kind: str, run_id: str) -> Path:

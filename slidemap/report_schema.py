@@ -5,7 +5,9 @@
 change of shape fails their tests, and the dashboard parses what the server sends with the same
 models, so neither side guesses. The schemas name the keys that readers rely on and allow others
 (a report is evidence: a newer trainer may add a table without breaking an older dashboard).
-A bottom-layer module like :mod:`slidemap.errors`: pydantic only, imported by training and dashboard.
+Also the server's listings of them (``GET /reports``) and of the region's outputs (``GET /downloads``):
+the server answers with these models and the dashboard parses them. A bottom-layer module like
+:mod:`slidemap.errors`: pydantic only, imported by training, server and dashboard.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-__all__ = ["LsmReport", "ReportCommon", "SplitMetrics", "UnetReport", "parse_report", "validate_report"]
+__all__ = ["LsmReport", "Output", "OutputsResponse", "ReportCommon", "ReportEntry", "ReportsResponse", "SplitMetrics",
+           "UnetReport", "parse_report", "validate_report"]
 
 
 class SplitMetrics(BaseModel):
@@ -115,3 +118,33 @@ def parse_report(data: dict[str, Any]) -> tuple[ReportCommon | None, str | None]
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
         return None, f"does not follow the {schema.__name__} schema ({where}: {first.get('msg')}; {exc.error_count()} problem(s))"
+
+
+# ---- the server's listings -------------------------------------------------------------------------
+class ReportEntry(BaseModel):
+    kind: str = Field(description="unet, lsm or inventory")
+    run_id: str
+    synthetic: bool | None = Field(None, description="the report's own SYNTHETIC flag; null where it has none")
+    created: str | None = None
+    href: str = Field(description="the report JSON, relative to the server's root")
+    files: list[str] = Field(default_factory=list, description="figures and other files beside it, each at href + '/' + name")
+
+
+class ReportsResponse(BaseModel):
+    reports: list[ReportEntry]
+    truncated: bool = Field(False, description="more runs than the server lists: the newest are listed")
+
+
+class Output(BaseModel):
+    """One file a slidemap command wrote in the region (``GET /downloads``)."""
+
+    group: str = Field(description="Maps, Inventories, Tile archives or Reports")
+    path: str = Field(description="the file's path inside the region folder")
+    what: str
+    size: int = Field(description="bytes")
+    modified: float = Field(description="POSIX time of the last change")
+    href: str = Field(description="the file, relative to the server's root")
+
+
+class OutputsResponse(BaseModel):
+    outputs: list[Output] = Field(description="grouped, newest first within a group")

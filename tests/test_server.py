@@ -1001,3 +1001,10 @@ def test_one_reader_for_tiles_parts_and_points(server):
         reader.point(10.0, 10.0)
     stats = reader.statistics()
     assert 0.0 <= stats["b1"].min <= stats["b1"].max <= 1.0
+    # a polygon: the cells of its box, those outside the triangle masked
+    w, so, e, n = box
+    tri = {"type": "Polygon", "coordinates": [[[w, so], [e, so], [w, n], [w, so]]]}
+    cut = reader.feature(tri)
+    assert cut.array.shape == part.array.shape and cut.array.mask.sum() > part.array.mask.sum()
+    inside = (~cut.array.mask).sum() / (~part.array.mask).sum()
+    assert 0.15 < inside < 0.85, inside  # part of the box is in the triangle (a small box: few cells)
