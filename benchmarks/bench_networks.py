@@ -8,7 +8,7 @@ installed there beyond 64 MiB a call), so its figures (``benchmarks/results/gpu_
 BENCHMARKS.md "GPU") were taken with ``KERAS_BACKEND=jax .venv/bin/python benchmarks/bench_networks.py``
 (under another backend this script skips slidemap's TensorFlow set-up itself).
 """
-import json, os, sys, time
+import json, sys, time
 import numpy as np
 import keras
 

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from slidemap.compute.maps.detection import Detector, n_tiles
     from slidemap.compute.models.runtime import configure_tensorflow, device_summary
-    from slidemap.training.unet import build_unet, flops_per_tile
+    from slidemap.training.unet import flops_per_tile
     from slidemap.training.unet_fit import FitConfig, fit_network
     from slidemap.training.unet_train import PRESETS
 

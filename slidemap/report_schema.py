@@ -61,6 +61,18 @@ class ReportCommon(BaseModel):
         return value
 
 
+class PairedDifference(BaseModel):
+    """One detector against a peer on the same test chips: F1 difference and its paired interval."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    versus: str
+    difference: float
+    ci95: list[float]
+    share_a_ahead: float
+
+
 class UnetReport(ReportCommon):
     """A detector run (``slidemap train unet``): split sizes, the search, per-model pixel scores."""
 
@@ -71,6 +83,8 @@ class UnetReport(ReportCommon):
     best: dict[str, Any] | None = None
     default_detector: str | None = None
     primary_model: str | None = None
+    paired: dict[str, list[PairedDifference]] = Field(
+        default_factory=dict, description="split -> the primary model's F1 minus each peer's (paired bootstrap)")
     figures: list[str] = Field(default_factory=list)
 
 

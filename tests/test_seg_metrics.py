@@ -68,3 +68,26 @@ def test_bootstrap_interval_over_units_and_chance():
     assert chance_f1(0.02) == pytest.approx(2 * 0.02 / 1.02) and chance_f1(0.0) == 0.0
     y = np.array([0, 0, 1, 1], np.uint8)
     assert best_f1(y, np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
+
+
+def test_paired_difference_cancels_what_two_models_share():
+    from slidemap.training.seg_metrics import bootstrap_f1, paired_f1_difference
+
+    rng = np.random.default_rng(2)
+    # chips differ a lot in difficulty (shared by both models); model a finds 5 % more landslide pixels
+    hard = rng.integers(10, 80, 60)
+    b = np.stack([hard, 30 - hard // 3, 100 - hard, np.full(60, 5000)], axis=1)
+    a = b.copy()
+    moved = (b[:, 2] * 0.05).astype(np.int64)
+    a[:, 0] += moved
+    a[:, 2] -= moved
+    out = paired_f1_difference(a, b, seed=3)
+    assert out["difference"] > 0 and out["ci95"][0] > 0 and out["share_a_ahead"] == 1.0
+    # the separate intervals overlap, the paired one does not reach 0
+    lo_a, _ = bootstrap_f1(a, seed=3)
+    _, hi_b = bootstrap_f1(b, seed=3)
+    assert lo_a < hi_b
+    same = paired_f1_difference(b, b, seed=3)
+    assert same["difference"] == 0.0 and same["ci95"] == [0.0, 0.0] and same["share_a_ahead"] == 0.0
+    with pytest.raises(ValueError, match="same units"):
+        paired_f1_difference(a, b[:10])

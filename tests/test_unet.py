@@ -292,6 +292,10 @@ def test_cards_report_and_region_default(trained):
         assert k in saved_report["models"]["attention-unet-focal"]["blocked"]
     md = (out / "report.md").read_text()
     assert md.startswith("# SYNTHETIC") and "| attention-unet-focal | blocked |" in md
+    # the peer is scored on the same test chips: a paired difference (zero here: the peer is a copy)
+    (pair,) = saved_report["paired"]["blocked"]
+    assert pair["model"] == "attention-unet-focal" and pair["versus"] == "unet-bce" and pair["difference"] == 0.0
+    assert "Paired differences on the blocked test chips" in md and "| unet-bce | +0.000 |" in md
     assert list(out.glob("curves_*.png"))
     # tamper with the weights: loading must refuse
     weights = default.path / "model.keras"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from slidemap.compute.region.raster_io import atomic_path, write_bytes_atomic, write_json_atomic
-from slidemap.training.seg_metrics import METRIC_KEYS
+from slidemap.training.seg_metrics import METRIC_KEYS, paired_f1_difference
 from slidemap.report_schema import validate_report
 
 METRIC_NOTE = (
@@ -72,6 +72,7 @@ def build_report(result: Any, model_versions: dict[str, str], data: dict[str, An
         "best": result.best,
         "search_note": search_note(result.best, result.hpo),
         "models": models,
+        "paired": paired_differences(result),
         "model_details": details,
         "primary_model": result.primary.spec.name,
         "seconds": round(result.seconds, 1),
@@ -79,6 +80,26 @@ def build_report(result: Any, model_versions: dict[str, str], data: dict[str, An
         "metric_definitions": METRIC_NOTE,
         "skill_definition": result.primary.skill.get("rule"),
     }
+
+
+def paired_differences(result: Any) -> dict[str, list[dict[str, Any]]]:
+    """Split -> the primary model's F1 minus each peer's, on the same test chips (paired bootstrap)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    name = result.primary.spec.name
+    for split in dict.fromkeys(t.split for t in result.trained):
+        here = [t for t in result.trained if t.split == split and t.test_counts is not None]
+        primary = next((t for t in here if t.spec.name == name), None)
+        if primary is None:
+            continue
+        rows = []
+        for peer in here:
+            if peer is primary or peer.test_counts.shape != primary.test_counts.shape:
+                continue
+            rows.append({"model": name, "versus": peer.spec.name,
+                         **paired_f1_difference(primary.test_counts, peer.test_counts, seed=result.config.seed)})
+        if rows:
+            out[split] = rows
+    return out
 
 
 def search_note(best: dict[str, Any], hpo: list[dict[str, Any]]) -> str:
@@ -138,6 +159,14 @@ def markdown(report: dict[str, Any], title: str = "Attention U-Net landslide inv
                 f" | {'yes' if sk.get('has_skill') else 'NO SKILL'} |"
             )
     lines.append("")
+    for split_name, rows in (report.get("paired") or {}).items():
+        lines += [f"Paired differences on the {split_name} test chips (F1 of `{rows[0]['model']}` minus the peer's, "
+                  "the same chips resampled for both; an interval across 0 means no detectable difference):", "",
+                  "| peer | F1 difference | 95 % CI | draws where the primary leads |", "|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['versus']} | {r['difference']:+.3f} | {r['ci95'][0]:+.3f} to {r['ci95'][1]:+.3f} | "
+                         f"{r['share_a_ahead']:.0%} |")
+        lines.append("")
     if report.get("skill_definition"):
         lines += [f"Skill: {report['skill_definition']}. Default detector: {report.get('default_detector') or 'none'}.", ""]
     details = report.get("model_details", {})

@@ -209,6 +209,7 @@ class TrainedModel:
     training: dict[str, Any]
     balance: dict[str, Any]
     seconds: float
+    test_counts: np.ndarray | None = field(default=None, repr=False)  # [test chips, 4] at the threshold
 
 
 # ---- the per-pixel gradient-boosting baseline ----------------------------------------------
@@ -356,7 +357,8 @@ def train_and_evaluate(data: SplitData, spec: ModelSpec, hp: HyperParams, cfg: U
     metrics["validation"] = segmentation_metrics(val.labels, val.prob, threshold)
     skill = detection_skill(test, threshold, metrics["pr_auc"], cfg.seed)
     return TrainedModel(spec, data.kind, model, data.normalisation, float(threshold), metrics, skill, history,
-                        _hp_used(spec, hp, cfg), training, balance, time.perf_counter() - t0)
+                        _hp_used(spec, hp, cfg), training, balance, time.perf_counter() - t0,
+                        test.counts_by_unit(threshold))
 
 
 def _training_block(fit: FitResult) -> dict[str, Any]:
