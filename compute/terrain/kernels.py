@@ -61,6 +61,13 @@ _DEG = 180.0 / math.pi
 def _get(dem: np.ndarray, r: int, c: int, centre: float) -> float:
     """Window value at (r, c): the cell, its linear extrapolation if outside, or the centre."""
     h, w = dem.shape
+    # A one-cell-wide axis has no second cell to extrapolate from: the surface is held constant
+    # across it (and extrapolated along the other axis as usual), so a 1 x N strip of a plane keeps
+    # the plane's slope instead of half of it (the centre value would flatten the 1-2-1 weights).
+    if h == 1:
+        r = 0
+    if w == 1:
+        c = 0
     if r >= 0 and c >= 0 and r < h and c < w:
         v = dem[r, c]
         return centre if math.isnan(v) else v
@@ -218,6 +225,10 @@ def _window_numpy(dem: np.ndarray) -> tuple[np.ndarray, ...]:
         padded[0, -1] = 2.0 * dem[0, -1] - dem[1, -2]
         padded[-1, 0] = 2.0 * dem[-1, 0] - dem[-2, 1]
         padded[-1, -1] = 2.0 * dem[-1, -1] - dem[-2, -2]
+    if h == 1:  # held constant across a one-cell-wide axis (see _get)
+        padded[0] = padded[-1] = padded[1]
+    if w == 1:
+        padded[:, 0] = padded[:, -1] = padded[:, 1]
     out = []
     for dr in (0, 1, 2):
         for dc in (0, 1, 2):
