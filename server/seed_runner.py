@@ -27,6 +27,19 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def prestart(workers: int | None, dask: str | None) -> None:
+    """Start the pool's forkserver now, before this process imports the rendering code itself, so
+    the forkserver's imports (rio-tiler, rasterio: seconds) run beside this process's instead of
+    after them. Nothing to do for one worker or a Dask cluster."""
+    if dask or (workers or default_workers()) <= 1:
+        return
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
+    forkserver.ensure_running()
+
+
 class Runner:
     """``runner.map(fn, jobs, desc, size)`` yields ``fn(job)`` for every job, as each finishes."""
 

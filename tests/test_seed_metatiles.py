@@ -194,3 +194,18 @@ def test_seed_options_are_checked(region, tmp_path):
     # The last line (TensorFlow, which the CLI starts for `seed`, may log before it).
     last = done.stderr.strip().splitlines()[-1]
     assert done.returncode == 2 and last.startswith("slidemap: error: --workers") and "Traceback" not in done.stderr
+
+
+def test_pool_forkserver_starts_before_the_rendering_imports(monkeypatch):
+    """`slidemap seed` starts the workers' forkserver first, so its imports overlap the command's own."""
+    from multiprocessing import forkserver
+
+    from slidemap.server.seed_runner import prestart
+
+    started = []
+    monkeypatch.setattr(forkserver, "ensure_running", lambda: started.append(True))
+    prestart(1, None)
+    prestart(4, "local")  # a Dask cluster starts its own workers
+    assert started == []
+    prestart(2, None)
+    assert started == [True]

@@ -122,6 +122,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _seed(args: argparse.Namespace) -> int:
+    from slidemap.server.seed_runner import prestart
+
+    prestart(args.workers, args.dask)  # the workers' imports overlap this process's own
     from slidemap.server.seed import seed
 
     report = seed(
