@@ -33,11 +33,19 @@ def prestart(workers: int | None, dask: str | None) -> None:
     after them. Nothing to do for one worker or a Dask cluster."""
     if dask or (workers or default_workers()) <= 1:
         return
-    import multiprocessing
     from multiprocessing import forkserver
 
-    multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
+    _forkserver_context()
     forkserver.ensure_running()
+
+
+def _forkserver_context() -> Any:
+    """The multiprocessing context pool workers start from: a forkserver that has imported PRELOAD."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    return ctx
 
 
 class Runner:
@@ -79,12 +87,9 @@ class Runner:
 
     def _pool(self):
         if self.pool is None:
-            import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(PRELOAD)
-            self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+            self.pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=_forkserver_context())
         return self.pool
 
     def map(self, fn: Callable[[Any], Any], jobs: Sequence[Any], desc: str,
