@@ -38,18 +38,13 @@ WINDOW_SIDE = 96  # the window path's sub-area (9,216 cells)
 
 def measure(region: Path, repeats: int) -> dict:
     """One process, one thread setting: every shape's figures."""
-    import rasterio
-
-    from slidemap.compute.maps.susceptibility import load_susceptibility, predict_region, resolve_model
+    from benchmarks.bench_lsm import load_pair
+    from slidemap.compute.maps.susceptibility import predict_region
     from slidemap.compute.maps.windows import block_centres, iter_windows
     from slidemap.training.lsm_networks import flops_dense_per_cell, flops_window_cnn
 
     peak = float32_peak_gflops()
-    with rasterio.open(region / "build" / "factors.tif") as src:
-        stack = src.read().astype(np.float32)
-    path = resolve_model(region, "multiscale")
-    window = load_susceptibility(path, mode="window")
-    fast = load_susceptibility(path, mode="dense")
+    stack, window, fast = load_pair(region)
     h = window.halo
     sub = np.full((stack.shape[0], WINDOW_SIDE + 2 * h, WINDOW_SIDE + 2 * h), np.nan, np.float32)
     sub[:, h:, h:] = stack[:, : WINDOW_SIDE + h, : WINDOW_SIDE + h]

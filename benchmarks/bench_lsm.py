@@ -63,19 +63,25 @@ def untrained(card_model, keras_model, mode):
                    predict_fn=compiled_predict(keras_model))
 
 
-def main() -> int:
-    region = ensure_region(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_REGION)
+def load_pair(region: Path):
+    """The region's factor stack, and its newest ``multiscale`` model as the window 3D-CNN and as its
+    fast form, loaded as `map susceptibility` loads them."""
     import rasterio
 
     from slidemap.compute.maps.susceptibility import load_susceptibility, resolve_model
-    from slidemap.training.lsm_networks import build_dense_fcn, build_window_cnn, flops_dense_per_cell, flops_window_cnn
 
-    peak = float32_peak_gflops()
     with rasterio.open(region / "build" / "factors.tif") as src:
         stack = src.read().astype(np.float32)
     path = resolve_model(region, "multiscale")
-    window = load_susceptibility(path, mode="window")
-    fast = load_susceptibility(path, mode="dense")
+    return stack, load_susceptibility(path, mode="window"), load_susceptibility(path, mode="dense")
+
+
+def main() -> int:
+    region = ensure_region(Path(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_REGION)
+    from slidemap.training.lsm_networks import build_dense_fcn, build_window_cnn, flops_dense_per_cell, flops_window_cnn
+
+    peak = float32_peak_gflops()
+    stack, window, fast = load_pair(region)
     n_ch, n_win = len(window.encoding.channels), len(window.window_channels)
     pairs = [
         ("trained", window, fast),
