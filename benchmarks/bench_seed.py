@@ -3,8 +3,9 @@
 The imagery layer (B4, B3, B2), zooms 11-15, PNG tiles, 2 processes each:
 
 * ``slidemap seed REGION --layer imagery --zoom 11-15 --format mbtiles --out X`` (fresh tile cache
-  per run; default workers = CPU count, 8 x 8 metatiles, pyramid, PNG zlib level 4), and the same
-  with ``--png-level 6`` (the server's own zlib level) to show what the encoder level buys;
+  per run; default workers = CPU count, 8 x 8 metatiles, pyramid, PNG with zlib's run-length
+  strategy), and the same with ``--png-level 6`` (the server's own zlib level) to show what the
+  encoder setting buys;
 * ``gdal2tiles.py --xyz --processes 2 -z 11-15 -r average -w none`` (a folder of PNGs) and
 * ``rio mbtiles -j 2 --format PNG --resampling bilinear --zoom-levels 11..15`` (rio-mbtiles
   pins an old Shapely, so it lives in its own venv, /tmp/rio-venv, made here when missing; the
@@ -94,6 +95,17 @@ def count_tiles(path: Path) -> int:
     return sum(1 for _ in path.rglob("*.png"))
 
 
+def tile_bytes(path: Path) -> int:
+    """The tiles' encoded bytes (archive overhead left out, so folders and MBTiles compare)."""
+    if path.suffix == ".mbtiles":
+        conn = sqlite3.connect(path)
+        try:
+            return conn.execute("SELECT coalesce(sum(length(tile_data)), 0) FROM tiles").fetchone()[0]
+        finally:
+            conn.close()
+    return sum(p.stat().st_size for p in path.rglob("*.png"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--region", type=Path, default=None, help="a prepared 20 km demo region (default: make one)")
@@ -132,6 +144,7 @@ def main() -> None:
         names = list(arms)
         seconds: dict[str, list[float]] = {n: [] for n in names}
         tiles: dict[str, int] = {}
+        sizes: dict[str, float] = {}
         for r in range(args.rounds):
             order = names[r % len(names):] + names[:r % len(names)]  # rotate: nobody always goes first
             for name in order:
@@ -140,9 +153,10 @@ def main() -> None:
                     shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
                 seconds[name].append(sh(argv))
                 tiles[name] = count_tiles(out)
+                sizes[name] = tile_bytes(out) / 1e6
                 print(f"round {r + 1}: {name}: {tiles[name]} tiles in {seconds[name][-1]:.1f} s", flush=True)
         computed = computed_layers(region, work)
-        write(region, names, seconds, tiles, computed, rio is not None, args)
+        write(region, names, seconds, tiles, sizes, computed, rio is not None, args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -175,7 +189,7 @@ def computed_layers(region: Path, work: Path) -> list[tuple[str, str, int, float
     return rows
 
 
-def write(region, names, seconds, tiles, computed, have_rio, args) -> None:
+def write(region, names, seconds, tiles, sizes, computed, have_rio, args) -> None:
     med = {n: statistics.median(seconds[n]) for n in names}
     rate = {n: tiles[n] / med[n] for n in names}
     ours = names[0]
@@ -192,21 +206,22 @@ def write(region, names, seconds, tiles, computed, have_rio, args) -> None:
         "- peers read a Byte VRT over the same COG (`gdal_translate -ot Byte -scale`); gdal2tiles writes a folder "
         "of PNGs, rio-mbtiles and slidemap one MBTiles file (slidemap also fills its tile cache)",
         "",
-        "| command | tiles | seconds (median of rounds) | tiles/s | its time / `slidemap seed` time (median of per-round ratios; > 1: slidemap faster) |",
-        "|---|---|---|---|---|",
+        "| command | tiles | tile bytes (MB) | seconds (median of rounds) | tiles/s | its time / `slidemap seed` time (median of per-round ratios; > 1: slidemap faster) |",
+        "|---|---|---|---|---|---|",
     ]
     for n in names:
         ratios = [a / b for a, b in zip(seconds[n], seconds[ours])]
         ratio = "-" if n == ours else f"{statistics.median(ratios):.2f}x"
-        lines.append(f"| `{n}` | {tiles[n]} | {med[n]:.1f} ({', '.join(f'{s:.1f}' for s in seconds[n])}) | "
+        lines.append(f"| `{n}` | {tiles[n]} | {sizes[n]:.1f} | {med[n]:.1f} ({', '.join(f'{s:.1f}' for s in seconds[n])}) | "
                      f"{rate[n]:.0f} | {ratio} |")
     if not have_rio:
         lines += ["", "rio-mbtiles: skipped (its venv could not be made; see stderr)."]
     lines += [
         "",
         "slidemap seed: 8 x 8 metatiles (one warp per 64 tiles), zooms 12-14 averaged 2 x 2 from zoom 15's data "
-        "(rescaled after averaging), zoom 11 read from the COG's overviews; PNG written by Pillow at zlib level 4 "
-        "(the `--png-level 6` row is the server's level).",
+        "(rescaled after averaging), zoom 11 read from the COG's overviews; PNG written by Pillow with zlib's "
+        "run-length strategy after PNG's row filters, opaque tiles without an alpha channel (the `--png-level 6` "
+        "row: zlib level 6, the server's). Tile bytes: the sum of the tiles' PNGs (the peers' tiles are RGBA).",
         "",
         "### Computed layers (empty tile cache, `seed(..., workers=CPU count)`, in-process call)",
         "",

@@ -47,7 +47,7 @@ from typing import Any
 from slidemap.compute import provenance
 from slidemap.compute.maps.blocks import BLOCK_SIZE
 from slidemap.errors import InputError
-from slidemap.server.seed_encode import DEFAULT_PNG_LEVEL, Encoding
+from slidemap.server.seed_encode import DEFAULT_PNG_LEVEL, Encoding, PngLevel
 from slidemap.server.seed_plan import METATILE_SIZES, Meta, plan
 
 BLOCKS_PER_TASK = 8
@@ -261,13 +261,14 @@ def seed(
     workers: int | None = None,
     metatile: int = DEFAULT_METATILE,
     pyramid: bool = True,
-    png_level: int = DEFAULT_PNG_LEVEL,
+    png_level: PngLevel = DEFAULT_PNG_LEVEL,
 ) -> SeedReport:
     """Seed ``layers``; return what was done (``str(report)`` is a one-paragraph summary).
 
     ``workers``: local processes (default: one per CPU; 1 = this process); with ``dask`` the size
     of a ``local`` cluster. ``metatile``: tiles per side read at once. ``pyramid``: make coarser
-    zooms of continuous layers by halving finer data. ``png_level``: zlib level of PNG tiles.
+    zooms of continuous layers by halving finer data. ``png_level``: PNG compression, ``"rle"`` (zlib's
+    run-length strategy, the fastest) or a zlib level 0-9.
     """
     from slidemap.server.service import ServerSettings, build_service
     from slidemap.server.seed_archive import ArchiveWriter, archive_metadata
@@ -288,8 +289,8 @@ def seed(
             raise InputError(f"--format {out_format}: --tile-format must be png or webp")
     if metatile not in METATILE_SIZES:
         raise InputError(f"--metatile {metatile}: use one of {', '.join(map(str, METATILE_SIZES))}")
-    if not 0 <= png_level <= 9:
-        raise InputError(f"--png-level {png_level}: zlib levels are 0 (none) to 9 (smallest)")
+    if png_level != "rle" and not (isinstance(png_level, int) and 0 <= png_level <= 9):
+        raise InputError(f"--png-level {png_level}: use rle, or a zlib level from 0 (none) to 9 (smallest)")
     if workers is not None and workers < 1:
         raise InputError(f"--workers {workers}: must be at least 1")
     settings = _settings_dict(cache_dir, block_size)

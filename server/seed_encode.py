@@ -3,16 +3,23 @@
 :func:`block_pixels` applies a layer's rescale or colormap to a whole block at once, with the
 same rio-tiler / titiler steps the server's ``_image_to_bytes`` runs per tile (every step is per
 pixel, so cutting after colouring gives the server's pixels). :func:`encode` writes one tile with
-Pillow, where the compression level can be chosen (the server's GDAL PNG driver uses zlib level
-6, about 3x slower than level 4 for a 1-2 % larger file on imagery) and class layers become
-palette PNGs (one byte per pixel, same RGBA once decoded).
+Pillow, where the compression can be chosen, and writes the smallest PNG kind that decodes to the
+server's RGBA: class layers become palette PNGs (one byte per pixel) and tiles with no transparent
+pixel drop the alpha channel (RGB or grey).
+
+The default compression is zlib's run-length strategy (``Z_RLE``) after PNG's row filters: the
+filters leave small residuals in imagery, which RLE + Huffman coding packs about as well as a full
+LZ77 search at a third of the time (on real Sentinel-2 chips 2.2x faster than level 4 and 8 %
+smaller; the server's GDAL PNG driver uses level 6).
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+import zlib
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -25,14 +32,21 @@ from titiler.core.utils import rescale_array
 from slidemap.server.tiles import _orient
 
 WEBP_QUALITY = int(ImageType.webp.profile.get("quality", 75))  # the server's WebP quality
-DEFAULT_PNG_LEVEL = 4
+PngLevel = int | Literal["rle"]  # a zlib level (0-9, default strategy) or run-length coding
+DEFAULT_PNG_LEVEL: PngLevel = "rle"
 
 
 @dataclass(frozen=True)
 class Encoding:
     fmt: str  # png | webp
-    png_level: int = DEFAULT_PNG_LEVEL
+    png_level: PngLevel = DEFAULT_PNG_LEVEL
     palette: bool = True  # class (colormap) layers as palette PNGs
+
+    def png_options(self) -> dict[str, int]:
+        """Pillow's ``save`` options for this compression."""
+        if self.png_level == "rle":
+            return {"compress_level": 1, "compress_type": zlib.Z_RLE}  # any level > 0: RLE ignores it
+        return {"compress_level": self.png_level}
 
 
 @dataclass
@@ -118,7 +132,8 @@ def tile_pixels(px: Pixels, i: int, j: int, size: int = 256) -> Pixels:
 
 
 def encode(px: Pixels, enc: Encoding) -> bytes:
-    """One tile's bytes: PNG (grey+alpha, RGBA, or palette) or WebP (RGBA, the server's quality)."""
+    """One tile's bytes: PNG (grey or RGB, with alpha where a pixel is transparent, or palette) or
+    WebP (RGBA, the server's quality)."""
     bio = io.BytesIO()
     if enc.fmt == "webp":
         rgb = px.data if px.data.shape[0] == 3 else np.repeat(px.data, 3, axis=0)  # as rio-tiler's WEBP
@@ -129,10 +144,14 @@ def encode(px: Pixels, enc: Encoding) -> bytes:
         if pal is not None:
             image = Image.fromarray(np.ascontiguousarray(px.codes), "P")
             image.putpalette(pal[:, :3].tobytes(), rawmode="RGB")
-            image.save(bio, "PNG", compress_level=enc.png_level, transparency=pal[:, 3].tobytes())
+            image.save(bio, "PNG", transparency=pal[:, 3].tobytes(), **enc.png_options())
             return bio.getvalue()
-    mode = "LA" if px.data.shape[0] == 1 else "RGBA"
-    Image.fromarray(_interleave(px.data, px.alpha), mode).save(bio, "PNG", compress_level=enc.png_level)
+    grey = px.data.shape[0] == 1
+    if px.alpha.min() == 255:  # opaque: no alpha channel, a quarter fewer bytes to filter and pack
+        pixels, mode = (px.data[0], "L") if grey else (np.ascontiguousarray(np.moveaxis(px.data, 0, -1)), "RGB")
+    else:
+        pixels, mode = _interleave(px.data, px.alpha), "LA" if grey else "RGBA"
+    Image.fromarray(pixels, mode).save(bio, "PNG", **enc.png_options())
     return bio.getvalue()
 
 

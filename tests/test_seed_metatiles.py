@@ -149,6 +149,20 @@ def test_palette_png_decodes_to_the_same_rgba():
     assert Image.open(io.BytesIO(encode(px, Encoding("png")))).mode == "RGBA"
 
 
+def test_opaque_tiles_drop_alpha_and_every_compression_decodes_alike():
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (3, 256, 256)).astype(np.uint8)
+    opaque = Pixels(rgb, np.full((256, 256), 255, np.uint8))
+    edge = Pixels(rgb, np.where(np.arange(256)[None, :] < 200, 255, 0).astype(np.uint8).repeat(256, 0))
+    grey = Pixels(rgb[:1], np.full((256, 256), 255, np.uint8))
+    for level in ("rle", 0, 4, 9):
+        tiles = [encode(p, Encoding("png", level)) for p in (opaque, edge, grey)]
+        assert [Image.open(io.BytesIO(t)).mode for t in tiles] == ["RGB", "RGBA", "L"]
+        assert np.array_equal(_rgba(tiles[0])[..., :3], np.moveaxis(rgb, 0, -1)) and (_rgba(tiles[0])[..., 3] == 255).all()
+        assert np.array_equal(_rgba(tiles[1])[..., 3], edge.alpha)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(tiles[2]))), rgb[0])
+
+
 def test_class_layer_seeds_palette_pngs_like_the_servers_tiles(region, tmp_path):
     z = _zmax(region, "susceptibility/classes")
     out = tmp_path / "cls.mbtiles"
@@ -186,7 +200,8 @@ def test_webp_archive_and_a_resumed_seed(region, tmp_path):
 def test_seed_options_are_checked(region, tmp_path):
     from slidemap.errors import InputError
 
-    for kw, flag in (({"workers": 0}, "--workers"), ({"metatile": 3}, "--metatile"), ({"png_level": 12}, "--png-level")):
+    for kw, flag in (({"workers": 0}, "--workers"), ({"metatile": 3}, "--metatile"), ({"png_level": 12}, "--png-level"),
+                     ({"png_level": "zip"}, "--png-level")):
         with pytest.raises(InputError, match=flag):
             seed_mod.seed(region, ["factors/slope"], zoom="12", cache_dir=tmp_path, **kw)
     done = subprocess.run([sys.executable, "-m", "slidemap.cli", "seed", str(region), "--layer", "factors/slope",
