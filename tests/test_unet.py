@@ -324,12 +324,12 @@ def test_no_skilled_detector_is_never_the_default(trained, tmp_path):
 
 
 def test_a_chip_folder_gets_the_presets_folder_budget():
-    """demo: 30 epochs / patience 8 on a region's scenes, 60 / 12 on a chip folder (one pass over the
+    """demo: 60 epochs / patience 8 on a region's scenes, 60 / 12 on a chip folder (one pass over the
     fit chips per epoch; validation still improved at 30 on the real chips); a budget the user gives wins."""
     from slidemap.training.unet_train import apply_settings, preset
 
     demo = preset("demo")
-    assert (demo.for_source(folder=False).epochs, demo.for_source(folder=False).patience) == (30, 8)
+    assert (demo.for_source(folder=False).epochs, demo.for_source(folder=False).patience) == (60, 8)
     assert (demo.for_source(folder=True).epochs, demo.for_source(folder=True).patience) == (60, 12)
     given = preset("demo", epochs=40)
     assert given.for_source(folder=True).epochs == 40 and given.for_source(folder=True).patience == 12
