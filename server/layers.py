@@ -57,7 +57,7 @@ from slidemap.server.errors import LayerNotFound, ModelNotFound
 log = logging.getLogger(__name__)
 
 ROLE_OF_KIND = {kind: role for role, kind in ROLES.items()}
-RENDER_VERSION = "2"  # bump when the same inputs would render different tile bytes
+RENDER_VERSION = "3"  # bump when the same inputs would render different tile bytes (3: run-length PNG, no alpha when opaque)
 
 # Colormaps chosen per factor: sequential for magnitudes, diverging for signed curvature,
 # cyclic for aspect, green-brown for NDVI, blues for water-related factors.

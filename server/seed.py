@@ -10,7 +10,7 @@ Two phases, each split into tasks:
    are atomic and idempotent, so even a retried task is harmless.
 2. **tiles**: each task is a metatile (:mod:`slidemap.server.seed_plan`): an N x N block of tiles
    read and warped once (:mod:`slidemap.server.seed_read`), coloured once
-   (:mod:`slidemap.server.seed_encode`) and cut into tiles. For continuous (bilinear) file
+   (:mod:`slidemap.server.tile_encode`) and cut into tiles. For continuous (bilinear) file
    layers the coarser zooms inside a metatile are made by averaging its data 2 x 2 (the pyramid,
    as gdal2tiles does), before the rescale and colormap are applied.
 
@@ -47,7 +47,7 @@ from typing import Any
 from slidemap.compute import provenance
 from slidemap.compute.maps.blocks import BLOCK_SIZE
 from slidemap.errors import InputError
-from slidemap.server.seed_encode import DEFAULT_PNG_LEVEL, Encoding, PngLevel
+from slidemap.server.tile_encode import DEFAULT_PNG_LEVEL, Encoding, PngLevel
 from slidemap.server.seed_plan import METATILE_SIZES, Meta, plan
 
 BLOCKS_PER_TASK = 8
@@ -201,7 +201,7 @@ def _render_meta(service, layer, info, state, tms, job: TileJob, todo: set, cata
     from rasterio.errors import RasterioError
 
     from slidemap.server import seed_read as rd
-    from slidemap.server.seed_encode import block_pixels, encode, tile_pixels
+    from slidemap.server.tile_encode import block_pixels, encode, tile_pixels
     from slidemap.server.tiles import _empty_image, _image_to_bytes
 
     m, fmt = job.meta, job.encoding.fmt

@@ -20,6 +20,7 @@ from rio_tiler.io import Reader
 from rio_tiler.models import ImageData
 
 from slidemap.compute.maps.blocks import InputUnreadable as BlockInputUnreadable
+from slidemap.server.tile_encode import valid_window
 from slidemap.server.tiles import _as_categorical, native_extent, read_over_data
 
 TILE = 256  # seeded tiles are @1x
@@ -107,19 +108,6 @@ def downsample2x(img: ImageData) -> ImageData:
             mean = sums / counts
         out[:, r0 // 2:r1 // 2, c0 // 2:c1 // 2] = np.ma.MaskedArray(mean, mask=counts < 2)
     return ImageData(out, bounds=img.bounds, crs=img.crs, dataset_statistics=img.dataset_statistics)
-
-
-def valid_window(arr: np.ma.MaskedArray, align: int = 1) -> tuple[int, int, int, int] | None:
-    """(row0, row1, col0, col1) around every unmasked pixel, widened to multiples of ``align``."""
-    valid = ~np.ma.getmaskarray(arr).all(axis=0)
-    rows, cols = np.flatnonzero(valid.any(axis=1)), np.flatnonzero(valid.any(axis=0))
-    if rows.size == 0:
-        return None
-    h, w = valid.shape
-    r0, c0 = rows[0] // align * align, cols[0] // align * align
-    r1 = min(h, -(-(rows[-1] + 1) // align) * align)
-    c1 = min(w, -(-(cols[-1] + 1) // align) * align)
-    return int(r0), int(r1), int(c0), int(c1)
 
 
 def cut(img: ImageData, i: int, j: int) -> ImageData:

@@ -45,6 +45,7 @@ from slidemap.server.cache import TileCache, TileKey, etag_for
 from slidemap.server.engine_reader import BlockEngineReader
 from slidemap.server.errors import BadTileRequest, NotFound
 from slidemap.server.layers import Catalog, InputState, Layer, LayerRegistry
+from slidemap.server.tile_encode import Encoding, block_pixels, encode, orient_rescale
 
 FORMATS: dict[str, str] = {
     "png": "image/png",
@@ -166,6 +167,9 @@ def _image_to_bytes(img: ImageData, layer: Layer, fmt: str, params: RenderParams
             nodata = float("nan")
         return rt_render(data, img_format="GTiff", transform=img.transform, crs=img.crs, nodata=nodata,
                          compress="deflate")
+    px = block_pixels(img, layer, params)
+    if px is not None:  # 8-bit grey or RGB: Pillow, run-length PNG or WebP (the seeded tiles' encoder)
+        return encode(px, Encoding(fmt))
     output = ImageType.png if fmt == "png" else ImageType.webp
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -177,30 +181,9 @@ def _image_to_bytes(img: ImageData, layer: Layer, fmt: str, params: RenderParams
         rescale = params.rescale or layer.rescale
         colormap = cmap.get(params.colormap_name or layer.colormap_name) if (params.colormap_name or layer.colormap_name) else None
         if rescale:
-            img, rescale = _orient(img, rescale)
+            img, rescale = orient_rescale(img, rescale)
         content, _ = render_image(img, colormap=colormap, output_format=output, rescale=rescale)
         return content
-
-
-def _orient(img: ImageData, rescale: tuple[tuple[float, float], ...]) -> tuple[ImageData, tuple[tuple[float, float], ...]]:
-    """rio-tiler rescales ``min < max`` only: ``max < min`` (a reversed ramp) becomes the negated
-    band over the negated range, ``min == max`` a step at that value (below: 0, from it on: 255)."""
-    n = img.count
-    pairs = [rescale[i] if len(rescale) == n else rescale[0] for i in range(n)]  # rio-tiler's own rule
-    if all(lo < hi for lo, hi in pairs):
-        return img, rescale
-    data = img.array.astype(np.float64)
-    out = []
-    for b, (lo, hi) in enumerate(pairs):
-        if lo > hi:
-            data[b] = -data[b]
-            out.append((-lo, -hi))
-        elif lo == hi:
-            data[b] = (data[b] >= lo).astype(np.float64)
-            out.append((0.0, 1.0))
-        else:
-            out.append((lo, hi))
-    return ImageData(data, bounds=img.bounds, crs=img.crs), tuple(out)
 
 
 def _empty_image(tms: morecantile.TileMatrixSet, tile: Tile, size: int, bands: int, dtype: str) -> ImageData:

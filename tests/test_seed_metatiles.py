@@ -18,7 +18,7 @@ from PIL import Image
 from server_models import add_sklearn_lsm
 from slidemap.server import seed as seed_mod
 from slidemap.server.service import ServerSettings, build_service
-from slidemap.server.seed_encode import Encoding, Pixels, encode
+from slidemap.server.tile_encode import Encoding, Pixels, encode
 from slidemap.server.seed_plan import plan, read_zooms
 
 WMQ = morecantile.tms.get("WebMercatorQuad")

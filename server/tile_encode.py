@@ -1,18 +1,19 @@
-"""Seeded tile pixels and their encoding.
+"""Tile pixels and their encoding: the one place 8-bit PNG and WebP tiles are made, for the
+server's tiles and for seeding alike.
 
-:func:`block_pixels` applies a layer's rescale or colormap to a whole block at once, with the
-same rio-tiler / titiler steps the server's ``_image_to_bytes`` runs per tile (every step is per
-pixel, so cutting after colouring gives the server's pixels). :func:`encode` writes one tile with
-Pillow, where the compression can be chosen, and writes the smallest PNG kind that decodes to the
-server's RGBA: class layers become palette PNGs (one byte per pixel) and tiles with no transparent
-pixel drop the alpha channel (RGB or grey).
+:func:`block_pixels` applies a layer's rescale or colormap to an image (one tile, or a seeding
+metatile at once) with the rio-tiler / titiler steps of ``titiler.core.utils.render_image``, up
+to the encoder (every step is per pixel, so cutting a metatile after colouring gives each tile's
+pixels). :func:`encode` writes a tile with Pillow in the smallest PNG kind that decodes to the same
+RGBA: class layers become palette PNGs (one byte per pixel) and tiles with no transparent pixel drop
+the alpha channel (RGB or grey). Images that would not end in 8 bits (a 16-bit PNG) go to titiler's
+own renderer (``tiles._image_to_bytes``).
 
 The default compression is zlib's run-length strategy (``Z_RLE``) after PNG's row filters: the
 filters leave small residuals in imagery, which RLE + Huffman coding packs about as well as a full
 LZ77 search at a third of the time (on real Sentinel-2 chips 2.2x faster than level 4 and 8 %
-smaller; the server's GDAL PNG driver uses level 6).
+smaller; GDAL's PNG driver, titiler's encoder, uses level 6).
 """
-
 from __future__ import annotations
 
 import io
@@ -29,7 +30,6 @@ from rasterio.dtypes import dtype_ranges
 from titiler.core.resources.enums import ImageType
 from titiler.core.utils import rescale_array
 
-from slidemap.server.tiles import _orient
 
 WEBP_QUALITY = int(ImageType.webp.profile.get("quality", 75))  # the server's WebP quality
 PngLevel = int | Literal["rle"]  # a zlib level (0-9, default strategy) or run-length coding
@@ -60,13 +60,11 @@ class Pixels:
 
 
 def block_pixels(img: ImageData, layer, params) -> Pixels | None:
-    """The server's rendering of ``img`` up to the encoder; None where it would not end in 8-bit
-    grey or RGB (then the caller renders tile by tile with the server's own function).
+    """The rendering of ``img`` up to the encoder; None where it would not end in 8-bit grey or RGB
+    (then the caller renders with titiler's own function).
 
     Only the window around the data is coloured (a block at a region's edge is mostly empty);
     pixels outside it are transparent black."""
-    from slidemap.server.seed_read import valid_window
-
     b, h, w = img.array.shape
     win = valid_window(img.array)
     if win is None:
@@ -101,7 +99,7 @@ def _window_pixels(img: ImageData, layer, params) -> Pixels | None:
             name = params.colormap_name or layer.colormap_name
             colormap = cmap.get(name) if name else None
             if rescale:
-                img, rescale = _orient(img, rescale)
+                img, rescale = orient_rescale(img, rescale)
         # titiler.core.utils.render_image from here on, minus the encoder.
         if rescale:
             img.rescale(rescale)
@@ -119,6 +117,40 @@ def _window_pixels(img: ImageData, layer, params) -> Pixels | None:
     if data.dtype != np.uint8 or data.shape[0] not in (1, 3):
         return None
     return Pixels(np.ascontiguousarray(data), np.ascontiguousarray(mask.astype(np.uint8)), codes)
+
+
+def orient_rescale(img: ImageData, rescale: tuple[tuple[float, float], ...]) -> tuple[ImageData, tuple[tuple[float, float], ...]]:
+    """rio-tiler rescales ``min < max`` only: ``max < min`` (a reversed ramp) becomes the negated
+    band over the negated range, ``min == max`` a step at that value (below: 0, from it on: 255)."""
+    n = img.count
+    pairs = [rescale[i] if len(rescale) == n else rescale[0] for i in range(n)]  # rio-tiler's own rule
+    if all(lo < hi for lo, hi in pairs):
+        return img, rescale
+    data = img.array.astype(np.float64)
+    out = []
+    for b, (lo, hi) in enumerate(pairs):
+        if lo > hi:
+            data[b] = -data[b]
+            out.append((-lo, -hi))
+        elif lo == hi:
+            data[b] = (data[b] >= lo).astype(np.float64)
+            out.append((0.0, 1.0))
+        else:
+            out.append((lo, hi))
+    return ImageData(data, bounds=img.bounds, crs=img.crs), tuple(out)
+
+
+def valid_window(arr: np.ma.MaskedArray, align: int = 1) -> tuple[int, int, int, int] | None:
+    """(row0, row1, col0, col1) around every unmasked pixel, widened to multiples of ``align``."""
+    valid = ~np.ma.getmaskarray(arr).all(axis=0)
+    rows, cols = np.flatnonzero(valid.any(axis=1)), np.flatnonzero(valid.any(axis=0))
+    if rows.size == 0:
+        return None
+    h, w = valid.shape
+    r0, c0 = rows[0] // align * align, cols[0] // align * align
+    r1 = min(h, -(-(rows[-1] + 1) // align) * align)
+    c1 = min(w, -(-(cols[-1] + 1) // align) * align)
+    return int(r0), int(r1), int(c0), int(c1)
 
 
 def _dtype_range(dtype) -> tuple[float, float]:
