@@ -52,6 +52,8 @@ CASES = [
      lambda: _image(1, high=70), dict(rescale=((0, 60),), colormap=cmap.get("viridis"))),
     ("one band, grey", Layer("twi", "T", "factor", "", rescale=((2, 12),)),
      lambda: _image(1, low=0, high=14), dict(rescale=((2, 12),))),
+    ("one band, no rescale (dtype range)", Layer("prob", "P", "detection", ""),
+     lambda: _image(1, dtype="uint8", low=0, high=255), dict()),
     ("classes, colormap", Layer("classes", "C", "factor", "", colormap=CLASSES, categorical=True),
      lambda: ImageData(np.ma.MaskedArray(RNG.integers(1, 4, (1, 256, 256)).astype(np.uint8),
                                          mask=np.zeros((1, 256, 256), bool))), dict(colormap=CLASSES)),
