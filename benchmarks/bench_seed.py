@@ -85,25 +85,17 @@ def byte_vrt(region: Path, out: Path) -> None:
     subprocess.run(argv + [str(layer.source), str(out)], check=True)
 
 
-def count_tiles(path: Path) -> int:
+def tiles_and_bytes(path: Path) -> tuple[int, int]:
+    """How many tiles, and their encoded bytes (archive overhead left out, so folders and MBTiles compare)."""
     if path.suffix == ".mbtiles":
         conn = sqlite3.connect(path)
         try:
-            return conn.execute("SELECT count(*) FROM tiles").fetchone()[0]
+            n, size = conn.execute("SELECT count(*), coalesce(sum(length(tile_data)), 0) FROM tiles").fetchone()
+            return int(n), int(size)
         finally:
             conn.close()
-    return sum(1 for _ in path.rglob("*.png"))
-
-
-def tile_bytes(path: Path) -> int:
-    """The tiles' encoded bytes (archive overhead left out, so folders and MBTiles compare)."""
-    if path.suffix == ".mbtiles":
-        conn = sqlite3.connect(path)
-        try:
-            return conn.execute("SELECT coalesce(sum(length(tile_data)), 0) FROM tiles").fetchone()[0]
-        finally:
-            conn.close()
-    return sum(p.stat().st_size for p in path.rglob("*.png"))
+    pngs = list(path.rglob("*.png"))
+    return len(pngs), sum(p.stat().st_size for p in pngs)
 
 
 def main() -> None:
@@ -152,8 +144,8 @@ def main() -> None:
                 for p in (out, work / f"cache-{name}", work / "cache-api"):  # every run from nothing
                     shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
                 seconds[name].append(sh(argv))
-                tiles[name] = count_tiles(out)
-                sizes[name] = tile_bytes(out) / 1e6
+                tiles[name], size = tiles_and_bytes(out)
+                sizes[name] = size / 1e6
                 print(f"round {r + 1}: {name}: {tiles[name]} tiles in {seconds[name][-1]:.1f} s", flush=True)
         computed = computed_layers(region, work)
         write(region, names, seconds, tiles, sizes, computed, rio is not None, args)
