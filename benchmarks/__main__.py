@@ -23,7 +23,7 @@ from benchmarks.machine import cpu_description as machine  # noqa: F401  (benchm
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-ORDER = ("prepare", "terrain", "windows", "unet", "lsm", "batch_shapes", "precision", "server", "blocks", "seed")
+ORDER = ("prepare", "terrain", "windows", "unet", "lsm", "batch_shapes", "precision", "server", "blocks", "seed", "png")
 GPU_RESULTS = HERE / "results" / "gpu"
 GPU_PENDING = """## GPU
 
