@@ -53,6 +53,21 @@ def test_attention_gates_on_every_skip_and_in_unit_range():
         attention_maps(plain)
 
 
+def test_deep_supervision_head_fuses_one_full_size_map_per_decoder_level():
+    keras.utils.set_random_seed(0)
+    model = build_unet(3, base_width=4, side_outputs=True)
+    x = np.random.default_rng(2).normal(size=(2, 48, 32, 3)).astype("float32")
+    out = np.asarray(model(x))
+    assert out.shape == (2, 48, 32, 1) and out.min() >= 0 and out.max() <= 1
+    sides = keras.Model(model.inputs[0], model.get_layer("sides").output)(x)
+    assert tuple(sides.shape) == (2, 48, 32, 4)  # side1..side4, each brought to full size
+    assert model.get_layer("probability").input.shape[-1] == 4  # the output sees only the fused maps
+    assert all(not layer.name.startswith("side") for layer in build_unet(3, base_width=4).layers)
+    cfg = unet_train.preset("demo", side_outputs=True, baselines=True)
+    specs = {s.name: s.side_outputs for s in unet_train.model_specs(cfg)}
+    assert specs == {"attention-unet-focal": True, "unet-bce": False, "pixel-hgb": False}  # the peers stay plain
+
+
 def test_flops_scale_with_tile_area():
     model = build_unet(4, base_width=4)
     f64, f128 = flops_per_tile(model, 64), flops_per_tile(model, 128)

@@ -4,7 +4,10 @@ Four encoder levels (two 3x3 conv + batch norm + ReLU, then 2x2 max pooling), a 
 and four decoder levels (2x2 transposed conv, concatenation with the skip, two 3x3 convs).
 Every skip connection passes an additive attention gate driven by the coarser decoder signal
 before it is concatenated. With ``attention=False`` the same network is a plain U-Net
-(the baseline in the reports).
+(the baseline in the reports). With ``side_outputs=True`` each decoder level also gives a
+one-channel logit map, upsampled to full size, and the output is a 1x1 convolution over the four
+(Oktay et al.'s deep-supervision head, ``dsv1..4`` fused by ``final``): the coarse levels, where the
+gates' signals come from, then get a gradient straight from the loss.
 
 Only stock Keras layers are used, so a saved ``.keras`` file loads without custom objects.
 The network is fully convolutional: any tile whose sides are multiples of 16 (four 2x2 poolings)
@@ -57,6 +60,7 @@ def build_unet(
     batch_norm: bool = True,
     name: str | None = None,
     prior: float = 0.01,
+    side_outputs: bool = False,
 ) -> Any:
     """Build an (attention) U-Net taking ``[N, H, W, bands]`` and returning ``[N, H, W, 1]`` probabilities.
 
@@ -77,6 +81,7 @@ def build_unet(
         skips.append(x)
         x = keras.layers.MaxPooling2D(2, name=f"pool{level + 1}")(x)
     x = _conv_block(keras, x, base_width * 2**DEPTH, batch_norm, "bottleneck")
+    sides = []
     for level in reversed(range(DEPTH)):
         width = base_width * 2**level
         skip = skips[level]
@@ -85,6 +90,13 @@ def build_unet(
         x = keras.layers.Conv2DTranspose(width, 2, strides=2, padding="same", name=f"up{level + 1}")(x)
         x = keras.layers.Concatenate(name=f"concat{level + 1}")([x, skip])
         x = _conv_block(keras, x, width, batch_norm, f"dec{level + 1}")
+        if side_outputs:
+            side = keras.layers.Conv2D(1, 1, dtype="float32", name=f"side{level + 1}")(x)
+            if level:
+                side = keras.layers.UpSampling2D(2**level, interpolation="nearest", name=f"side{level + 1}_up")(side)
+            sides.append(side)
+    if side_outputs:
+        x = keras.layers.Concatenate(name="sides", dtype="float32")(sides)
     # float32 output even under mixed precision: losses and thresholds need the full range.
     bias = keras.initializers.Constant(math.log(prior / (1.0 - prior)))
     outputs = keras.layers.Conv2D(

@@ -119,7 +119,7 @@ class EarlyStopping:
             model.set_weights(self.best_weights)
 
 
-def build_model(bands: int, base_width: int, attention: bool, seed: int) -> Any:
+def build_model(bands: int, base_width: int, attention: bool, seed: int, side_outputs: bool = False) -> Any:
     from slidemap.compute.models.runtime import configure_tensorflow
     from slidemap.training.unet import build_unet
 
@@ -127,7 +127,7 @@ def build_model(bands: int, base_width: int, attention: bool, seed: int) -> Any:
     import keras
 
     keras.utils.set_random_seed(seed)
-    return build_unet(bands, base_width, attention=attention)
+    return build_unet(bands, base_width, attention=attention, side_outputs=side_outputs)
 
 
 def fit_network(
@@ -142,6 +142,7 @@ def fit_network(
     dice_weight: float = 1.0,
     attention: bool = True,
     epochs: int | None = None,
+    side_outputs: bool = False,
     progress: bool = False,
     desc: str = "train",
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
@@ -159,7 +160,7 @@ def fit_network(
     if cfg.monitor not in MONITORS:
         raise ValueError(f"monitor {cfg.monitor!r} unknown; use one of {MONITORS}")
     t0, c0 = time.perf_counter(), time.process_time()
-    model = build_model(bands, cfg.base_width, attention, cfg.seed)
+    model = build_model(bands, cfg.base_width, attention, cfg.seed, side_outputs)
     n_epochs = int(epochs) if epochs else cfg.max_epochs
     steps = cfg.steps_per_epoch
     schedule = learning_rate_schedule(cfg.learning_rate, steps, n_epochs, cfg.warmup_epochs, cfg.final_lr_fraction)

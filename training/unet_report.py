@@ -133,7 +133,8 @@ def markdown(report: dict[str, Any], title: str = "Attention U-Net landslide inv
               f"bands {', '.join(data.get('bands', []))})", f"- created: {report.get('created')}",
               f"- preset: {cfg.get('preset')} (base width {cfg.get('base_width')}, loss {cfg.get('loss')}, "
               f"at most {cfg.get('epochs')} epochs of {cfg.get('epoch_chips') or 'the default number of'} chips, patience {cfg.get('patience')} "
-              f"on validation {cfg.get('monitor')}, refit {cfg.get('refit')})",
+              f"on validation {cfg.get('monitor')}, refit {cfg.get('refit')}; validation and test parts scored "
+              f"with {cfg.get('views', 1)} symmetric view(s) averaged, for every model)",
               f"- time: {report.get('seconds')} s wall, {report.get('cpu_seconds')} CPU s", ""]
     for kind, info in (report.get("splits") or {}).items():
         if isinstance(info, dict) and "rule" in info:
@@ -178,12 +179,16 @@ def markdown(report: dict[str, Any], title: str = "Attention U-Net landslide inv
                 if not isinstance(info, dict) or "training" not in info:
                     continue
                 tr = info.get("training") or {}
-                if tr:
+                if tr.get("epochs_run") is not None:
                     refit = tr.get("refit")
                     lines.append(f"  - {split_name}: {info.get('parameters')} parameters; {tr.get('epochs_run')} epochs, "
                                  f"best {tr.get('best_epoch')}{' (stopped early)' if tr.get('stopped_early') else ''}, "
                                  f"{tr.get('cpu_seconds')} CPU s" + (f"; refit {refit['epochs']} epochs on fit + validation "
                                  f"(test F1 before refit {refit['test_before_refit']['f1']:.3f})" if refit else ""))
+                views = tr.get("views")
+                if views:
+                    by_count = ", ".join(f"{k}: {_fmt(v)}" for k, v in (views.get("validation_pr_auc") or {}).items())
+                    lines.append(f"  - views averaged: {views.get('chosen')} (validation PR-AUC by count: {by_count})")
                 samp = info.get("sampling") or {}
                 if samp.get("chips_with_landslide") is not None:
                     lines.append(f"  - sampling: {samp.get('chips_with_landslide'):.0%} of training chips hold a landslide; "

@@ -14,7 +14,8 @@ Normalisation is the card's (:mod:`slidemap.compute.maps.image_norm`): a robust 
 input scene (a GeoTIFF, a region's imagery) by that scene's own percentiles, computed once from a
 decimated read, and each chip of a chip folder by its own; bare arrays handed to
 :meth:`Detector.predict` use the training scene's statistics unless a scene is given
-(:meth:`Detector.for_scene`). The probability threshold is the card's (chosen on validation data at
+(:meth:`Detector.for_scene`). Every window is averaged over the card's symmetric views (flips; see
+:mod:`slidemap.compute.models.views`). The probability threshold is the card's (chosen on validation data at
 training time); it goes into the output's tags and, with ``mask=True``, cuts a 0/1 mask beside it.
 
 Memory: loaded detectors are kept in a small LRU cache (:data:`CACHE_SIZE` versions), and a batch
@@ -41,6 +42,7 @@ import numpy as np
 from slidemap.compute.maps.image_norm import BandStats, apply_stats, image_stats, stats_for
 from slidemap.errors import InputError, ModelError
 from slidemap.compute.models.runtime import ModelCache
+from slidemap.compute.models.views import VIEWS, average_views, check_views
 
 log = logging.getLogger(__name__)
 DEFAULT_TILE = 256
@@ -132,6 +134,11 @@ class Detector:
         return str(self.card.get("units", "reflectance"))
 
     @property
+    def views(self) -> int:
+        """Symmetric views averaged per window (:mod:`slidemap.compute.models.views`); the card's, else 1."""
+        return check_views(int((self.card.get("inference") or {}).get("views", 1)))
+
+    @property
     def normalisation(self) -> dict[str, Any]:
         return dict(self.card.get("normalisation") or {})
 
@@ -165,7 +172,7 @@ class Detector:
             while i < len(x):
                 size = self.batch_size
                 try:
-                    outs.append(np.asarray(self.model.predict_on_batch(x[i : i + size]))[..., 0])
+                    outs.append(average_views(self.model.predict_on_batch, x[i : i + size], self.views)[..., 0])
                 except Exception as exc:
                     if not is_out_of_memory(exc):
                         raise
@@ -338,6 +345,9 @@ def load_detector(model_dir: str | Path, tile: int = DEFAULT_TILE, overlap: int 
         raise ModelError(f"{model_dir}: a {card.get('kind')} model, not a detector; use a `slidemap train unet` model")
     if not isinstance(card.get("normalisation"), dict) or "method" not in card["normalisation"]:
         raise ModelError(f"{model_dir}/card.json: no normalisation block; retrain the detector")
+    views = (card.get("inference") or {}).get("views", 1)
+    if views not in VIEWS:
+        raise ModelError(f"{model_dir}/card.json: inference.views is {views!r}, not one of {VIEWS}; retrain the detector")
     key = (str(model_dir.resolve()), str(card.get("version")))
 
     def load() -> Detector:
@@ -501,7 +511,7 @@ def detect_file(
         tags = {"model_version": det.version, "model": str(det.card.get("name")), "threshold": str(threshold),
                 "input": str(input_path.name), "scaling": how,
                 "normalisation": str(det.normalisation.get("method", "standardise")),
-                "synthetic_model": str(bool(det.card.get("synthetic")))}
+                "views": str(det.views), "synthetic_model": str(bool(det.card.get("synthetic")))}
         stats_acc = {"sum": 0.0, "n": 0, "above": 0}
         mask_target = mask_path_for(out_path) if mask else None
         with atomic_path(out_path, suffix=".tif") as tmp:
