@@ -4,13 +4,10 @@ skill, a tiny end-to-end run with its card, report and region default."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-import rasterio
-from affine import Affine
 
 from slidemap.compute.maps.image_norm import image_stats
 from slidemap.compute.models.select import default_model, resolve_model
@@ -22,6 +19,7 @@ from slidemap.training.search import SEED_PROPOSER, bayesian_search, seed_won
 from slidemap.training.seg_data import Evaluation, scene_split_data
 from slidemap.training.unet import attention_maps, build_unet, flops_per_tile
 from slidemap.training.unet_fit import EarlyStopping, FitConfig, fit_network, learning_rate_schedule, validation_scores
+from tiny_region import tiny_region as _tiny_region
 
 
 @pytest.mark.parametrize("tile", [16, 48, 64, 128])
@@ -105,37 +103,6 @@ def test_focal_space_keeps_optimizer_and_rate_and_says_when_the_seed_wins():
 
 
 # ---- scenes and splits -------------------------------------------------------------------------
-def _tiny_region(root: Path, size: int = 192, seed: int = 0, n_slides: int = 14) -> Path:
-    """A build folder with 4-band imagery and a landslide mask: bare, bright, low-NIR scars."""
-    rng = np.random.default_rng(seed)
-    build = root / "build"
-    build.mkdir(parents=True)
-    yy, xx = np.mgrid[0:size, 0:size]
-    mask = np.zeros((size, size), np.uint8)
-    placed = 0
-    while placed < n_slides:
-        cy, cx, r = rng.integers(8, size - 8), rng.integers(8, size - 8), rng.integers(3, 6)
-        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= (r + 2) ** 2
-        if mask[disc].any():  # keep landslides apart: each is its own area
-            continue
-        mask[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 1
-        placed += 1
-    base = np.stack([0.04, 0.06, 0.05, 0.30])[:, None, None] + rng.normal(0, 0.01, (4, size, size))
-    scar = np.array([0.12, 0.14, 0.16, 0.15])[:, None, None]
-    img = np.where(mask[None] == 1, scar + rng.normal(0, 0.01, (4, size, size)), base).astype("float32")
-    img[:, :6, :6] = np.nan
-    transform = Affine(10, 0, 500000, 0, -10, 3000000)
-    prof = dict(driver="GTiff", width=size, height=size, crs="EPSG:32649", transform=transform)
-    with rasterio.open(build / "imagery.tif", "w", count=4, dtype="float32", nodata=np.nan, **prof) as dst:
-        dst.write(img)
-        for i, b in enumerate(["B2", "B3", "B4", "B8"], start=1):
-            dst.set_band_description(i, b)
-    with rasterio.open(build / "labels_imagery.tif", "w", count=1, dtype="uint8", **prof) as dst:
-        dst.write(mask[None])
-    (build / "factors.json").write_text(json.dumps({"synthetic": True}))
-    return root
-
-
 def test_small_region_produces_both_splits_with_buffers(tmp_path):
     """A 4 km-like scene (400 px at 10 m) keeps training, validation and test landslides on both splits."""
     scene = scene_from_region(_tiny_region(tmp_path, size=400, seed=3, n_slides=40))

@@ -85,12 +85,12 @@ def test_a_card_with_an_unknown_view_count_is_refused(tmp_path):
 
 
 def test_a_training_run_chooses_the_view_count_on_validation_and_records_it(tmp_path):
-    from tests.test_unet import _tiny_region  # the same tiny region the U-Net tests use
+    from tiny_region import tiny_region
 
     from slidemap.training import unet_train
     from slidemap.training.scene import scene_from_region
 
-    root = _tiny_region(tmp_path, size=160, seed=5, n_slides=20)
+    root = tiny_region(tmp_path, size=160, seed=5, n_slides=20)
     cfg = unet_train.preset("quick", base_width=2, chip=32, epochs=1, epoch_chips=4, batch_size=4, buffer=8,
                             views=4)
     result = unet_train.run(scene_from_region(root), cfg, progress=False)

@@ -17,7 +17,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from slidemap.compute.models.runtime import configure_tensorflow
 from slidemap.compute.models.views import VIEWS, ViewAveraged
@@ -52,7 +51,7 @@ def score(source_path: Path, model_dir: Path) -> list[dict[str, float]]:
     model = keras.saving.load_model(model_dir / card.get("weights", "model.keras"), compile=False)
     region = (source_path / "build").is_dir()
     source = scene_from_region(source_path) if region else chips_from_folder(source_path)
-    cfg = unet_train.preset("demo", seed=int(card.get("hyperparameters", {}).get("seed", 0) or 0)).for_source(not region)
+    cfg = unet_train.preset("demo").for_source(not region)  # the preset's seed-0 split, as the models were trained
     data = unet_train._split_data(source, "blocked", cfg)
     rows = []
     for views in VIEWS:
