@@ -320,6 +320,20 @@ def test_a_chip_folder_gets_the_presets_folder_budget():
     assert preset("quick").for_source(folder=True).epochs == 3  # no folder budget: unchanged
 
 
+def test_a_chip_folder_ships_a_model_refitted_on_fit_and_validation():
+    """demo: a region's scenes keep the first model (the main job's time); a chip folder refits on fit +
+    validation; a refit rule the user gives applies to both."""
+    from slidemap.training.unet_train import apply_settings, preset
+
+    demo = preset("demo")
+    assert demo.for_source(folder=False).refit is False and demo.for_source(folder=True).refit is True
+    off = apply_settings(demo, {"refit": "false"})
+    assert off.for_source(folder=True).refit is False
+    on = apply_settings(demo, {"refit": "true"})
+    assert on.for_source(folder=False).refit is True
+    assert preset("quick").for_source(folder=True).refit is False  # no folder rule: as refit
+
+
 _TWICE = """
 import hashlib, sys
 import numpy as np

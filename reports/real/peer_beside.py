@@ -1,0 +1,65 @@
+"""Train the plain U-Net peer (BCE) on a chip folder's blocked split, with the demo preset's recipe, and
+set it beside a detector already trained on the same split, paired over the same test chips.
+
+For when the attention U-Net of a recipe change has been trained on its own (one network of the
+``--baselines`` run, at a third of its cost) and its peer is wanted on the very same chips.
+
+    .venv/bin/python reports/real/peer_beside.py CHIP_DIR MODEL_DIR [OUT.json]
+
+MODEL_DIR is the saved detector (its card gives the threshold and the view count it was scored with);
+the peer gets the preset's rules for a chip folder (early stopping, refit, views chosen on validation).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def main(chip_dir: Path, model_dir: Path, out: Path | None) -> None:
+    from slidemap.compute.models.runtime import configure_tensorflow
+
+    configure_tensorflow()
+    import keras
+
+    from slidemap.compute.models.views import ViewAveraged
+    from dataclasses import replace
+
+    from slidemap.training import unet_train
+    from slidemap.training.search import HyperParams
+    from slidemap.training.chips import chips_from_folder
+    from slidemap.training.seg_metrics import paired_f1_difference, segmentation_metrics
+
+    card = json.loads((model_dir / "card.json").read_text())
+    model = keras.saving.load_model(model_dir / card.get("weights", "model.keras"), compile=False)
+    source = chips_from_folder(chip_dir)
+    cfg = unet_train.preset("demo").for_source(True)
+    if card["training_data"]["fingerprint"] != source.fingerprint():
+        raise SystemExit(f"{model_dir}: trained on other chips than {chip_dir}")
+    data = unet_train._split_data(source, "blocked", cfg)
+    views = int(card.get("inference", {}).get("views", 1))
+    test = data.predict_test(ViewAveraged(model, views))
+    saved = segmentation_metrics(test.labels, test.prob, card["threshold"])
+    spec = next(s for s in unet_train.model_specs(replace(cfg, baselines=True)) if s.name == "unet-bce")
+    hp = HyperParams(cfg.optimizer, cfg.learning_rate, cfg.alpha, cfg.gamma)
+    peer = unet_train.train_and_evaluate(data, spec, hp, cfg, progress=False)
+    diff = paired_f1_difference(peer.test_counts, test.counts_by_unit(card["threshold"]), seed=cfg.seed)
+    keys = ("f1", "precision", "recall", "miou", "pr_auc")
+    result = {
+        "chips": str(chip_dir), "detector": str(model_dir), "split": "blocked, seed 0 (the demo preset's)",
+        "detector_metrics": {k: saved[k] for k in keys}, "detector_views": views,
+        "peer": spec.label, "peer_metrics": {k: peer.metrics[k] for k in keys}, "peer_skill": peer.skill,
+        "peer_views": peer.views, "peer_training": peer.training,
+        "peer_minus_detector_f1": diff,
+    }
+    text = json.dumps(result, indent=2, default=float)
+    print(text)
+    if out:
+        out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) not in (3, 4):
+        raise SystemExit(__doc__)
+    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) == 4 else None)
