@@ -364,3 +364,30 @@ def test_one_thread_training_is_bit_identical(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     first, second = done.stdout.split()[-2:]
     assert first == second
+
+
+def test_a_chip_folder_run_refits_on_fit_and_validation_chips():
+    """The demo preset on a (tiny) chip folder: the shipped network is the refit, for the best epoch
+    count, and the report keeps the test figures from before it."""
+    from slidemap.training.chips import ChipSet
+
+    rng = np.random.default_rng(3)
+    n, size = 40, 32
+    images = rng.normal(0.3, 0.05, (n, size, size, 3)).astype(np.float32)
+    masks = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        r, c = rng.integers(2, size - 12, 2)
+        masks[i, r:r + 10, c:c + 10] = 1
+        images[i, r:r + 10, c:c + 10] += 0.4
+    index = np.arange(n, dtype=np.int64)
+    chips = ChipSet(images, masks, [f"c{i}" for i in index], ["R", "G", "B"], index * 10 // n,
+                    np.column_stack([index, np.zeros(n, np.int64), index + 1, np.ones(n, np.int64)]),
+                    {"kind": "folder", "path": "tiny", "synthetic": True, "units": "file",
+                     "blocking": "10 contiguous blocks of file index"})
+    cfg = unet_train.preset("demo", base_width=4, epochs=2, min_epochs=1, patience=2, batch_size=8,
+                            learning_rate=1e-2, views=1)
+    result = unet_train.run(chips, cfg, progress=False)
+    assert result.config.refit is True
+    refit = result.primary.training["refit"]
+    assert refit["epochs"] == result.primary.training["best_epoch"]
+    assert set(refit["test_before_refit"]) >= {"f1", "pr_auc"}

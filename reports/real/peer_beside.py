@@ -4,7 +4,7 @@ set it beside a detector already trained on the same split, paired over the same
 For when the attention U-Net of a recipe change has been trained on its own (one network of the
 ``--baselines`` run, at a third of its cost) and its peer is wanted on the very same chips.
 
-    .venv/bin/python reports/real/peer_beside.py CHIP_DIR MODEL_DIR [OUT.json]
+    .venv/bin/python reports/real/peer_beside.py CHIP_DIR MODEL_DIR [OUT.md]
 
 MODEL_DIR is the saved detector (its card gives the threshold and the view count it was scored with);
 the peer gets the preset's rules for a chip folder (early stopping, refit, views chosen on validation).
@@ -55,8 +55,20 @@ def main(chip_dir: Path, model_dir: Path, out: Path | None) -> None:
     }
     text = json.dumps(result, indent=2, default=float)
     print(text)
-    if out:
-        out.write_text(text + "\n")
+    if out:  # Markdown, not JSON: every JSON document under reports/real is a training report
+        out.write_text(note(result, text))
+
+
+def note(result: dict, text: str) -> str:
+    d, p, diff = result["detector_metrics"], result["peer_metrics"], result["peer_minus_detector_f1"]
+    low, high = diff["ci95"]
+    return (f"# {result['peer']} beside `{result['detector']}`\n\n"
+            f"Same chips ({result['chips']}), same split ({result['split']}).\n\n"
+            "| model | F1 | precision | recall | PR-AUC | views |\n|---|---|---|---|---|---|\n"
+            f"| detector | {d['f1']:.3f} | {d['precision']:.3f} | {d['recall']:.3f} | {d['pr_auc']:.3f} | {result['detector_views']} |\n"
+            f"| {result['peer']} | {p['f1']:.3f} | {p['precision']:.3f} | {p['recall']:.3f} | {p['pr_auc']:.3f} | {result['peer_views']} |\n\n"
+            f"Peer F1 minus the detector's: {diff['difference']:+.3f} [{low:+.3f}, {high:+.3f}] ({diff['method']}).\n\n"
+            f"```json\n{text}\n```\n")
 
 
 if __name__ == "__main__":
