@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -24,11 +25,9 @@ def main(chip_dir: Path, model_dir: Path, out: Path | None) -> None:
     import keras
 
     from slidemap.compute.models.views import ViewAveraged
-    from dataclasses import replace
-
     from slidemap.training import unet_train
-    from slidemap.training.search import HyperParams
     from slidemap.training.chips import chips_from_folder
+    from slidemap.training.search import HyperParams
     from slidemap.training.seg_metrics import paired_f1_difference, segmentation_metrics
 
     card = json.loads((model_dir / "card.json").read_text())
