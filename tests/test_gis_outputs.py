@@ -48,6 +48,23 @@ def test_gdal_reads_the_class_raster_colour_table_and_names(tmp_path):
         np.testing.assert_array_equal(src.read(1), data)
 
 
+def test_a_class_raster_with_overviews_is_written_without_gdal_warnings(tmp_path, caplog):
+    """The main job printed GDAL's "overviews on palette index raster bands without a palette" once per
+    overview level: the table now goes on after the overviews are built."""
+    tif = tmp_path / "classes.tif"
+    data = (np.arange(300 * 300).reshape(300, 300) // 7 % 6).astype(np.uint8)
+    with caplog.at_level("WARNING"):
+        write_cog(tif, data, _grid(300), nodata=0, overview_resampling="mode",
+                  colormap={0: (0, 0, 0, 0), 1: (26, 150, 65, 255), 2: (215, 25, 28, 255)})
+    assert not [r for r in caplog.records if "palette" in r.getMessage()], caplog.text
+    with rasterio.open(tif) as src:
+        assert src.colorinterp[0] == rasterio.enums.ColorInterp.palette
+        assert src.colormap(1)[2] == (215, 25, 28, 255)
+        assert src.overviews(1) == [2, 4, 8, 16]
+        assert set(np.unique(src.read(1, out_shape=(75, 75)))) <= set(range(6))  # class codes, not averages
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+
+
 def test_qml_and_sld_are_wellformed_and_say_the_classes(tmp_path):
     tif = tmp_path / "map.tif"
     tif.write_bytes(b"")

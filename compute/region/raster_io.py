@@ -89,10 +89,8 @@ def write_cog(
     if data.shape[1:] != grid.shape:
         raise ValueError(f"array shape {data.shape[1:]} does not match grid {grid.shape}")
     with cog_writer(target, grid, data.shape[0], data.dtype.name, band_names, nodata, tags, overview_resampling,
-                    layout) as dst:
+                    layout, colormap) as dst:
         dst.write(data)
-        if colormap:
-            dst.write_colormap(1, colormap)
 
 
 @dataclass(frozen=True)
@@ -125,8 +123,10 @@ def cog_writer(
     tags: dict[str, str] | None = None,
     overview_resampling: str = "average",
     layout: CogLayout | None = None,
+    colormap: dict[int, tuple[int, ...]] | None = None,
 ) -> Iterator[rasterio.io.DatasetWriter]:
-    """Yield a tiled GeoTIFF writer on ``grid``; on exit build overviews and publish a COG.
+    """Yield a tiled GeoTIFF writer on ``grid``; on exit build overviews, add ``colormap`` as band 1's
+    colour table, and publish a COG.
 
     Lets large rasters be written window by window instead of held in memory.
     """
@@ -151,6 +151,12 @@ def cog_writer(
                 factors = [f for f in (2, 4, 8, 16, 32, 64) if min(grid.shape) // f >= 16]
                 if factors:
                     dst.build_overviews(factors, Resampling[overview_resampling])
+            if colormap:
+                # after the overviews: GDAL computes each level from the one above, whose band is a
+                # palette index without the table, and warns on every level; the levels are class
+                # codes either way (mode), and readers take the table from the full-resolution band
+                with rasterio.open(work, "r+") as dst:
+                    dst.write_colormap(1, colormap)
             rio_copy(
                 work,
                 tmp,
