@@ -56,6 +56,19 @@ def test_photometric_leaves_no_data_at_zero_and_respects_none():
     np.testing.assert_array_equal(same_x[0], x)
 
 
+def test_photometric_treats_a_turned_view_like_its_copy_and_leaves_the_input_alone():
+    """Chips arrive as flipped or turned views (not C-contiguous); the jitter works on a flat view of
+    its own copy, which must be the chip itself, whatever the input's strides."""
+    x = np.random.default_rng(5).normal(size=(16, 16, 3)).astype(np.float32)
+    turned = np.rot90(x[:, ::-1], 1, axes=(0, 1))
+    before = turned.copy()
+    out_view = photometric(turned, np.random.default_rng(6), AugmentConfig())
+    out_copy = photometric(np.ascontiguousarray(turned), np.random.default_rng(6), AugmentConfig())
+    np.testing.assert_array_equal(out_view, out_copy)
+    assert not np.allclose(out_view, before)  # the jitter reached the chip
+    np.testing.assert_array_equal(turned, before)  # and not the caller's array
+
+
 def test_rectangular_chips_keep_their_shape():
     x = np.zeros((8, 16, 32, 2), np.float32)
     y = np.zeros((8, 16, 32), np.uint8)
