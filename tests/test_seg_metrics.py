@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slidemap.training.seg_metrics import choose_threshold, confusion, pr_auc, segmentation_metrics
+from sklearn.metrics import average_precision_score, precision_recall_curve
+
+from slidemap.training.seg_metrics import choose_threshold, confusion, pr_auc, ranking_scores, segmentation_metrics
 
 
 def test_metrics_match_hand_counted_confusion():
@@ -91,3 +93,17 @@ def test_paired_difference_cancels_what_two_models_share():
     assert same["difference"] == 0.0 and same["ci95"] == [0.0, 0.0] and same["share_a_ahead"] == 0.0
     with pytest.raises(ValueError, match="same units"):
         paired_f1_difference(a, b[:10])
+
+
+def test_ranking_scores_are_average_precision_and_best_f1_from_one_curve():
+    rng = np.random.default_rng(7)
+    y = (rng.random(5000) < 0.05).astype(np.uint8)
+    prob = np.round(np.clip(0.4 * rng.random(5000) + 0.5 * y * rng.random(5000), 0, 1), 2)  # with ties
+    y[:50] = 255  # ignored pixels stay out
+    ap, f1 = ranking_scores(y, prob)
+    keep = y != 255
+    assert ap == pytest.approx(average_precision_score(y[keep], prob[keep]), abs=1e-12)
+    p, r, _ = precision_recall_curve(y[keep], prob[keep])
+    assert f1 == pytest.approx(np.max(2 * p * r / np.maximum(p + r, 1e-12)), abs=1e-12)
+    no_slides = ranking_scores(np.zeros(10, np.uint8), np.linspace(0, 1, 10))
+    assert np.isnan(no_slides[0]) and no_slides[1] == 0.0

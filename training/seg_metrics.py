@@ -69,26 +69,43 @@ def from_confusion(c: dict[str, int]) -> dict[str, float]:
     }
 
 
-def pr_auc(y_true: np.ndarray, prob: np.ndarray) -> float:
-    """Average precision of the landslide class; NaN when the split has no landslide pixel."""
-    from sklearn.metrics import average_precision_score
-
-    y, p = _valid_pairs(y_true, prob)
-    if y.size == 0 or not y.any():
-        return float("nan")
-    return float(average_precision_score(y, p))
-
-
-def best_f1(y_true: np.ndarray, prob: np.ndarray) -> float:
-    """The highest landslide F1 over all thresholds (0 with no landslide pixel)."""
+def _pr_curve(y_true: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Precision and recall over every threshold (scikit-learn's curve); None without a landslide pixel."""
     from sklearn.metrics import precision_recall_curve
 
     y, p = _valid_pairs(y_true, prob)
     if y.size == 0 or not y.any():
-        return 0.0
+        return None
     precision, recall, _ = precision_recall_curve(y, p)
+    return precision, recall
+
+
+def _average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
+    # scikit-learn's average_precision_score on the same curve: a step sum, no interpolation
+    return float(-np.sum(np.diff(recall) * precision[:-1]))
+
+
+def _best_f1(precision: np.ndarray, recall: np.ndarray) -> float:
     f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)
     return float(f1.max())
+
+
+def pr_auc(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """Average precision of the landslide class; NaN when the split has no landslide pixel."""
+    curve = _pr_curve(y_true, prob)
+    return float("nan") if curve is None else _average_precision(*curve)
+
+
+def best_f1(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """The highest landslide F1 over all thresholds (0 with no landslide pixel)."""
+    curve = _pr_curve(y_true, prob)
+    return 0.0 if curve is None else _best_f1(*curve)
+
+
+def ranking_scores(y_true: np.ndarray, prob: np.ndarray) -> tuple[float, float]:
+    """``(pr_auc, best_f1)`` from one sort of the pixels (early stopping scores both every epoch)."""
+    curve = _pr_curve(y_true, prob)
+    return (float("nan"), 0.0) if curve is None else (_average_precision(*curve), _best_f1(*curve))
 
 
 def choose_threshold(y_true: np.ndarray, prob: np.ndarray, default: float = 0.5) -> float:

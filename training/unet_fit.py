@@ -23,7 +23,7 @@ import numpy as np
 
 from slidemap.training.chip_augment import NONE, AugmentConfig, augment_batch
 from slidemap.training.seg_data import Sampler, predict_windows
-from slidemap.training.seg_metrics import best_f1, pr_auc
+from slidemap.training.seg_metrics import ranking_scores
 
 log = logging.getLogger(__name__)
 MONITORS = ("pr_auc", "f1")
@@ -90,9 +90,8 @@ def validation_scores(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int)
     """PR-AUC and the best F1 over thresholds on validation windows (pooled valid pixels)."""
     if len(x) == 0:
         return {"val_pr_auc": float("nan"), "val_f1": float("nan")}
-    prob = predict_windows(model, x, batch_size)
-    score = pr_auc(y, prob)
-    return {"val_pr_auc": 0.0 if not np.isfinite(score) else float(score), "val_f1": float(best_f1(y, prob))}
+    score, f1 = ranking_scores(y, predict_windows(model, x, batch_size))
+    return {"val_pr_auc": 0.0 if not np.isfinite(score) else score, "val_f1": f1}
 
 
 class EarlyStopping:
