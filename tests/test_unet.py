@@ -13,7 +13,7 @@ from slidemap.compute.maps.image_norm import image_stats
 from slidemap.compute.models.select import default_model, resolve_model
 from slidemap.errors import BuildError, ModelError
 from slidemap.training import scene as sc
-from slidemap.training import unet_report, unet_train
+from slidemap.training import unet_fit, unet_report, unet_train
 from slidemap.training.scene import scene_from_region, split_scene
 from slidemap.training.search import SEED_PROPOSER, bayesian_search, seed_won
 from slidemap.training.seg_data import Evaluation, scene_split_data
@@ -184,6 +184,40 @@ def test_fit_network_ends_with_the_best_validation_weights(tmp_path):
     assert lrs[0] == pytest.approx(1e-2) and all(b < a for a, b in zip(lrs, lrs[1:], strict=False))  # peak, then decay
     schedule = learning_rate_schedule(1e-2, steps_per_epoch=2, epochs=6, warmup_epochs=1)
     assert float(schedule(0)) == pytest.approx(1e-3) and float(schedule(2)) == pytest.approx(1e-2)  # warm-up
+
+
+def test_weight_averaging_scores_keeps_and_ships_the_averaged_weights(tmp_path, monkeypatch):
+    scene = scene_from_region(_tiny_region(tmp_path, size=192, seed=2, n_slides=30))
+    data = scene_split_data(scene, "blocked", chip=32, buffer=8, seed=0, positive_share=0.5)
+    cfg = FitConfig(base_width=4, batch_size=4, epoch_chips=8, max_epochs=3, min_epochs=1, patience=0,
+                    learning_rate=1e-2, warmup_epochs=1, seed=0, ema_epochs=1.0)
+    assert cfg.ema_momentum == pytest.approx(0.5) and FitConfig().ema_momentum is None  # 2 steps per epoch
+    seen: list[tuple[list[np.ndarray], list[np.ndarray]]] = []
+    score = unet_fit.validation_scores
+
+    models: list = []
+
+    def spy(model, *args):  # inside the swap: the model holds the average, the optimizer the raw weights
+        models[:] = [model]
+        seen.append(([v.numpy() for v in model.trainable_variables],
+                     [v.numpy() for v in model.optimizer._model_variables_moving_average]))
+        return score(model, *args)
+
+    monkeypatch.setattr(unet_fit, "validation_scores", spy)
+    after: list[list[np.ndarray]] = []
+    fit = fit_network(data.sampler, data.val_x, data.val_y, 4, cfg, "focal", 0.75, 1.0,
+                      on_epoch=lambda epoch, logs: after.append([v.numpy() for v in models[0].trainable_variables]))
+    monkeypatch.undo()
+    assert len(seen) == 3
+    for (scored, raw), trained_on in zip(seen, after, strict=True):
+        assert not all(np.allclose(a, b) for a, b in zip(scored, raw, strict=True))  # the average was scored
+        assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(raw, trained_on, strict=True))  # raw ones back
+    best = seen[fit.best_epoch - 1][0]
+    assert all(np.allclose(a, b.numpy(), atol=1e-6) for a, b in zip(best, fit.model.trainable_variables, strict=True))
+    refit = fit_network(data.sampler, None, None, 4, cfg, "focal", 0.75, 1.0, epochs=2)  # no validation
+    final = [v.numpy() for v in refit.model.trainable_variables]
+    kept = [v.numpy() for v in refit.model.optimizer._model_variables_moving_average]
+    assert all(np.array_equal(a, b) for a, b in zip(final, kept, strict=True))  # ships the average
 
 
 # ---- skill -------------------------------------------------------------------------------------

@@ -42,6 +42,10 @@ class FitConfig:
     optimizer: str = "adam"
     warmup_epochs: int = 2
     final_lr_fraction: float = 0.02  # cosine decay ends at this fraction of the peak rate
+    # Polyak averaging: validation, early stopping and the returned model use an exponential moving
+    # average of the weights over about this many epochs (0: the raw weights). A region's epoch is 8
+    # steps at a high rate, and its raw weights' validation PR-AUC swung by 0.2-0.3 between epochs
+    ema_epochs: float = 0.0
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)  # None: no augmentation
     jit: bool = False
     seed: int = 0
@@ -49,6 +53,13 @@ class FitConfig:
     @property
     def steps_per_epoch(self) -> int:
         return max(1, int(np.ceil(self.epoch_chips / self.batch_size)))
+
+    @property
+    def ema_momentum(self) -> float | None:
+        """The per-step momentum of the weight average (None: no average)."""
+        if self.ema_epochs <= 0:
+            return None
+        return 1.0 - 1.0 / max(2.0, self.ema_epochs * self.steps_per_epoch)
 
 
 @dataclass
@@ -76,14 +87,42 @@ def learning_rate_schedule(peak: float, steps_per_epoch: int, epochs: int, warmu
     )
 
 
-def make_optimizer(name: str, schedule: Any) -> Any:
+def make_optimizer(name: str, schedule: Any, ema_momentum: float | None = None) -> Any:
     import keras
 
+    average = {"use_ema": True, "ema_momentum": ema_momentum} if ema_momentum else {}
     if name == "adam":
-        return keras.optimizers.Adam(learning_rate=schedule)
+        return keras.optimizers.Adam(learning_rate=schedule, **average)
     if name == "sgd":
-        return keras.optimizers.SGD(learning_rate=schedule, momentum=0.9)
+        return keras.optimizers.SGD(learning_rate=schedule, momentum=0.9, **average)
     raise ValueError(f"unknown optimizer {name!r}")
+
+
+class AveragedWeights:
+    """Keras's ``SwapEMAWeights`` driven by hand (the loop is not ``model.fit``): ``with averaged:``
+    puts the optimizer's moving average of the weights into the model and the raw ones back after;
+    :meth:`keep` leaves the average in for good. Does nothing for an optimizer without ``use_ema``."""
+
+    def __init__(self, model: Any) -> None:
+        import keras
+
+        self.active = bool(getattr(model.optimizer, "use_ema", False))
+        self._swap = keras.callbacks.SwapEMAWeights()
+        self._swap.set_model(model)
+        self.model = model
+
+    def __enter__(self) -> AveragedWeights:
+        if self.active:
+            self._swap.on_test_begin()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.active:
+            self._swap.on_test_end()
+
+    def keep(self) -> None:
+        if self.active:
+            self.model.optimizer.finalize_variable_values(self.model.trainable_variables)
 
 
 def validation_scores(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int) -> dict[str, float]:
@@ -163,8 +202,9 @@ def fit_network(
     n_epochs = int(epochs) if epochs else cfg.max_epochs
     steps = cfg.steps_per_epoch
     schedule = learning_rate_schedule(cfg.learning_rate, steps, n_epochs, cfg.warmup_epochs, cfg.final_lr_fraction)
-    model.compile(optimizer=make_optimizer(cfg.optimizer, schedule),
+    model.compile(optimizer=make_optimizer(cfg.optimizer, schedule, cfg.ema_momentum),
                   loss=make_loss(loss, alpha, gamma, dice_weight), jit_compile=cfg.jit)
+    averaged = AveragedWeights(model)
     rng = np.random.default_rng(cfg.seed)
     validate = epochs is None and val_x is not None and len(val_x) > 0
     stopper = EarlyStopping(cfg.patience if validate else 0, cfg.min_epochs)
@@ -185,11 +225,12 @@ def fit_network(
             logs = {"loss": history["loss"][-1]}
             if validate:
                 assert val_x is not None and val_y is not None
-                scores = validation_scores(model, val_x, val_y, cfg.batch_size)
+                with averaged:  # scored and kept as the averaged weights (the raw ones train on)
+                    scores = validation_scores(model, val_x, val_y, cfg.batch_size)
+                    stop = stopper.update(epoch, scores[f"val_{cfg.monitor}"], model)
                 for k, v in scores.items():
                     history.setdefault(k, []).append(v)
                 logs.update(scores)
-                stop = stopper.update(epoch, scores[f"val_{cfg.monitor}"], model)
             else:
                 stop = False
             bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()})
@@ -201,9 +242,10 @@ def fit_network(
                 break
     finally:
         bar.close()
-    if validate:
-        stopper.restore(model)
-        best_epoch = stopper.best_epoch or epoch
+    if validate and stopper.best_weights is not None:
+        stopper.restore(model)  # the averaged weights of the best epoch
+        best_epoch = stopper.best_epoch
     else:
+        averaged.keep()
         best_epoch = epoch
     return FitResult(model, history, best_epoch, epoch, stopped, time.perf_counter() - t0, time.process_time() - c0)
