@@ -90,6 +90,26 @@ class RequestPolicy:
         await self.app(scope, receive, send)
 
 
+class HeadAsGet:
+    """ASGI middleware: HEAD is answered as GET without the body. FastAPI routes take only the
+    methods they declare (GET), but tile clients and caches send HEAD to check a URL or an ETag."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}  # the GET's headers (Content-Length too), no body
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
 # ---- the app -----------------------------------------------------------------------------------
 def create_app(region_dir: Path, settings: ServerSettings | None = None) -> FastAPI:
     """The tile server for a region: :class:`TileServerFactory`'s routes with the request policy,
@@ -139,6 +159,7 @@ def create_app(region_dir: Path, settings: ServerSettings | None = None) -> Fast
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "HEAD"],
                            expose_headers=["ETag"])
     app.add_middleware(RequestPolicy, allowed_hosts=allowed_hosts, max_url_length=settings.max_url_length)
+    app.add_middleware(HeadAsGet)
     app.include_router(factory.router)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.mount("/vendor/leaflet", StaticFiles(directory=_leaflet_dir()), name="leaflet")

@@ -83,8 +83,14 @@ def extract_feature(service, layer_id: str, geometry: dict, model: str | None = 
     outside the polygon set to no data (as titiler's ``/feature``)."""
     from rasterio.features import geometry_mask
     from rasterio.warp import transform_geom
-    from shapely.geometry import shape
+    from shapely.geometry import box, mapping, shape
 
+    # GeoJSON types are case-sensitive (RFC 7946) but shapely's shape() is not, and it unwraps a
+    # Feature: check the type first, so that exactly GeoJSON's Polygon and MultiPolygon get through.
+    kind = geometry.get("type")
+    if kind not in ("Polygon", "MultiPolygon"):
+        raise BadTileRequest(f"the geometry must be a Polygon or MultiPolygon in WGS84, type names as GeoJSON "
+                             f"writes them (got type {str(kind)[:40]!r})")
     try:
         geom = shape(geometry)
     except Exception as exc:  # noqa: BLE001 - any malformed GeoJSON is the client's to fix
@@ -92,9 +98,26 @@ def extract_feature(service, layer_id: str, geometry: dict, model: str | None = 
     if geom.geom_type not in ("Polygon", "MultiPolygon") or geom.is_empty or not geom.is_valid:
         raise BadTileRequest(f"give one valid Polygon or MultiPolygon in WGS84 (got {geom.geom_type}"
                              f"{', invalid' if not geom.is_valid else ''})")
-    out = extract_bbox(service, layer_id, tuple(geom.bounds), model, cancel)
-    native = transform_geom("EPSG:4326", out.grid.crs, geometry)
-    outside = geometry_mask([native], out_shape=out.data.shape[1:], transform=out.grid.transform)
+    # Beyond WGS84's range PROJ fails (or answers garbage); say which coordinate is wrong, as /bbox does.
+    w, s, e, n = geom.bounds
+    if not (-180 <= w and e <= 180):
+        raise BadTileRequest(f"longitudes must be within -180..180 degrees (the polygon spans {w:g}..{e:g})")
+    if not (-90 <= s and n <= 90):
+        raise BadTileRequest(f"latitudes must be within -90..90 degrees (the polygon spans {s:g}..{n:g})")
+    out = extract_bbox(service, layer_id, (w, s, e, n), model, cancel)
+    # GeoJSON edges are straight in WGS84 (RFC 7946) but only vertices are reprojected, so an edge
+    # from far away lands anywhere: reproject the polygon's part over the extract, densified.
+    west, south, east, north = out.grid.bounds_in("EPSG:4326")
+    part = geom.intersection(box(west, south, east, north)).segmentize(max(east - west, north - south) / 256)
+    if part.is_empty:  # the polygon's box overlaps the layer but the polygon does not
+        outside = np.ones(out.data.shape[1:], dtype=bool)
+    else:
+        try:
+            # shapely's own GeoJSON: the canonical type and float coordinates, whatever the client wrote.
+            native = transform_geom("EPSG:4326", out.grid.crs, mapping(part))
+        except Exception as exc:  # noqa: BLE001 - PROJ/GDAL failing on the client's polygon is the client's to fix
+            raise BadTileRequest(f"the polygon cannot be reprojected to the layer's CRS ({str(exc)[:120]})") from exc
+        outside = geometry_mask([native], out_shape=out.data.shape[1:], transform=out.grid.transform)
     data = out.data.copy()
     data[:, outside] = out.nodata
     out.data = data

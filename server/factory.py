@@ -438,6 +438,8 @@ class TileServerFactory:
                 body = json.loads(bytes(raw))
             except ValueError as exc:
                 raise server_errors.BadTileRequest(f"the body is not JSON ({str(exc)[:80]})") from exc
+            except RecursionError as exc:  # e.g. "[" * 100000: deeper than Python's parser recurses
+                raise server_errors.BadTileRequest("the body's JSON is nested too deeply") from exc
             geometry = body.get("geometry") if isinstance(body, dict) and body.get("type") == "Feature" else body
             if not isinstance(geometry, dict):
                 raise server_errors.BadTileRequest("send a GeoJSON Feature with a geometry, or a geometry")
@@ -517,7 +519,7 @@ class TileServerFactory:
             return Response(xml, media_type="application/xml")
 
         @self.router.get("/WMTSCapabilities.xml", tags=["OGC"], response_class=Response,
-                         responses={200: {"content": {"application/xml": {}}}, **error_responses(400, 422)})
+                         responses={200: {"content": {"application/xml": {}}}, **error_responses(400, 404, 422)})
         def all_wmts(
             request: Request,
             tms: Annotated[Literal[SUPPORTED_TMS] | None,  # type: ignore[valid-type]

@@ -3,8 +3,8 @@ and tiles as the XYZ routes.
 
 Each layer is a *collection*; its id is the layer id with ``/`` written as ``.`` (``factors.slope``,
 ``susceptibility.classes``), because OGC collection ids are one path segment. Each collection offers a
-map tileset in every tile matrix set the server supports; the tiles are the XYZ routes' own (the same
-cache, ETags and model choice with ``?model=``), addressed in OGC order
+map tileset in every tile matrix set the server supports that holds the region; the tiles are the
+XYZ routes' own (the same cache, ETags and model choice with ``?model=``), addressed in OGC order
 ``{tileMatrix}/{tileRow}/{tileCol}``. A router factory like :mod:`slidemap.server.reference`, so a test
 mounts it on a bare app with a fake catalogue and service.
 """
@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Path as PathParam, Query, Request
 from fastapi.responses import Response
 
-from slidemap.server.errors import LayerNotFound, error_responses
-from slidemap.server.tiles import FORMATS, SUPPORTED_TMS, get_tms, wgs84_bounds
+from slidemap.server.errors import LayerNotFound, NotFound, error_responses
+from slidemap.server.tiles import FORMATS, SUPPORTED_TMS, check_holds, get_tms, wgs84_bounds
 
 CONFORMANCE = [
     "http://www.opengis.net/spec/ogcapi-common-1/1.0/conf/core",
@@ -69,6 +69,7 @@ def router(public_base: Callable[[Request], str], registry: Any, service: Any,
     def tileset(request: Request, layer: Any, tms_id: str) -> dict[str, Any]:
         base, cid = public_base(request), collection_id(layer.id)
         tms = get_tms(tms_id)
+        check_holds(registry, layer, tms)  # 404 for a set that does not hold the region
         return {
             "title": f"{layer.title} ({tms_id})", "dataType": "map", "crs": str(tms.crs.root),
             "tileMatrixSetURI": tms.uri or f"{base}/tileMatrixSets/{tms_id}",
@@ -99,7 +100,13 @@ def router(public_base: Callable[[Request], str], registry: Any, service: Any,
     @api.get("/collections/{collectionId}/tiles", responses=error_responses(400, 404))
     def tilesets(request: Request, collectionId: CollectionId) -> dict[str, Any]:
         layer = layer_of(collectionId)
-        return {"tilesets": [tileset(request, layer, t) for t in SUPPORTED_TMS]}
+        sets = []
+        for t in SUPPORTED_TMS:
+            try:
+                sets.append(tileset(request, layer, t))
+            except NotFound:  # only the sets that hold the region are offered
+                continue
+        return {"tilesets": sets}
 
     @api.get("/collections/{collectionId}/tiles/{tileMatrixSetId}", responses=error_responses(400, 404))
     def one_tileset(request: Request, collectionId: CollectionId,

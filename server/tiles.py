@@ -118,9 +118,34 @@ def check_tile(tms: morecantile.TileMatrixSet, z: int, x: int, y: int) -> None:
         )
 
 
+def check_holds(registry: LayerRegistry, layer: Layer, tms: morecantile.TileMatrixSet,
+                catalog: Catalog | None = None) -> None:
+    """404 where the tile matrix set does not hold the layer's region: such a set is neither listed
+    (TileJSON, WMTS, OGC API tilesets) nor served. The one rule for every route and seeding."""
+    grid = registry.grid_of(layer, catalog)
+    if not _holds(grid, tms.id):
+        sets = [t for t in SUPPORTED_TMS if _holds(grid, t)]
+        raise NotFound(f"tile matrix set {tms.id} does not cover the region of layer {layer.id}; "
+                       f"use one of {', '.join(sets) or '(none)'}")
+
+
+@functools.lru_cache(maxsize=64)
+def _holds(grid: Grid, tms_id: str) -> bool:
+    """Whether the grid's bounds, in the set's CRS, lie inside the set's own extent. Asked, not
+    caught: morecantile clamps points outside a set's extent to its edge instead of raising."""
+    try:
+        left, bottom, right, top = _bounds_in_tms(grid, tms_id)
+    except Exception:  # noqa: BLE001 - PROJ cannot place the region in this CRS at all
+        return False
+    box = _tms(tms_id).xy_bbox
+    return box.left <= left and right <= box.right and box.bottom <= bottom and top <= box.top  # False on NaN
+
+
 def zoom_range(registry: LayerRegistry, layer: Layer, tms: morecantile.TileMatrixSet,
                catalog: Catalog | None = None) -> tuple[int, int]:
-    """Zooms at which the layer's native cells span from the whole region down to ~1 tile pixel."""
+    """Zooms at which the layer's native cells span from the whole region down to ~1 tile pixel
+    (404 where the set does not hold the region)."""
+    check_holds(registry, layer, tms, catalog)
     return _zoom_range(registry.grid_of(layer, catalog), tms.id)
 
 
@@ -338,6 +363,7 @@ class TileService:
             ignored.append("model")
         tms = get_tms(tms_id)
         check_tile(tms, z, x, y)
+        check_holds(self.registry, layer, tms, catalog)
         info, data_version = self.resolve(layer, model, catalog)
         breaks = self.registry.class_breaks(info) if (info is not None and layer.output == "class") else None
         state = self.registry.check_input(layer, catalog)

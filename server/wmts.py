@@ -17,6 +17,7 @@ import morecantile
 from titiler.core.utils import tms_limits, tms_to_xml
 
 from slidemap.compute import provenance
+from slidemap.server.errors import NotFound
 from slidemap.server.layers import Layer, LayerRegistry
 from slidemap.server.tiles import get_tms, wgs84_bounds, zoom_range
 
@@ -53,6 +54,7 @@ def capabilities(
     layers = []
     zooms: dict[str, list[tuple[int, int]]] = {t.id: [] for t in sets}
     catalog = registry.refresh()
+    refused: NotFound | None = None
     for layer, query in entries:
         qs = encode_query(query)
         w, s, e, n = wgs84_bounds(registry.grid_of(layer, catalog))
@@ -61,7 +63,10 @@ def capabilities(
             try:
                 minzoom, maxzoom = zoom_range(registry, layer, t, catalog)
                 limits = _limits(t.id, (w, s, e, n), minzoom, maxzoom)
-            except Exception:  # noqa: BLE001 - a set whose area does not hold the region is left out
+            except NotFound as exc:  # a set that does not hold the region (tiles.check_holds) is left out
+                refused = exc
+                continue
+            except Exception:  # noqa: BLE001 - so is one whose limits cannot be computed
                 continue
             zooms[t.id].append((minzoom, maxzoom))
             links.append({"tms": t.id, "limits": limits})
@@ -72,6 +77,8 @@ def capabilities(
             template += "?" + qs
         layers.append({"title": layer.title, "abstract": layer.description + provenance.sentence(catalog.synthetic),
                        "bounds": (w, s, e, n), "id": layer.id, "links": links, "template": template})
+    if entries and not layers and refused is not None:
+        raise refused  # asked for sets that hold none of the layers: 404 naming those that do
     set_entries = []
     for t in sets:
         if entries and not zooms[t.id]:

@@ -628,6 +628,29 @@ def test_wmts_capabilities_parse_and_have_no_raw_commas(server):
     assert client.get(url).status_code == 200
 
 
+def test_tile_matrix_sets_that_do_not_hold_the_region_are_neither_listed_nor_served(server):
+    """The region lies at 110 E, outside EuropeanETRS89_LAEAQuad's grid (morecantile clamps a point
+    outside a set to its edge instead of raising): that set is in no listing and every route for it is a 404."""
+    client, _, _ = server
+    west = next(lyr for lyr in client.get("/layers").json()["layers"] if lyr["id"] == "factors/slope")["bounds"][0]
+    assert west > 62  # east of the set's extent (-43..61 E)
+    europe = "EuropeanETRS89_LAEAQuad"
+    for url in (f"/layers/factors/slope/{europe}/tilejson.json", f"/layers/detection/{europe}/tilejson.json",
+                f"/layers/factors/slope/tiles/{europe}/8/0/0.png", f"/layers/detection/tiles/{europe}/8/0/0.npy",
+                f"/layers/factors/slope/WMTSCapabilities.xml?tms={europe}", f"/WMTSCapabilities.xml?tms={europe}",
+                f"/collections/factors.slope/tiles/{europe}", f"/collections/factors.slope/tiles/{europe}/8/0/0"):
+        r = client.get(url)
+        assert r.status_code == 404 and set(r.json()) == {"detail", "status"}, (url, r.text)
+        assert "does not cover the region" in r.json()["detail"] and "WebMercatorQuad" in r.json()["detail"], url
+    root = ET.fromstring(client.get("/WMTSCapabilities.xml").content)
+    sets = [t.find("ows:Identifier", NS).text for t in root.findall(".//w:Contents/w:TileMatrixSet", NS)]
+    links = {e.text for e in root.findall(".//w:TileMatrixSetLink/w:TileMatrixSet", NS)}
+    assert europe not in sets and europe not in links and "WebMercatorQuad" in sets
+    tilesets = client.get("/collections/factors.slope/tiles").json()["tilesets"]
+    offered = {t["links"][0]["href"].rsplit("/", 1)[1] for t in tilesets}
+    assert europe not in offered and {"WebMercatorQuad", "WorldCRS84Quad"} <= offered
+
+
 @pytest.mark.skipif(shutil.which("gdalinfo") is None, reason="gdalinfo not installed (apt-get install gdal-bin)")
 def test_gdalinfo_opens_wmts_from_a_real_server(region, tmp_path):
     app = new_app(region, tmp_path)
@@ -966,6 +989,49 @@ def test_feature_extract_bodies_are_bounded_and_checked(server):
     assert r.status_code == 422 and "larger than" in r.json()["detail"]
 
 
+def test_feature_extract_refuses_what_is_not_a_wgs84_polygon_with_a_400(server):
+    """Found by a fuzzer: each of these was a 500 (shapely accepted them, then rasterio or PROJ failed)."""
+    client, _, _ = server
+    w, s, e, n = _inner_bbox(client, "factors/slope", 0.3)
+    ring = [[w, s], [e, s], [w, n], [w, s]]
+    polygon = {"type": "Polygon", "coordinates": [ring]}
+    bad = {
+        "lower-case type": {"type": "polygon", "coordinates": [ring]},
+        "upper-case type": {"type": "POLYGON", "coordinates": [ring]},
+        "lower-case Feature": {"type": "feature", "geometry": polygon},
+        "a Feature in a Feature": {"type": "Feature", "geometry": {"type": "Feature", "geometry": polygon}},
+        "latitude 1000": {"type": "Polygon", "coordinates": [[[w, s], [e, 1000], [w, n], [w, s]]]},
+        "longitude 1e300": {"type": "Polygon", "coordinates": [[[w, s], [1e300, s], [w, -1e300], [w, s]]]},
+    }
+    details = {}
+    for name, body in bad.items():
+        r = client.post("/layers/factors/slope/feature.tif", json=body)
+        assert r.status_code == 400 and set(r.json()) == {"detail", "status"}, (name, r.text)
+        details[name] = r.json()["detail"]
+    assert "latitudes" in details["latitude 1000"] and "longitudes" in details["longitude 1e300"]
+    deep = client.post("/layers/factors/slope/feature.tif", content=b"[" * 100_000 + b"]" * 100_000)
+    assert deep.status_code == 400 and "nested" in deep.json()["detail"]
+    # Numbers written as strings are what shapely reads them as: the same extract as the numbers.
+    as_text = {"type": "Polygon", "coordinates": [[[str(x), str(y)] for x, y in ring]]}
+    r = client.post("/layers/factors/slope/feature.tif", json=as_text)
+    assert r.status_code == 200, r.text
+    assert r.content == client.post("/layers/factors/slope/feature.tif", json=polygon).content
+
+
+def test_feature_extract_of_a_polygon_reaching_far_outside_the_layer(server):
+    """Only vertices are reprojected: a polygon's edges from far away used to land anywhere in the
+    layer's CRS (the whole world masked every cell). Its part over the layer is what counts."""
+    client, _, _ = server
+    world = {"type": "Polygon", "coordinates": [[[-180, -90], [180, -90], [180, 90], [-180, 90], [-180, -90]]]}
+    r = client.post("/layers/factors/slope/feature.tif", json=world)
+    assert r.status_code == 200, r.text
+    box = _extract(client, "factors/slope", (-180, -90, 180, 90))  # the same window, unmasked
+    with rasterio.MemoryFile(r.content) as m1, m1.open() as f, rasterio.MemoryFile(box.content) as m2, m2.open() as b:
+        inside, whole = f.read(1), b.read(1)
+    assert np.isfinite(whole).mean() > 0.9
+    np.testing.assert_array_equal(inside, whole)
+
+
 def test_one_reader_for_tiles_parts_and_points(server):
     """A computed layer read through rio-tiler's BaseReader over its block engine: the tile, the
     native part and the point agree with one another, and the reader answers rio-tiler's calls."""
@@ -1008,3 +1074,16 @@ def test_one_reader_for_tiles_parts_and_points(server):
     assert cut.array.shape == part.array.shape and cut.array.mask.sum() > part.array.mask.sum()
     inside = (~cut.array.mask).sum() / (~part.array.mask).sum()
     assert 0.15 < inside < 0.85, inside  # part of the box is in the triangle (a small box: few cells)
+
+
+def test_head_answers_like_get_without_a_body(server):
+    """Tile clients and caches send HEAD: the GET's status and headers (ETag, Content-Length), no body."""
+    client, _, _ = server
+    url, _ = tile_url(client, "factors/slope")
+    for path in ("/health", url, "/layers/nope/legend"):
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == got.status_code and head.content == b"", path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+    for path in (url, "/layers/nope/legend"):  # (/health's body changes from call to call)
+        assert client.head(path).headers["content-length"] == str(len(client.get(path).content)), path
+    assert client.head(url).headers["etag"] == client.get(url).headers["etag"]
