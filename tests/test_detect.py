@@ -232,7 +232,7 @@ def test_inventory_masks_exclusions_and_scores_objects(tiny_model, tmp_path):
     result = map_inventory(tmp_path, model_dir=tiny_model, threshold=0.0, min_pixels=1, progress=False, run_id="r")
     # threshold 0 flags everything: one area, the right half, kept after the exclusion
     assert result["excluded_pixels"] == 96 * 48 and result["areas_kept"] == 1
-    areas = gpd.read_file(result["gpkg"])
+    areas = gpd.read_file(result["gpkg"], layer="landslides")
     assert {"area", "mean_probability", "pixels"} <= set(areas.columns)
     assert areas["area"].sum() == pytest.approx(96 * 48 * 100)
     burnt = features.rasterize(areas.geometry, out_shape=(96, 96), transform=transform)

@@ -167,6 +167,15 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_epoch():
     np.testing.assert_array_equal(model.w[0], [2.0, 2.0])
     late = EarlyStopping(patience=1, min_epochs=5)
     assert not any(late.update(e, 1.0 if e == 1 else 0.0, model) for e in range(1, 5))  # not before min_epochs
+    # a warm-up epoch's lucky score is not a candidate: the best and the patience start at min_epochs
+    late = EarlyStopping(patience=1, min_epochs=5)
+    for epoch, score in enumerate([0.9, 0.3, 0.2, 0.4, 0.35, 0.5, 0.45], start=1):
+        model.w = [np.full(2, float(epoch))]
+        if late.update(epoch, score, model):
+            break
+    assert (late.best_epoch, epoch) == (6, 7)
+    late.restore(model)
+    np.testing.assert_array_equal(model.w[0], [6.0, 6.0])
 
 
 def test_fit_network_ends_with_the_best_validation_weights(tmp_path):
@@ -184,6 +193,24 @@ def test_fit_network_ends_with_the_best_validation_weights(tmp_path):
     assert lrs[0] == pytest.approx(1e-2) and all(b < a for a, b in zip(lrs, lrs[1:], strict=False))  # peak, then decay
     schedule = learning_rate_schedule(1e-2, steps_per_epoch=2, epochs=6, warmup_epochs=1)
     assert float(schedule(0)) == pytest.approx(1e-3) and float(schedule(2)) == pytest.approx(1e-2)  # warm-up
+
+
+def test_validation_every_second_epoch_scores_only_those_and_the_last(tmp_path, monkeypatch):
+    scene = scene_from_region(_tiny_region(tmp_path, size=192, seed=2, n_slides=30))
+    data = scene_split_data(scene, "blocked", chip=32, buffer=8, seed=0, positive_share=0.5)
+    cfg = FitConfig(base_width=4, batch_size=4, epoch_chips=8, max_epochs=5, min_epochs=1, patience=0,
+                    learning_rate=1e-2, warmup_epochs=1, seed=0, ema_epochs=1.0, validate_every=2)
+    calls = []
+    score = unet_fit.validation_scores
+    monkeypatch.setattr(unet_fit, "validation_scores", lambda *a: calls.append(1) or score(*a))
+    fit = fit_network(data.sampler, data.val_x, data.val_y, 4, cfg, "focal", 0.75, 1.0)
+    history = np.asarray(fit.history["val_pr_auc"])
+    assert len(calls) == 3 and len(history) == fit.epochs_run == 5  # epochs 2, 4 and the last, 5
+    np.testing.assert_array_equal(np.isfinite(history), [False, True, False, True, True])
+    assert fit.best_epoch in (2, 4, 5) and fit.best_epoch == int(np.nanargmax(history)) + 1
+    assert validation_scores(fit.model, data.val_x, data.val_y, 4)["val_pr_auc"] == pytest.approx(np.nanmax(history), abs=1e-6)
+    assert unet_train.preset("demo").fit_config().validate_every == 2
+    assert unet_train.preset("paper").fit_config().validate_every == 1
 
 
 def test_weight_averaging_scores_keeps_and_ships_the_averaged_weights(tmp_path, monkeypatch):

@@ -17,6 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from slidemap.compute.region.raster_io import atomic_path, write_bytes_atomic, write_json_atomic
 from slidemap.training.seg_metrics import METRIC_KEYS, paired_f1_difference
 from slidemap.report_schema import validate_report
@@ -231,7 +233,9 @@ def plot_curves(result: Any, out_dir: Path) -> list[str]:
                 continue
             for key, axis, style in (("loss", ax, "-"), ("refit_loss", ax, ":"), ("val_pr_auc", ax2, "--")):
                 if key in t.history:
-                    axis.plot(range(1, len(t.history[key]) + 1), t.history[key], style, label=f"{t.split} {key}")
+                    values = np.asarray(t.history[key], dtype=float)
+                    scored = np.flatnonzero(np.isfinite(values))  # validation may skip epochs (NaN there)
+                    axis.plot(scored + 1, values[scored], style, label=f"{t.split} {key}")
             best = (t.training or {}).get("best_epoch")
             if best:
                 ax2.axvline(best, color="grey", lw=0.8)

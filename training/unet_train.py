@@ -71,6 +71,7 @@ class UnetConfig:
     monitor: Literal["pr_auc", "f1"] = "pr_auc"
     warmup_epochs: int = 2
     ema_epochs: float = 0.0  # horizon of the weight average, epochs (training/unet_fit.py; 0: off)
+    validate_every: int = 1  # epochs between validations (and early-stopping decisions); the last always
     refit: bool = True
     loss: Literal["focal", "focal+dice"] = "focal"
     dice_weight: float = 1.0
@@ -119,7 +120,7 @@ class UnetConfig:
             base_width=self.base_width, batch_size=self.batch_size, epoch_chips=self.epoch_chips or epoch_chips,
             max_epochs=max_epochs or self.epochs, min_epochs=self.min_epochs, patience=self.patience,
             monitor=self.monitor, learning_rate=self.learning_rate, optimizer=self.optimizer,
-            warmup_epochs=self.warmup_epochs, ema_epochs=self.ema_epochs,
+            warmup_epochs=self.warmup_epochs, ema_epochs=self.ema_epochs, validate_every=self.validate_every,
             augment=AugmentConfig() if self.augment else None,
             jit=self.jit, seed=self.seed,
         ), **changes)
@@ -138,11 +139,15 @@ PRESETS: dict[str, UnetConfig] = {
     # real L4S chips test PR-AUC 0.698 -> 0.724, reports/real/unet_real_data.md); a region's is not, for
     # the main job's time. Validation and early stopping see the weights averaged over about two
     # epochs: on six fresh 4-8 km regions the best validation PR-AUC went 0.670 -> 0.696 and no region
-    # stopped on a lucky early epoch (reports/synthetic/detector_weight_average.md)
+    # stopped on a lucky early epoch (reports/synthetic/detector_weight_average.md). With that average
+    # spanning two epochs, validation every second epoch was level on five fresh regions and saves
+    # 10-16 % of a run; epochs before min_epochs are warm-up and never the model (a 6 km region had
+    # shipped its epoch 2, F1 0.29 -> 0.65; reports/synthetic/detector_validate_every.md)
     "demo": UnetConfig(
         preset="demo", base_width=16, batch_size=8, epoch_chips=None, epochs=60, min_epochs=8, patience=8,
         folder_epochs=60, folder_patience=12, folder_refit=True,
-        warmup_epochs=2, ema_epochs=2.0, learning_rate=2e-3, refit=False, search_iterations=0, search_epochs=8,
+        warmup_epochs=2, ema_epochs=2.0, validate_every=2, learning_rate=2e-3, refit=False, search_iterations=0,
+        search_epochs=8,
     ),
     # the paper's settings: width 64, batch 4, patience 10, 30 search iterations over its space,
     # its four-model comparison, both splits
@@ -322,7 +327,7 @@ def _hp_used(spec: ModelSpec, hp: HyperParams, cfg: UnetConfig) -> dict[str, Any
                             "batch_size": cfg.batch_size, "epoch_chips": cfg.epoch_chips or "default",
                             "patience": cfg.patience, "min_epochs": cfg.min_epochs,
                             "monitor": f"validation {cfg.monitor}", "warmup_epochs": cfg.warmup_epochs,
-                            "weight_average_epochs": cfg.ema_epochs,
+                            "weight_average_epochs": cfg.ema_epochs, "validate_every": cfg.validate_every,
                             "schedule": "linear warm-up from lr/10, cosine decay to 2 % of lr",
                             "augmentation": AugmentConfig().to_dict() if cfg.augment else None,
                             "positive_share": cfg.positive_share}
