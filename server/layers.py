@@ -49,7 +49,7 @@ from slidemap.compute.region.inventory_layers import latest_detected, read_inven
 from slidemap.compute.region.raster_io import write_cog
 from slidemap.compute.region.styles import DETECTION_COLORMAP, SUSCEPTIBILITY_COLORMAP
 from slidemap.compute.models.runtime import ModelCache
-from slidemap.compute.models.select import ROLES, default_model, has_skill, resolve_model, skill_note
+from slidemap.compute.models.select import ROLES, VERSION_RE, default_model, has_skill, resolve_model, skill_note
 from slidemap.compute.models.store import ModelInfo, list_models, verify
 from slidemap.errors import BuildError, ModelError, SlidemapError
 from slidemap.server.errors import LayerNotFound, ModelNotFound
@@ -613,7 +613,8 @@ class LayerRegistry:
         role = ROLE_OF_KIND.get(kind, kind)
         if spec:
             models = self.models(kind)
-            if not any(m.name == spec or m.version.startswith(spec) for m in models):
+            # resolve_model's rule: a name, or a version prefix of at least 6 hex digits
+            if not any(m.name == spec or (VERSION_RE.match(spec) and m.version.startswith(spec)) for m in models):
                 names = ", ".join(sorted({m.name for m in models})) or "none trained"
                 raise ModelNotFound(f"no {role} model {spec!r} in this region (names: {names}); "
                                     "GET /models lists names and versions")

@@ -585,6 +585,12 @@ def test_no_default_without_skill_and_models_route(prepared_region, tmp_path):
     assert client.get("/layers/susceptibility/tiles/WebMercatorQuad/14/0/0.png").status_code == 409
     tj = client.get("/layers/susceptibility/WebMercatorQuad/tilejson.json", params={"model": "random_forest"})
     assert tj.status_code == 200 and "NO SKILL" in tj.json()["name"] and f"model={weak}" in tj.json()["tiles"][0]
+    # a version prefix is a name for the model from 6 hex digits on (resolve_model's rule); a shorter
+    # one names no model: 404, as any unknown model (it was a 409 "cannot be used")
+    by_prefix = client.get("/layers/susceptibility/WebMercatorQuad/tilejson.json", params={"model": weak[:6]})
+    assert by_prefix.status_code == 200 and f"model={weak}" in by_prefix.json()["tiles"][0]
+    short = client.get("/layers/susceptibility/WebMercatorQuad/tilejson.json", params={"model": weak[:5]})
+    assert short.status_code == 404 and "GET /models" in short.json()["detail"]
     # A skilled model trained later becomes the default; the weak one stays selectable.
     strong = add_fake_model(work, "lsm", "multiscale")
     models = client.get("/models").json()["roles"]["susceptibility"]
