@@ -32,7 +32,7 @@ step "3/8 prepare the analysis stack"
 "$SM" prepare "$DEMO_DIR"
 
 # one status call for both checks (each call starts TensorFlow for its device line: ~5 s on 2 cores)
-MODEL_KINDS="$("$SM" status "$DEMO_DIR" --json | .venv/bin/python -c "import json,sys; print(' '.join(sorted({m['kind'] for m in json.load(sys.stdin)['models']})))")"
+MODEL_KINDS="$("$SM" status "$DEMO_DIR" --json | .venv/bin/python -c "import json,sys; print(' '.join(sorted({m['kind'] for m in json.load(sys.stdin)['models']})))")" || MODEL_KINDS=""  # unknown: train
 have_models() { [[ " $MODEL_KINDS " == *" $1 "* ]]; }
 
 if [ "${RETRAIN:-0}" = 1 ] || ! have_models unet; then
