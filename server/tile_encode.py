@@ -88,7 +88,10 @@ def block_pixels(img: ImageData, layer, params) -> Pixels | None:
 
 
 def _window_pixels(img: ImageData, layer, params) -> Pixels | None:
-    with warnings.catch_warnings():
+    # rio-tiler casts a NaN fill value to the output dtype ("invalid value encountered in cast").
+    # catch_warnings swaps the process-wide filters, so a tile rendered in another thread can leave
+    # the block early and let the warning through; numpy's errstate is per thread (a context variable).
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
         warnings.simplefilter("ignore")
         codes = None
         rescale = None
