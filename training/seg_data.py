@@ -26,7 +26,7 @@ from slidemap.training.chips import ChipSampler, ChipSet, chip_buffer, random_ch
 IGNORE = 255
 EVAL_MARGIN = 32  # px of context around each scored cell of a scene
 SCENE_EPOCH_CHIPS = 64  # a scene has no list of chips: an epoch is this many random chips
-MAX_MONITOR_WINDOWS = 24  # validation windows scored every epoch (a seeded subset on large scenes)
+MAX_MONITOR_WINDOWS = 24  # validation windows scored at each validation (a seeded subset on large scenes)
 
 
 class Sampler(Protocol):
@@ -152,7 +152,7 @@ def scene_split_data(scene: sc.Scene, kind: str, chip: int, buffer: int, seed: i
     refit = sc.SceneSampler(z_val, refit_labels, chip, positive_share)
     margin = 16
     wins = sc.eval_windows(val & (scene.labels != IGNORE), chip, margin) if val.any() else []
-    if len(wins) > MAX_MONITOR_WINDOWS:  # every epoch pays for these; the final threshold uses all of val
+    if len(wins) > MAX_MONITOR_WINDOWS:  # every validation pays for these; the final threshold uses all of val
         keep = np.random.default_rng(seed).choice(len(wins), MAX_MONITOR_WINDOWS, replace=False)
         wins = [wins[i] for i in sorted(keep)]
     if wins:

@@ -103,7 +103,7 @@ def best_f1(y_true: np.ndarray, prob: np.ndarray) -> float:
 
 
 def ranking_scores(y_true: np.ndarray, prob: np.ndarray) -> tuple[float, float]:
-    """``(pr_auc, best_f1)`` from one sort of the pixels (early stopping scores both every epoch)."""
+    """``(pr_auc, best_f1)`` from one sort of the pixels (early stopping scores both at each validation)."""
     curve = _pr_curve(y_true, prob)
     return (float("nan"), 0.0) if curve is None else (_average_precision(*curve), _best_f1(*curve))
 
