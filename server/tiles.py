@@ -122,10 +122,14 @@ def check_holds(registry: LayerRegistry, layer: Layer, tms: morecantile.TileMatr
                 catalog: Catalog | None = None) -> None:
     """404 where the tile matrix set does not hold the layer's region: such a set is neither listed
     (TileJSON, WMTS, OGC API tilesets) nor served. The one rule for every route and seeding."""
-    grid = registry.grid_of(layer, catalog)
-    if not _holds(grid, tms.id):
+    require_holds(registry.grid_of(layer, catalog), tms.id, layer.id)
+
+
+def require_holds(grid: Grid, tms_id: str, layer_id: str) -> None:
+    """:func:`check_holds` for a caller that already holds the layer's grid (the tile path)."""
+    if not _holds(grid, tms_id):
         sets = [t for t in SUPPORTED_TMS if _holds(grid, t)]
-        raise NotFound(f"tile matrix set {tms.id} does not cover the region of layer {layer.id}; "
+        raise NotFound(f"tile matrix set {tms_id} does not cover the region of layer {layer_id}; "
                        f"use one of {', '.join(sets) or '(none)'}")
 
 
@@ -363,10 +367,10 @@ class TileService:
             ignored.append("model")
         tms = get_tms(tms_id)
         check_tile(tms, z, x, y)
-        check_holds(self.registry, layer, tms, catalog)
+        state = self.registry.check_input(layer, catalog)
+        require_holds(state.grid, tms.id, layer.id)  # the state's grid: no second input check per tile
         info, data_version = self.resolve(layer, model, catalog)
         breaks = self.registry.class_breaks(info) if (info is not None and layer.output == "class") else None
-        state = self.registry.check_input(layer, catalog)
         key = TileKey(layer.id, data_version, params.canonical(), tms.id, z, x, y, scale, fmt)
         pinned = version is not None and version == data_tag(data_version)
         cache_control = (
