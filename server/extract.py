@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import rasterio
+from geojson_pydantic import MultiPolygon, Polygon
+from pydantic import Field, TypeAdapter, ValidationError
 from rasterio.io import MemoryFile
 
 from slidemap.compute.region.grid import Grid
 from slidemap.server.engine_reader import grid_window
 from slidemap.server.errors import BadTileRequest
 
+# What /feature.tif takes: GeoJSON's (Multi)Polygon, told apart by its case-sensitive "type".
+_WGS84_POLYGON = TypeAdapter(Annotated[Polygon | MultiPolygon, Field(discriminator="type")])
 
 
 @dataclass
@@ -85,12 +90,16 @@ def extract_feature(service, layer_id: str, geometry: dict, model: str | None = 
     from rasterio.warp import transform_geom
     from shapely.geometry import box, mapping, shape
 
-    # GeoJSON types are case-sensitive (RFC 7946) but shapely's shape() is not, and it unwraps a
-    # Feature: check the type first, so that exactly GeoJSON's Polygon and MultiPolygon get through.
-    kind = geometry.get("type")
-    if kind not in ("Polygon", "MultiPolygon"):
-        raise BadTileRequest(f"the geometry must be a Polygon or MultiPolygon in WGS84, type names as GeoJSON "
-                             f"writes them (got type {str(kind)[:40]!r})")
+    # GeoJSON's own rules, strictly (RFC 7946): exactly "Polygon" or "MultiPolygon" (shapely's shape()
+    # ignores case and unwraps a Feature), closed rings of four or more positions, and coordinates that
+    # are JSON numbers (lax parsing reads true as 1 and "7.5" as 7.5).
+    try:
+        _WGS84_POLYGON.validate_python(geometry, strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise BadTileRequest(f"not a GeoJSON Polygon or MultiPolygon in WGS84 (type names as GeoJSON writes "
+                             f"them, coordinates as numbers): {where + ': ' if where else ''}{first['msg']}"[:300]) from None
     try:
         geom = shape(geometry)
     except Exception as exc:  # noqa: BLE001 - any malformed GeoJSON is the client's to fix

@@ -1017,11 +1017,14 @@ def test_feature_extract_refuses_what_is_not_a_wgs84_polygon_with_a_400(server):
     assert "latitudes" in details["latitude 1000"] and "longitudes" in details["longitude 1e300"]
     deep = client.post("/layers/factors/slope/feature.tif", content=b"[" * 100_000 + b"]" * 100_000)
     assert deep.status_code == 400 and "nested" in deep.json()["detail"]
-    # Numbers written as strings are what shapely reads them as: the same extract as the numbers.
-    as_text = {"type": "Polygon", "coordinates": [[[str(x), str(y)] for x, y in ring]]}
-    r = client.post("/layers/factors/slope/feature.tif", json=as_text)
-    assert r.status_code == 200, r.text
-    assert r.content == client.post("/layers/factors/slope/feature.tif", json=polygon).content
+    # Coordinates are JSON numbers (RFC 7946): lax parsing read true as 1 and "7.5" as 7.5.
+    for name, position in {"booleans": [True, False], "numbers as text": [str(w), str(s)]}.items():
+        body = {"type": "Polygon", "coordinates": [[position, *ring[1:]]]}
+        r = client.post("/layers/factors/slope/feature.tif", json=body)
+        assert r.status_code == 400 and "number" in r.json()["detail"], (name, r.text)
+    open_ring = {"type": "Polygon", "coordinates": [ring[:3]]}
+    assert client.post("/layers/factors/slope/feature.tif", json=open_ring).status_code == 400
+    assert client.post("/layers/factors/slope/feature.tif", json=polygon).status_code == 200
 
 
 def test_feature_extract_of_a_polygon_reaching_far_outside_the_layer(server):
