@@ -63,6 +63,9 @@ def host_name(host: str) -> str | None:
 class RequestPolicy:
     """ASGI middleware: a Host header from the allowed list and a bounded URL, or a JSON 4xx."""
 
+    # What any route may answer because of this policy (the schema lists them for every operation).
+    STATUSES = {400: "a Host header this server does not serve", 414: "a URL longer than the server's limit"}
+
     def __init__(self, app, allowed_hosts: tuple[str, ...], max_url_length: int) -> None:
         self.app = app
         self.any_host = "*" in allowed_hosts
@@ -187,6 +190,8 @@ def _install_openapi(app: FastAPI, registry: LayerRegistry) -> None:
         ref = {"$ref": "#/components/schemas/ErrorBody"}
         for ops in schema.get("paths", {}).values():
             for op in ops.values():
+                for code, why in RequestPolicy.STATUSES.items():
+                    op.setdefault("responses", {}).setdefault(str(code), {"description": why})
                 for code, resp in op.get("responses", {}).items():
                     if code.isdigit() and int(code) >= 400:
                         resp["content"] = {"application/json": {"schema": ref}}
