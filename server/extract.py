@@ -9,6 +9,7 @@ budget of the server; beyond either the answer is a 422 that says what to do.
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from typing import Annotated
@@ -94,7 +95,8 @@ def extract_feature(service, layer_id: str, geometry: dict, model: str | None = 
     # ignores case and unwraps a Feature), closed rings of four or more positions, and coordinates that
     # are JSON numbers (lax parsing reads true as 1 and "7.5" as 7.5).
     try:
-        _WGS84_POLYGON.validate_python(geometry, strict=True)
+        # JSON mode, as the client wrote it: strict Python mode would refuse a "bbox" array (not a tuple).
+        _WGS84_POLYGON.validate_json(json.dumps(geometry), strict=True)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])

@@ -1024,7 +1024,11 @@ def test_feature_extract_refuses_what_is_not_a_wgs84_polygon_with_a_400(server):
         assert r.status_code == 400 and "number" in r.json()["detail"], (name, r.text)
     open_ring = {"type": "Polygon", "coordinates": [ring[:3]]}
     assert client.post("/layers/factors/slope/feature.tif", json=open_ring).status_code == 400
-    assert client.post("/layers/factors/slope/feature.tif", json=polygon).status_code == 200
+    # GeoJSON's optional members are fine: a bbox, a foreign member, a third coordinate.
+    fuller = {**polygon, "bbox": [w, s, e, n], "title": "area", "coordinates": [[[x, y, 100.0] for x, y in ring]]}
+    r = client.post("/layers/factors/slope/feature.tif", json=fuller)
+    assert r.status_code == 200, r.text
+    assert r.content == client.post("/layers/factors/slope/feature.tif", json=polygon).content
 
 
 def test_feature_extract_of_a_polygon_reaching_far_outside_the_layer(server):
