@@ -131,7 +131,24 @@ def test_pixel_metrics_match_scikit_learn() -> None:
     assert m["pr_auc"] == pytest.approx(average_precision_score(y, p))
     assert m["pixels"] == valid.sum() and m["landslide_pixels"] == y.sum()
     # the F1-maximising threshold really maximises F1 among the observed scores
-    best = choose_threshold(truth, prob)
+    best = choose_threshold(truth, prob, plateau=1.0)
     f1_at = {t: precision_recall_fscore_support(y, (p >= t).astype(int), average="binary", zero_division=0)[2]
              for t in np.unique(p)[::37]}
     assert precision_recall_fscore_support(y, (p >= best).astype(int), average="binary")[2] >= max(f1_at.values()) - 1e-12
+
+
+def test_threshold_is_the_centre_of_the_validation_f1_plateau():
+    """The threshold is the median of the cuts whose F1 is within 90 % of the best (checked against
+    scikit-learn's F1 at every observed score); 1.0 gives the F1-maximising cut."""
+    rng = np.random.default_rng(3)
+    y = (rng.random(3000) < 0.1).astype(int)
+    p = np.clip(0.3 * y + rng.random(3000) * 0.8, 0, 1)
+    f1 = {t: precision_recall_fscore_support(y, (p >= t).astype(int), average="binary", zero_division=0)[2]
+          for t in np.unique(p)}
+    top = max(f1.values())
+    expected = float(np.median([t for t, v in f1.items() if v >= 0.9 * top - 1e-12]))
+    assert choose_threshold(y, p) == pytest.approx(expected)
+    assert abs(expected - max(f1, key=f1.get)) > 1e-3  # here the centre is not the peak
+    assert choose_threshold(y, p, plateau=1.0) == pytest.approx(max(f1, key=f1.get))  # the peak itself
+    with pytest.raises(ValueError):
+        choose_threshold(y, p, plateau=0)

@@ -20,16 +20,17 @@ from typing import Any
 import numpy as np
 
 from slidemap.compute.region.raster_io import atomic_path, write_bytes_atomic, write_json_atomic
-from slidemap.training.seg_metrics import METRIC_KEYS, paired_f1_difference
+from slidemap.training.seg_metrics import METRIC_KEYS, paired_f1_difference, threshold_rule
 from slidemap.report_schema import validate_report
 
-METRIC_NOTE = (
-    "Pixel metrics pooled over all valid pixels of the test chips; precision, recall, F1 and IoU "
-    "are those of the landslide class; mIoU is the mean of the landslide IoU and the background IoU; "
-    "PR-AUC is the average precision of the landslide probabilities; the threshold maximises landslide "
-    "F1 on the validation part (carved from the training side, never the test part) and is then applied "
-    "unchanged to the test part. The F1 interval is a percentile bootstrap over test chips."
-)
+def metric_note(plateau: float) -> str:
+    return (
+        "Pixel metrics pooled over all valid pixels of the test chips; precision, recall, F1 and IoU "
+        "are those of the landslide class; mIoU is the mean of the landslide IoU and the background IoU; "
+        f"PR-AUC is the average precision of the landslide probabilities; the threshold is {threshold_rule(plateau)} "
+        "(the validation part is carved from the training side) and is then applied unchanged to the test "
+        "part. The F1 interval is a percentile bootstrap over test chips."
+    )
 
 
 def _m(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +80,7 @@ def build_report(result: Any, model_versions: dict[str, str], data: dict[str, An
         "primary_model": result.primary.spec.name,
         "seconds": round(result.seconds, 1),
         "cpu_seconds": round(result.cpu_seconds, 1),
-        "metric_definitions": METRIC_NOTE,
+        "metric_definitions": metric_note(result.config.threshold_plateau),
         "skill_definition": result.primary.skill.get("rule"),
     }
 
@@ -145,7 +146,7 @@ def markdown(report: dict[str, Any], title: str = "Attention U-Net landslide inv
         elif isinstance(info, dict):
             lines.append(f"- {kind} split: {json.dumps(info)}")
     lines.append("")
-    lines += ["## Test-split metrics (like the paper's Table 4)", "", METRIC_NOTE, ""]
+    lines += ["## Test-split metrics (like the paper's Table 4)", "", str(report.get("metric_definitions") or ""), ""]
     lines += ["| model | split | accuracy | precision | recall | F1 | F1 95 % CI | mIoU | PR-AUC | threshold | skill |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, per_split in report["models"].items():

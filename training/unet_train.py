@@ -40,6 +40,7 @@ from slidemap.training.seg_metrics import (
     f1_from_counts,
     pr_auc,
     segmentation_metrics,
+    threshold_rule,
 )
 from slidemap.training.unet_fit import FitConfig, FitResult, fit_network
 
@@ -91,6 +92,9 @@ class UnetConfig:
     # at most this many symmetric views averaged per window (compute/models/views.py): the count with
     # the best validation PR-AUC scores the test part and goes into the card, for every model of a run
     views: Literal[1, 2, 4, 8] = 4
+    # the threshold: the median of the cuts whose validation F1 is within this share of the best
+    # (training/seg_metrics.py choose_threshold; 1.0: the F1-maximising cut)
+    threshold_plateau: float = 0.9
     jit: bool = False
     bands: list[str] | None = None
     seed: int = 0
@@ -372,7 +376,7 @@ def train_and_evaluate(data: SplitData, spec: ModelSpec, hp: HyperParams, cfg: U
         x, y = data.fit_arrays()
         model: Any = PixelGradientBoosting(cfg.seed).fit(x, y)
         views, val, view_scores = choose_views(data, model, cfg.views)
-        threshold = choose_threshold(val.labels, val.prob)
+        threshold = choose_threshold(val.labels, val.prob, plateau=cfg.threshold_plateau)
         test = data.predict_test(ViewAveraged(model, views))
         balance: dict[str, Any] = {"rule": "all training pixels, subsampled to 300,000"}
     else:
@@ -382,7 +386,7 @@ def train_and_evaluate(data: SplitData, spec: ModelSpec, hp: HyperParams, cfg: U
                             desc=f"{spec.name} ({data.kind})", side_outputs=spec.side_outputs)
         history = first.history
         views, val, view_scores = choose_views(data, first.model, cfg.views)
-        threshold = choose_threshold(val.labels, val.prob)
+        threshold = choose_threshold(val.labels, val.prob, plateau=cfg.threshold_plateau)
         test = data.predict_test(ViewAveraged(first.model, views))
         model = first.model
         balance = data.sampler.balance_report()
@@ -598,7 +602,7 @@ def model_card(result: RunResult, t: TrainedModel, run_id: str) -> dict[str, Any
         "halo": DETECT_OVERLAP,
         "detect_tile": DETECT_TILE,
         "threshold": t.threshold,
-        "threshold_from": "maximises landslide F1 on the validation part (never the test part)",
+        "threshold_from": threshold_rule(result.config.threshold_plateau),
         "inference": {"views": t.views,
                       "rule": "each window's probabilities averaged over this many symmetric views "
                               "(1 as is, 2 + mirror, 4 flips, 8 flips and transposes), as when the threshold was chosen; "
