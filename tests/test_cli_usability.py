@@ -63,6 +63,7 @@ def test_a_reader_that_leaves_early_is_not_an_error():
     ("epochs=abc", "--set epochs=abc: Input should be a valid integer"),
     ("loss=dice", "--set loss=dice: Input should be 'focal' or 'focal+dice'"),
     ("nope=1", "--set nope=...: no such setting; known: alpha, augment,"),
+    ("threshold_plateau=0", "--set threshold_plateau=0: Input should be greater than 0"),
     ("epochs", "--set epochs: write KEY=VALUE"),
 ])
 def test_train_unet_settings_are_validated(setting, message, capsys, tmp_path):

@@ -23,9 +23,10 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from slidemap.compute.models.views import VIEWS, ViewAveraged
 from slidemap.training.chip_augment import AugmentConfig
@@ -94,7 +95,7 @@ class UnetConfig:
     views: Literal[1, 2, 4, 8] = 4
     # the threshold: the median of the cuts whose validation F1 is within this share of the best
     # (training/seg_metrics.py choose_threshold; 1.0: the F1-maximising cut)
-    threshold_plateau: float = 0.9
+    threshold_plateau: Annotated[float, Field(gt=0, le=1)] = 0.9
     jit: bool = False
     bands: list[str] | None = None
     seed: int = 0
