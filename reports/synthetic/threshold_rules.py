@@ -56,10 +56,12 @@ def exact_curve(y, p):
 
 
 def rules(vy, vp):
+    from slidemap.training.seg_metrics import choose_threshold  # a and b are the training code's own rule
+
     th, f1 = exact_curve(vy, vp)
-    out = {"a_argmax": float(th[np.argmax(f1)])}
+    out = {"a_argmax": choose_threshold(vy, vp, plateau=1.0)}
     for frac in (0.95, 0.90):
-        out[f"b_plateau{int(frac*100)}"] = float(np.median(th[f1 >= frac * f1.max()]))
+        out[f"b_plateau{int(frac*100)}"] = choose_threshold(vy, vp, plateau=frac)
     k = int(vy.sum())  # predicted positives = true positives count: the k-th largest probability
     out["c_prevalence"] = float(np.sort(vp)[::-1][k - 1])
     out["d_fixed0.5"] = 0.5
