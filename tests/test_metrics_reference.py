@@ -16,7 +16,7 @@ from scipy import stats
 from sklearn.metrics import accuracy_score, average_precision_score, jaccard_score, precision_recall_fscore_support
 
 from slidemap.training.cls_metrics import classification_metrics, curves, mcnemar_test, rate_curve, youden_threshold
-from slidemap.training.seg_metrics import choose_threshold, segmentation_metrics
+from slidemap.training.seg_metrics import carry_operating_point, choose_threshold, segmentation_metrics
 
 
 def scores(n: int, seed: int, skill: float = 1.0, ties: int = 20) -> tuple[np.ndarray, np.ndarray]:
@@ -152,3 +152,19 @@ def test_threshold_is_the_centre_of_the_validation_f1_plateau():
     assert choose_threshold(y, p, plateau=1.0) == pytest.approx(max(f1, key=f1.get))  # the peak itself
     with pytest.raises(ValueError):
         choose_threshold(y, p, plateau=0)
+
+
+def test_a_refit_keeps_the_first_fits_operating_point_not_its_probability():
+    """A second network that ranks the pixels alike but on another probability scale gets the cut that
+    calls the same pixels landslide; a share of 0 or 1 (no operating point) keeps the cut as it is."""
+    rng = np.random.default_rng(5)
+    first = rng.random(5000)
+    second = np.sqrt(first)  # same ranking, higher probabilities (the refitted plain U-Net on L4S)
+    cut, share = carry_operating_point(first, 0.7, second)
+    assert share == pytest.approx(np.mean(first >= 0.7))
+    assert cut == pytest.approx(np.sqrt(0.7), abs=2e-3) and cut > 0.8
+    assert np.array_equal(second >= cut, first >= 0.7)  # the same pixels called landslide
+    with_nan = np.append(second, np.nan)
+    assert carry_operating_point(np.append(first, np.nan), 0.7, with_nan)[0] == pytest.approx(cut)
+    assert carry_operating_point(first, 1.5, second) == (1.5, 0.0)
+    assert carry_operating_point(first, -1.0, second) == (-1.0, 1.0)

@@ -452,3 +452,11 @@ def test_a_chip_folder_run_refits_on_fit_and_validation_chips():
     refit = result.primary.training["refit"]
     assert refit["epochs"] == result.primary.training["best_epoch"]
     assert set(refit["test_before_refit"]) >= {"f1", "pr_auc"}
+    # the shipped cut calls landslide the share of fit-part pixels the first fit's validation cut did
+    from slidemap.compute.models.views import ViewAveraged
+
+    data = unet_train._split_data(chips, "blocked", result.config)
+    prob = data.predict_fit(ViewAveraged(result.primary.model, result.primary.views)).prob
+    share = refit["fit_part_share_called_landslide"]
+    assert 0 < share < 1
+    assert np.mean(prob >= result.primary.threshold) == pytest.approx(share, abs=2e-3)

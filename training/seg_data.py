@@ -2,7 +2,7 @@
 
 :func:`scene_split_data` and :func:`chip_split_data` both return a :class:`SplitData`: a sampler of
 training chips (the fit part), another for the refit (fit + validation), normalised windows that
-score each epoch on the validation part, and two functions that predict the validation and the test
+score each epoch on the validation part, and functions that predict the fit, validation and test
 pixels with a trained network and return an :class:`Evaluation` (labels, probabilities and the
 test chip each pixel belongs to, for bootstrap intervals).
 
@@ -74,6 +74,9 @@ class SplitData:
     epoch_chips: int = 64  # chips per epoch unless the config says otherwise (scene: fixed; folder: one pass)
     refit_epoch_chips: int = 64
     fit_arrays: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None  # (x [N,H,W,C], y [N,H,W]) for pixel baselines
+    # the fit part's pixels, where the first fit and the refit both trained (the refit's threshold
+    # keeps the first fit's operating point there: seg_metrics.carry_operating_point)
+    predict_fit: Predictor | None = None
 
 
 def predict_windows(model: Any, x: np.ndarray, batch_size: int = 8) -> np.ndarray:
@@ -170,6 +173,7 @@ def scene_split_data(scene: sc.Scene, kind: str, chip: int, buffer: int, seed: i
         val_x=val_x, val_y=val_y,
         predict_val=_scene_evaluator(z_val, scene.labels, val, cell, chip),
         predict_test=_scene_evaluator(z, scene.labels, test, cell, chip),
+        predict_fit=lambda model: _scene_evaluator(z_fit, train_labels, train_labels != IGNORE, cell, chip)(model),
         normalisation=norm, summary=summary,
         training_area_chips=float((train_labels != IGNORE).sum()) / (chip * chip),
         fit_arrays=lambda: (z_fit[None], train_labels[None]),
@@ -255,6 +259,7 @@ def chip_split_data(chips: ChipSet, kind: str, seed: int, positive_share: float,
         val_x=x[val_idx], val_y=chips.masks[val_idx],
         predict_val=_chip_evaluator(x[val_idx], chips.masks[val_idx], val_idx),
         predict_test=_chip_evaluator(x[test_idx], chips.masks[test_idx], test_idx),
+        predict_fit=lambda model: _chip_evaluator(x[fit_idx], chips.masks[fit_idx], fit_idx)(model),
         normalisation=norm, summary=summary, training_area_chips=float(len(fit_idx)),
         fit_arrays=lambda: (x[fit_idx], chips.masks[fit_idx]),
         epoch_chips=int(len(fit_idx)), refit_epoch_chips=int(len(refit_idx)),

@@ -10,6 +10,8 @@ How each figure is averaged (``../shared/method.md`` asks to say so):
 - ``threshold`` is the probability cut used for the other figures. It is chosen on validation
   data only (carved from the training split), as the centre of the plateau of landslide F1 there
   (:func:`choose_threshold`, :func:`threshold_rule`), and then applied unchanged to the test split.
+  A network refitted on fit + validation keeps that cut's operating point, the share of pixels it
+  calls landslide (:func:`carry_operating_point`), not the probability itself.
 
 Pixels whose label is 255 (no data) or whose probability is NaN are left out.
 """
@@ -133,6 +135,30 @@ def choose_threshold(y_true: np.ndarray, prob: np.ndarray, default: float = 0.5,
     if plateau == 1:
         return float(thresholds[int(np.argmax(f1))])
     return float(np.median(thresholds[f1 >= plateau * f1.max()]))
+
+
+def carry_operating_point(first_prob: np.ndarray, threshold: float, second_prob: np.ndarray) -> tuple[float, float]:
+    """The cut for a second network that calls the same share of pixels landslide as ``threshold``
+    calls with the first, both scored on the same unlabelled pixels: ``(cut, share)``.
+
+    Why: a refitted network (same recipe, more chips) ranks much like the first but its probabilities
+    need not sit on the same scale. On the real L4S chips a refitted plain U-Net scored more pixels
+    above the first fit's cut (recall 0.72 -> 0.83, precision 0.60 -> 0.51) while its PR-AUC rose, so
+    the probability cut did not carry over; the validation part, where the cut was chosen, is then
+    training data and cannot choose it again. The share is taken where both networks trained (the fit
+    part), so neither is scored on pixels it did not see while the other did.
+    """
+    first = np.asarray(first_prob, dtype=np.float64).ravel()
+    second = np.asarray(second_prob, dtype=np.float64).ravel()
+    first, second = first[np.isfinite(first)], second[np.isfinite(second)]
+    if first.size == 0 or second.size == 0:
+        return float(threshold), float("nan")
+    share = float(np.mean(first >= threshold))
+    if share <= 0 or share >= 1:  # nothing (or everything) called landslide: no operating point to keep
+        return float(threshold), share
+    # the smallest cut with at most ``share`` of the second network's pixels at or above it
+    cut = float(np.quantile(second, 1 - share, method="higher"))
+    return cut, share
 
 
 def threshold_rule(plateau: float) -> str:

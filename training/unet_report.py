@@ -53,6 +53,7 @@ def build_report(result: Any, model_versions: dict[str, str], data: dict[str, An
         details.setdefault(t.spec.name, {"label": t.spec.label, "loss": t.spec.loss})[t.split] = {
             "hyperparameters": t.hyperparameters,
             "training": t.training,
+            "threshold": t.threshold,
             "sampling": t.balance,
             "parameters": int(t.model.count_params()) if hasattr(t.model, "count_params") else None,
             "seconds": round(t.seconds, 1),
@@ -188,6 +189,12 @@ def markdown(report: dict[str, Any], title: str = "Attention U-Net landslide inv
                                  f"best {tr.get('best_epoch')}{' (stopped early)' if tr.get('stopped_early') else ''}, "
                                  f"{tr.get('cpu_seconds')} CPU s" + (f"; refit {refit['epochs']} epochs on fit + validation "
                                  f"(test F1 before refit {refit['test_before_refit']['f1']:.3f})" if refit else ""))
+                if refit and refit.get("fit_part_share_called_landslide") is not None:
+                    kept = refit.get("test_at_first_fit_threshold") or {}
+                    lines.append(f"  - refit threshold: the first fit's cut {refit['first_fit_threshold']:.3f} called "
+                                 f"{refit['fit_part_share_called_landslide']:.2%} of fit-part pixels landslide; the refitted "
+                                 f"network's cut for that share is {info.get('threshold', float('nan')):.3f}"
+                                 + (f" (test F1 at the first fit's cut, for the record: {kept['f1']:.3f})" if "f1" in kept else ""))
                 views = tr.get("views")
                 if views:
                     by_count = ", ".join(f"{k}: {_fmt(v)}" for k, v in (views.get("validation_pr_auc") or {}).items())

@@ -12,7 +12,7 @@ One run (:func:`run`) on a region scene (:mod:`slidemap.training.scene`) or a ch
    to convergence (:mod:`slidemap.training.unet_fit`: warm-up + cosine rate, augmentation, early
    stopping on validation PR-AUC with the best weights restored), thresholded on the validation part,
    then optionally refitted on fit + validation for the epoch count early stopping found (keeping the
-   threshold), and scored on the test part with a bootstrap interval over test chips;
+   threshold's operating point), and scored on the test part with a bootstrap interval over test chips;
 4. every U-Net of the blocked split is saved with a card carrying its skill; the best with skill
    becomes the region's default detector (:func:`slidemap.compute.models.select.record_default`).
 """
@@ -37,6 +37,7 @@ from slidemap.training.seg_data import Evaluation, SplitData, chip_split_data, s
 from slidemap.training.seg_metrics import (
     bootstrap_f1,
     chance_f1,
+    carry_operating_point,
     choose_threshold,
     f1_from_counts,
     pr_auc,
@@ -377,7 +378,7 @@ def train_and_evaluate(data: SplitData, spec: ModelSpec, hp: HyperParams, cfg: U
         x, y = data.fit_arrays()
         model: Any = PixelGradientBoosting(cfg.seed).fit(x, y)
         views, val, view_scores = choose_views(data, model, cfg.views)
-        threshold = choose_threshold(val.labels, val.prob, plateau=cfg.threshold_plateau)
+        threshold = val_threshold = choose_threshold(val.labels, val.prob, plateau=cfg.threshold_plateau)
         test = data.predict_test(ViewAveraged(model, views))
         balance: dict[str, Any] = {"rule": "all training pixels, subsampled to 300,000"}
     else:
@@ -387,7 +388,7 @@ def train_and_evaluate(data: SplitData, spec: ModelSpec, hp: HyperParams, cfg: U
                             desc=f"{spec.name} ({data.kind})", side_outputs=spec.side_outputs)
         history = first.history
         views, val, view_scores = choose_views(data, first.model, cfg.views)
-        threshold = choose_threshold(val.labels, val.prob, plateau=cfg.threshold_plateau)
+        threshold = val_threshold = choose_threshold(val.labels, val.prob, plateau=cfg.threshold_plateau)
         test = data.predict_test(ViewAveraged(first.model, views))
         model = first.model
         balance = data.sampler.balance_report()
@@ -402,15 +403,27 @@ def train_and_evaluate(data: SplitData, spec: ModelSpec, hp: HyperParams, cfg: U
             model = second.model
             test = data.predict_test(ViewAveraged(model, views))
             history = {**history, "refit_loss": second.history["loss"]}
+            kept_cut = segmentation_metrics(test.labels, test.prob, val_threshold)
+            share = float("nan")
+            if data.predict_fit is not None:
+                threshold, share = carry_operating_point(data.predict_fit(ViewAveraged(first.model, views)).prob,
+                                                         val_threshold,
+                                                         data.predict_fit(ViewAveraged(model, views)).prob)
             training["refit"] = {
                 "epochs": second.epochs_run, "seconds": round(second.seconds, 1),
                 "cpu_seconds": round(second.cpu_seconds, 1),
                 "data": "fit + validation parts (the test part and its ring still held out)",
-                "threshold": "kept from the model trained without the validation part",
+                "threshold": ("the first fit's operating point: the cut at which the refitted network calls "
+                              "landslide the share of fit-part pixels the first fit's validation cut did"
+                              if data.predict_fit is not None else "kept from the model trained without the validation part"),
+                "first_fit_threshold": round(val_threshold, 6),
+                "fit_part_share_called_landslide": None if not np.isfinite(share) else round(share, 6),
                 "test_before_refit": {k: before[k] for k in ("f1", "precision", "recall", "miou", "pr_auc")},
+                "test_at_first_fit_threshold": {k: kept_cut[k] for k in ("f1", "precision", "recall")},
             }
     metrics = segmentation_metrics(test.labels, test.prob, threshold)
-    metrics["validation"] = segmentation_metrics(val.labels, val.prob, threshold)
+    # the first fit's validation figures at the cut chosen there (the refit trained on the validation part)
+    metrics["validation"] = segmentation_metrics(val.labels, val.prob, val_threshold)
     training["views"] = {"chosen": views, "validation_pr_auc": view_scores,
                          "rule": f"the count of at most {cfg.views} with the best validation PR-AUC (fewer on a tie)"}
     skill = detection_skill(test, threshold, metrics["pr_auc"], cfg.seed)
@@ -603,7 +616,9 @@ def model_card(result: RunResult, t: TrainedModel, run_id: str) -> dict[str, Any
         "halo": DETECT_OVERLAP,
         "detect_tile": DETECT_TILE,
         "threshold": t.threshold,
-        "threshold_from": threshold_rule(result.config.threshold_plateau),
+        "threshold_from": threshold_rule(result.config.threshold_plateau)
+        + ("; chosen with the first fit, then moved to the refitted network's cut that calls landslide the same "
+           "share of fit-part pixels" if (t.training.get("refit") or {}).get("fit_part_share_called_landslide") is not None else ""),
         "inference": {"views": t.views,
                       "rule": "each window's probabilities averaged over this many symmetric views "
                               "(1 as is, 2 + mirror, 4 flips, 8 flips and transposes), as when the threshold was chosen; "

@@ -30,19 +30,21 @@ def main(chip_dir: Path, model_dir: Path, out: Path | None) -> None:
     from slidemap.training.search import HyperParams
     from slidemap.training.seg_metrics import paired_f1_difference, segmentation_metrics
 
-    card = json.loads((model_dir / "card.json").read_text())
-    model = keras.saving.load_model(model_dir / card.get("weights", "model.keras"), compile=False)
     source = chips_from_folder(chip_dir)
     cfg = unet_train.preset("demo").for_source(True)
+    data = unet_train._split_data(source, "blocked", cfg)
+    spec = next(s for s in unet_train.model_specs(replace(cfg, baselines=True)) if s.name == "unet-bce")
+    hp = HyperParams(cfg.optimizer, cfg.learning_rate, cfg.alpha, cfg.gamma)
+    # the peer trains first, so that it can run beside the detector's own training (MODEL_DIR is read
+    # once the peer is done)
+    peer = unet_train.train_and_evaluate(data, spec, hp, cfg, progress=False)
+    card = json.loads((model_dir / "card.json").read_text())
     if card["training_data"]["fingerprint"] != source.fingerprint():
         raise SystemExit(f"{model_dir}: trained on other chips than {chip_dir}")
-    data = unet_train._split_data(source, "blocked", cfg)
+    model = keras.saving.load_model(model_dir / card.get("weights", "model.keras"), compile=False)
     views = int(card.get("inference", {}).get("views", 1))
     test = data.predict_test(ViewAveraged(model, views))
     saved = segmentation_metrics(test.labels, test.prob, card["threshold"])
-    spec = next(s for s in unet_train.model_specs(replace(cfg, baselines=True)) if s.name == "unet-bce")
-    hp = HyperParams(cfg.optimizer, cfg.learning_rate, cfg.alpha, cfg.gamma)
-    peer = unet_train.train_and_evaluate(data, spec, hp, cfg, progress=False)
     diff = paired_f1_difference(peer.test_counts, test.counts_by_unit(card["threshold"]), seed=cfg.seed)
     keys = ("f1", "precision", "recall", "miou", "pr_auc")
     result = {

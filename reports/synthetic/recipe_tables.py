@@ -1,0 +1,83 @@
+"""The tables of two recipe explorations on fresh SYNTHETIC regions, from the run reports beside them:
+
+    .venv/bin/python reports/synthetic/recipe_tables.py weight-average   # detector_weight_average.md
+    .venv/bin/python reports/synthetic/recipe_tables.py validate-every   # detector_validate_every.md
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+NETWORK = "attention-unet-focal"
+
+
+def runs(folder: str, pattern: str, name: str) -> Iterator[tuple[tuple[str, ...], dict[str, Any], dict[str, Any], dict[str, Any]]]:
+    """``(name groups, landslide areas, training block, test metrics)`` of each blocked run report."""
+    for path in sorted((HERE / folder).glob(pattern)):
+        groups = re.match(name, path.stem)
+        assert groups is not None, path
+        rep = json.loads(path.read_text())
+        yield (groups.groups(), rep["splits"]["blocked"]["landslide_areas"],
+               rep["model_details"][NETWORK]["blocked"]["training"], rep["models"][NETWORK]["blocked"])
+
+
+def weight_average() -> None:
+    rows = []
+    for (seed, km, ema), areas, train, test in runs("detector-weight-average", "seed*-ema*.json",
+                                                    r"seed(\d+)-(\d+)km-ema([\d.]+)"):
+        by_views = [v for v in train["views"]["validation_pr_auc"].values() if v is not None]
+        rows.append({"region": f"{km} km, seed {seed}", "ema": float(ema), "landslides": f"{areas['train']} / {areas['test']}",
+                     "epochs": f"{train['epochs_run']} ({train['best_epoch']})",
+                     "val": train["best_validation"]["val_pr_auc"], "val_views": max(by_views),
+                     "views": train["views"]["chosen"], "f1": test["f1"], "pr_auc": test["pr_auc"]})
+    print("| region | weight average (epochs) | training / test landslides | epochs run (best) | best val PR-AUC "
+          "| val PR-AUC with views (count) | test F1 | test PR-AUC |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: (r["region"], r["ema"])):
+        print(f"| {r['region']} | {r['ema']:g} | {r['landslides']} | {r['epochs']} | {r['val']:.3f} "
+              f"| {r['val_views']:.3f} ({r['views']}) | {r['f1']:.3f} | {r['pr_auc']:.3f} |")
+    for ema in sorted({r["ema"] for r in rows}):
+        sel = [r for r in rows if r["ema"] == ema]
+        print(f"| **mean of {len(sel)}** | {ema:g} | | | {np.mean([r['val'] for r in sel]):.3f} "
+              f"| {np.mean([r['val_views'] for r in sel]):.3f} | {np.mean([r['f1'] for r in sel]):.3f} "
+              f"| {np.mean([r['pr_auc'] for r in sel]):.3f} |")
+
+
+def validate_every() -> None:
+    rows = []
+    for (seed, km, every, old), areas, train, test in runs(
+            "detector-validate-every", "seed*-every*.json", r"seed(\d+)-(\d+)km-every(\d)(-warmupcandidates)?$"):
+        rows.append({"region": f"{int(km):2d} km, seed {seed}", "every": int(every),
+                     "rule": "warm-up epochs compete (before)" if old else "from min_epochs",
+                     "landslides": f"{areas['train']} / {areas['validation']} / {areas['test']}",
+                     "epochs": f"{train['epochs_run']} ({train['best_epoch']})", "seconds": train["seconds"],
+                     "val": train["best_validation"]["val_pr_auc"], "f1": test["f1"], "pr_auc": test["pr_auc"],
+                     "paired": not old})
+    print("| region | validate every | best-epoch candidates | training / validation / test landslides "
+          "| epochs run (best) | best val PR-AUC | test F1 | test PR-AUC | training s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: (r["region"], r["rule"], r["every"])):
+        print(f"| {r['region']} | {r['every']} | {r['rule']} | {r['landslides']} | {r['epochs']} | {r['val']:.3f} "
+              f"| {r['f1']:.3f} | {r['pr_auc']:.3f} | {r['seconds']:.0f} |")
+    paired = [r for r in rows if r["paired"]]
+    for every in sorted({r["every"] for r in paired}):
+        sel = [r for r in paired if r["every"] == every]
+        print(f"| **mean of {len(sel)}** | {every} | from min_epochs | | | {np.mean([r['val'] for r in sel]):.3f} "
+              f"| {np.mean([r['f1'] for r in sel]):.3f} | {np.mean([r['pr_auc'] for r in sel]):.3f} "
+              f"| {np.mean([r['seconds'] for r in sel]):.0f} |")
+
+
+TABLES: dict[str, Callable[[], None]] = {"weight-average": weight_average, "validate-every": validate_every}
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] not in TABLES:
+        raise SystemExit(__doc__)
+    TABLES[sys.argv[1]]()
