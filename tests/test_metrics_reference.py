@@ -156,15 +156,30 @@ def test_threshold_is_the_centre_of_the_validation_f1_plateau():
 
 def test_a_refit_keeps_the_first_fits_operating_point_not_its_probability():
     """A second network that ranks the pixels alike but on another probability scale gets the cut that
-    calls the same pixels landslide; a share of 0 or 1 (no operating point) keeps the cut as it is."""
+    calls the same pixels landslide; ties (saturated probabilities) give the closest share there is; a
+    share of 0 or 1 (no operating point) keeps the cut as it is."""
     rng = np.random.default_rng(5)
     first = rng.random(5000)
-    second = np.sqrt(first)  # same ranking, higher probabilities (the refitted plain U-Net on L4S)
-    cut, share = carry_operating_point(first, 0.7, second)
-    assert share == pytest.approx(np.mean(first >= 0.7))
+    second = np.sqrt(first).astype(np.float32)  # same ranking, higher probabilities (the refitted plain U-Net on L4S)
+    cut, share, reached = carry_operating_point(first, 0.7, second)
+    assert share == pytest.approx(np.mean(first >= 0.7)) and reached == pytest.approx(share)
     assert cut == pytest.approx(np.sqrt(0.7), abs=2e-3) and cut > 0.8
-    assert np.array_equal(second >= cut, first >= 0.7)  # the same pixels called landslide
-    with_nan = np.append(second, np.nan)
-    assert carry_operating_point(np.append(first, np.nan), 0.7, with_nan)[0] == pytest.approx(cut)
-    assert carry_operating_point(first, 1.5, second) == (1.5, 0.0)
-    assert carry_operating_point(first, -1.0, second) == (-1.0, 1.0)
+    assert np.array_equal(second >= np.float32(cut), first >= 0.7)  # the same pixels called landslide
+    # a pixel that one network could not score is left out for both
+    first_nan, second_nan = first.copy(), second.copy()
+    first_nan[:10], second_nan[10:20] = np.nan, np.nan
+    ok = slice(20, None)
+    assert carry_operating_point(first_nan, 0.7, second_nan)[1] == pytest.approx(np.mean(first[ok] >= 0.7))
+    # saturated: 30 % of the second network's pixels at exactly 0.0 and a 75 % share asked for: the
+    # plain quantile lands on the tie (cut 0, every pixel); the closest share is the next value's 70 %
+    saturated = second.copy()
+    saturated[np.argsort(second)[:1500]] = 0.0
+    cut, share, reached = carry_operating_point(first, np.quantile(first, 0.25), saturated)
+    assert share == pytest.approx(0.75, abs=1e-3)
+    assert cut > 0 and reached == pytest.approx(0.7) and reached == pytest.approx(np.mean(saturated >= cut))
+    # 30 % at exactly 1.0 and a 10 % share asked for: no cut calls fewer than those 30 %
+    saturated = second.copy()
+    saturated[np.argsort(second)[-1500:]] = 1.0
+    assert carry_operating_point(first, np.quantile(first, 0.9), saturated)[::2] == (1.0, pytest.approx(0.3))
+    assert carry_operating_point(first, 1.5, second) == (1.5, 0.0, 0.0)
+    assert carry_operating_point(first, -1.0, second) == (-1.0, 1.0, 1.0)

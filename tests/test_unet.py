@@ -281,6 +281,8 @@ def test_tiny_model_beats_constant_predictor(trained):
     primary = result.primary
     assert primary.training["refit"]["epochs"] == primary.training["best_epoch"]
     assert [t.spec.name for t in result.trained] == ["attention-unet-focal"]
+    # a scene's refit keeps the operating point too, measured on (a sample of) the fit part's cells
+    assert 0 < primary.training["refit"]["fit_part_share_called_landslide"] < 1
 
 
 def test_pixel_gradient_boosting_peer_uses_the_network_interface():
@@ -460,3 +462,15 @@ def test_a_chip_folder_run_refits_on_fit_and_validation_chips():
     share = refit["fit_part_share_called_landslide"]
     assert 0 < share < 1
     assert np.mean(prob >= result.primary.threshold) == pytest.approx(share, abs=2e-3)
+
+
+def test_a_scene_refit_scores_a_seeded_sample_of_fit_cells():
+    from slidemap.training.seg_data import sample_cells
+
+    mask = np.zeros((512, 512), bool)
+    mask[:, :300] = True  # 8 x 5 cells of 64 px hold a fit pixel
+    kept = sample_cells(mask, 64, 10, seed=3)
+    assert not (kept & ~mask).any()
+    cells = {(r // 64, c // 64) for r, c in zip(*np.nonzero(kept), strict=True)}
+    assert len(cells) == 10 and np.array_equal(kept, sample_cells(mask, 64, 10, seed=3))
+    assert np.array_equal(sample_cells(mask, 64, 40, seed=3), mask)  # no more than asked: all of them

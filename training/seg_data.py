@@ -27,6 +27,7 @@ IGNORE = 255
 EVAL_MARGIN = 32  # px of context around each scored cell of a scene
 SCENE_EPOCH_CHIPS = 64  # a scene has no list of chips: an epoch is this many random chips
 MAX_MONITOR_WINDOWS = 24  # validation windows scored at each validation (a seeded subset on large scenes)
+MAX_FIT_CELLS = 32  # fit-part cells scored to carry a refit's threshold: a share needs a sample, not the scene
 
 
 class Sampler(Protocol):
@@ -115,6 +116,17 @@ def predict_scene_cells(model: Any, z: np.ndarray, mask: np.ndarray, cell: int, 
     return out
 
 
+def sample_cells(mask: np.ndarray, cell: int, most: int, seed: int) -> np.ndarray:
+    """``mask`` kept on at most ``most`` cells of a regular ``cell``-px grid (a seeded choice of those
+    that hold a ``mask`` pixel; all of them when there are no more)."""
+    units = _cell_units(mask.shape, cell)
+    held = np.unique(units[mask])
+    if len(held) <= most:
+        return mask
+    chosen = np.random.default_rng(seed).choice(held, most, replace=False)
+    return mask & np.isin(units, chosen)
+
+
 def _scene_evaluator(z: np.ndarray, labels: np.ndarray, mask: np.ndarray, cell: int, unit_cell: int) -> Predictor:
     units = _cell_units(labels.shape, unit_cell)
     keep = mask & (labels != IGNORE)
@@ -165,6 +177,7 @@ def scene_split_data(scene: sc.Scene, kind: str, chip: int, buffer: int, seed: i
         val_y = np.zeros((0, chip + 2 * margin, chip + 2 * margin), np.uint8)
     norm = robust_spec(scene.bands, "scene", stats, scene.source.get("units", "reflectance"))
     cell = 2 * chip
+    fit_cells = sample_cells(train_labels != IGNORE, cell, MAX_FIT_CELLS, seed)
     summary = {**split_.summary, "normalisation_scope": "scene", "monitor_windows": len(wins),
                "training_pixels": int((train_labels != IGNORE).sum()),
                "refit_training_pixels": int((refit_labels != IGNORE).sum())}
@@ -173,7 +186,7 @@ def scene_split_data(scene: sc.Scene, kind: str, chip: int, buffer: int, seed: i
         val_x=val_x, val_y=val_y,
         predict_val=_scene_evaluator(z_val, scene.labels, val, cell, chip),
         predict_test=_scene_evaluator(z, scene.labels, test, cell, chip),
-        predict_fit=lambda model: _scene_evaluator(z_fit, train_labels, train_labels != IGNORE, cell, chip)(model),
+        predict_fit=lambda model: _scene_evaluator(z_fit, train_labels, fit_cells, cell, chip)(model),
         normalisation=norm, summary=summary,
         training_area_chips=float((train_labels != IGNORE).sum()) / (chip * chip),
         fit_arrays=lambda: (z_fit[None], train_labels[None]),

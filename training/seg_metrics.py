@@ -137,9 +137,12 @@ def choose_threshold(y_true: np.ndarray, prob: np.ndarray, default: float = 0.5,
     return float(np.median(thresholds[f1 >= plateau * f1.max()]))
 
 
-def carry_operating_point(first_prob: np.ndarray, threshold: float, second_prob: np.ndarray) -> tuple[float, float]:
+def carry_operating_point(first_prob: np.ndarray, threshold: float, second_prob: np.ndarray) -> tuple[float, float, float]:
     """The cut for a second network that calls the same share of pixels landslide as ``threshold``
-    calls with the first, both scored on the same unlabelled pixels: ``(cut, share)``.
+    calls with the first, both scored on the same unlabelled pixels: ``(cut, share, reached)``, where
+    ``reached`` is the share the cut calls with the second network (probabilities tie, e.g. at 1.0 on
+    pixels a network trained on, so it can only come as close as the distinct values allow). With no
+    operating point to keep (nothing, or everything, called landslide) the cut is ``threshold``.
 
     Why: a refitted network (same recipe, more chips) ranks much like the first but its probabilities
     need not sit on the same scale. On the real L4S chips a refitted plain U-Net scored more pixels
@@ -149,16 +152,23 @@ def carry_operating_point(first_prob: np.ndarray, threshold: float, second_prob:
     part), so neither is scored on pixels it did not see while the other did.
     """
     first = np.asarray(first_prob, dtype=np.float64).ravel()
-    second = np.asarray(second_prob, dtype=np.float64).ravel()
-    first, second = first[np.isfinite(first)], second[np.isfinite(second)]
+    second = np.asarray(second_prob, dtype=np.float32).ravel()  # the scale the test part is cut on
+    if first.shape == second.shape:  # the same pixels: keep those both networks scored
+        ok = np.isfinite(first) & np.isfinite(second)
+        first, second = first[ok], second[ok]
+    else:
+        first, second = first[np.isfinite(first)], second[np.isfinite(second)]
     if first.size == 0 or second.size == 0:
-        return float(threshold), float("nan")
+        return float(threshold), float("nan"), float("nan")
     share = float(np.mean(first >= threshold))
-    if share <= 0 or share >= 1:  # nothing (or everything) called landslide: no operating point to keep
-        return float(threshold), share
-    # the smallest cut with at most ``share`` of the second network's pixels at or above it
-    cut = float(np.quantile(second, 1 - share, method="higher"))
-    return cut, share
+    if share <= 0 or share >= 1:
+        return float(threshold), share, share
+    ordered = np.sort(second)
+    values, first_at = np.unique(ordered, return_index=True)
+    shares = (ordered.size - first_at) / ordered.size  # share at or above each distinct value
+    miss = np.abs(shares - share)
+    k = int(np.flatnonzero(miss == miss.min())[-1])  # the closest; on a tie the higher cut (fewer false landslides)
+    return float(values[k]), share, float(shares[k])
 
 
 def threshold_rule(plateau: float) -> str:

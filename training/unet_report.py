@@ -193,7 +193,8 @@ def markdown(report: dict[str, Any], title: str = "Attention U-Net landslide inv
                     kept = refit.get("test_at_first_fit_threshold") or {}
                     lines.append(f"  - refit threshold: the first fit's cut {refit['first_fit_threshold']:.3f} called "
                                  f"{refit['fit_part_share_called_landslide']:.2%} of fit-part pixels landslide; the refitted "
-                                 f"network's cut for that share is {info.get('threshold', float('nan')):.3f}"
+                                 f"network's cut for that share is {info.get('threshold', float('nan')):.3f} "
+                                 f"(it calls {refit.get('fit_part_share_reached', float('nan')):.2%})"
                                  + (f" (test F1 at the first fit's cut, for the record: {kept['f1']:.3f})" if "f1" in kept else ""))
                 views = tr.get("views")
                 if views:

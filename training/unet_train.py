@@ -404,20 +404,22 @@ def train_and_evaluate(data: SplitData, spec: ModelSpec, hp: HyperParams, cfg: U
             test = data.predict_test(ViewAveraged(model, views))
             history = {**history, "refit_loss": second.history["loss"]}
             kept_cut = segmentation_metrics(test.labels, test.prob, val_threshold)
-            share = float("nan")
+            carried: dict[str, Any] = {"threshold": "kept from the model trained without the validation part"}
             if data.predict_fit is not None:
-                threshold, share = carry_operating_point(data.predict_fit(ViewAveraged(first.model, views)).prob,
-                                                         val_threshold,
-                                                         data.predict_fit(ViewAveraged(model, views)).prob)
+                threshold, share, reached = carry_operating_point(
+                    data.predict_fit(ViewAveraged(first.model, views)).prob, val_threshold,
+                    data.predict_fit(ViewAveraged(model, views)).prob)
+                if 0 < share < 1:
+                    carried = {"threshold": "the first fit's operating point: the cut at which the refitted network "
+                                            "calls landslide the share of fit-part pixels the first fit's validation cut did",
+                               "fit_part_share_called_landslide": round(share, 6),
+                               "fit_part_share_reached": round(reached, 6)}
             training["refit"] = {
                 "epochs": second.epochs_run, "seconds": round(second.seconds, 1),
                 "cpu_seconds": round(second.cpu_seconds, 1),
                 "data": "fit + validation parts (the test part and its ring still held out)",
-                "threshold": ("the first fit's operating point: the cut at which the refitted network calls "
-                              "landslide the share of fit-part pixels the first fit's validation cut did"
-                              if data.predict_fit is not None else "kept from the model trained without the validation part"),
+                **carried,
                 "first_fit_threshold": round(val_threshold, 6),
-                "fit_part_share_called_landslide": None if not np.isfinite(share) else round(share, 6),
                 "test_before_refit": {k: before[k] for k in ("f1", "precision", "recall", "miou", "pr_auc")},
                 "test_at_first_fit_threshold": {k: kept_cut[k] for k in ("f1", "precision", "recall")},
             }

@@ -31,6 +31,8 @@ def main(chip_dir: Path, model_dir: Path, out: Path | None) -> None:
     from slidemap.training.seg_metrics import paired_f1_difference, segmentation_metrics
 
     source = chips_from_folder(chip_dir)
+    if (model_dir / "card.json").is_file():  # when it is already there, check it before the peer's training
+        _same_chips(model_dir, chip_dir, source.fingerprint())
     cfg = unet_train.preset("demo").for_source(True)
     data = unet_train._split_data(source, "blocked", cfg)
     spec = next(s for s in unet_train.model_specs(replace(cfg, baselines=True)) if s.name == "unet-bce")
@@ -38,9 +40,7 @@ def main(chip_dir: Path, model_dir: Path, out: Path | None) -> None:
     # the peer trains first, so that it can run beside the detector's own training (MODEL_DIR is read
     # once the peer is done)
     peer = unet_train.train_and_evaluate(data, spec, hp, cfg, progress=False)
-    card = json.loads((model_dir / "card.json").read_text())
-    if card["training_data"]["fingerprint"] != source.fingerprint():
-        raise SystemExit(f"{model_dir}: trained on other chips than {chip_dir}")
+    card = _same_chips(model_dir, chip_dir, source.fingerprint())
     model = keras.saving.load_model(model_dir / card.get("weights", "model.keras"), compile=False)
     views = int(card.get("inference", {}).get("views", 1))
     test = data.predict_test(ViewAveraged(model, views))
@@ -58,6 +58,13 @@ def main(chip_dir: Path, model_dir: Path, out: Path | None) -> None:
     print(text)
     if out:  # Markdown, not JSON: every JSON document under reports/real is a training report
         out.write_text(note(result, text))
+
+
+def _same_chips(model_dir: Path, chip_dir: Path, fingerprint: str) -> dict:
+    card = json.loads((model_dir / "card.json").read_text())
+    if card["training_data"]["fingerprint"] != fingerprint:
+        raise SystemExit(f"{model_dir}: trained on other chips than {chip_dir}")
+    return card
 
 
 def note(result: dict, text: str) -> str:
