@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,8 +39,11 @@ def main(chip_dir: Path, model_dir: Path, out: Path | None) -> None:
     spec = next(s for s in unet_train.model_specs(replace(cfg, baselines=True)) if s.name == "unet-bce")
     hp = HyperParams(cfg.optimizer, cfg.learning_rate, cfg.alpha, cfg.gamma)
     # the peer trains first, so that it can run beside the detector's own training (MODEL_DIR is read
-    # once the peer is done)
+    # once the peer is done, and waited for while its card is not there)
     peer = unet_train.train_and_evaluate(data, spec, hp, cfg, progress=False)
+    while not (model_dir / "card.json").is_file():  # the detector beside it is still training
+        print(f"waiting for {model_dir / 'card.json'}", file=sys.stderr, flush=True)
+        time.sleep(60)
     card = _same_chips(model_dir, chip_dir, source.fingerprint())
     model = keras.saving.load_model(model_dir / card.get("weights", "model.keras"), compile=False)
     views = int(card.get("inference", {}).get("views", 1))
