@@ -40,7 +40,13 @@ class Parser(argparse.ArgumentParser):
         if choice:
             close = difflib.get_close_matches(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)), n=1)
         elif unknown and unknown.group(1).startswith("--"):
-            close = difflib.get_close_matches(unknown.group(1), sorted(_option_strings(self)), n=1)
+            given = unknown.group(1).split("=")[0]
+            # an option of another command (`train unet --region X`): name its owners, not itself
+            owners = [c.prog for c in _leaf_commands(self) if any(given in a.option_strings for a in c._actions)]
+            if owners:
+                super().error(f"{message}; {given} is an option of {', '.join(map(repr, owners))} only "
+                              "(see this command's --help)")
+            close = difflib.get_close_matches(given, sorted(_option_strings(self) - {given}), n=1)
         else:
             close = []
         super().error(f"{message}; did you mean {close[0]!r}?" if close else message)

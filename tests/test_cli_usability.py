@@ -35,6 +35,8 @@ def test_every_command_takes_the_same_quiet():
     (["stauts", "x"], "did you mean 'status'?"),
     (["train", "lsm", "x", "--preset", "dmeo"], "did you mean 'demo'?"),
     (["prepare", "x", "--quite"], "did you mean '--quiet'?"),
+    # an option of another command is named as such (it once read "--region; did you mean '--region'?")
+    (["train", "unet", "--region", "x"], "--region is an option of 'slidemap detect' only"),
 ])
 def test_misspellings_get_a_suggestion(argv, suggestion, capsys):
     with pytest.raises(SystemExit) as exc:
