@@ -43,6 +43,8 @@ class Parser(argparse.ArgumentParser):
             given = unknown.group(1).split("=")[0]
             # an option of another command (`train unet --region X`): name its owners, not itself
             owners = [c.prog for c in _leaf_commands(self) if any(given in a.option_strings for a in c._actions)]
+            if len(owners) > 3:  # e.g. `slidemap --quiet status X`
+                super().error(f"{message}; {given} is an option of the commands: give it after the command's name")
             if owners:
                 super().error(f"{message}; {given} is an option of {', '.join(map(repr, owners))} only "
                               "(see this command's --help)")

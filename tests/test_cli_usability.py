@@ -37,6 +37,7 @@ def test_every_command_takes_the_same_quiet():
     (["prepare", "x", "--quite"], "did you mean '--quiet'?"),
     # an option of another command is named as such (it once read "--region; did you mean '--region'?")
     (["train", "unet", "--region", "x"], "--region is an option of 'slidemap detect' only"),
+    (["--quiet", "status", "x"], "--quiet is an option of the commands: give it after the command's name"),
 ])
 def test_misspellings_get_a_suggestion(argv, suggestion, capsys):
     with pytest.raises(SystemExit) as exc:
