@@ -28,6 +28,7 @@ EVAL_MARGIN = 32  # px of context around each scored cell of a scene
 SCENE_EPOCH_CHIPS = 64  # a scene has no list of chips: an epoch is this many random chips
 MAX_MONITOR_WINDOWS = 24  # validation windows scored at each validation (a seeded subset on large scenes)
 MAX_FIT_CELLS = 32  # fit-part cells scored to carry a refit's threshold: a share needs a sample, not the scene
+MAX_FIT_CHIPS = 512  # the same for a chip folder's fit chips (the L4S folder's 438 are all scored)
 
 
 class Sampler(Protocol):
@@ -258,6 +259,8 @@ def chip_split_data(chips: ChipSet, kind: str, seed: int, positive_share: float,
     norm = robust_spec(chips.bands, scope, reference, chips.source.get("units", "file"))
     sampler = ChipSampler(x[fit_idx], chips.masks[fit_idx], positive_share)
     refit_idx = np.union1d(fit_idx, val_idx)
+    fit_sample = fit_idx if len(fit_idx) <= MAX_FIT_CHIPS else np.sort(
+        np.random.default_rng(seed).choice(fit_idx, MAX_FIT_CHIPS, replace=False))
     refit = ChipSampler(x[refit_idx], chips.masks[refit_idx], positive_share)
     summary = {"kind": kind, "chips": {"fit": int(len(fit_idx)), "validation": int(len(val_idx)),
                                        "test": int(len(test_idx)), "dropped_by_buffer": int(len(chips) - len(test_idx) - len(train_idx))},
@@ -272,7 +275,7 @@ def chip_split_data(chips: ChipSet, kind: str, seed: int, positive_share: float,
         val_x=x[val_idx], val_y=chips.masks[val_idx],
         predict_val=_chip_evaluator(x[val_idx], chips.masks[val_idx], val_idx),
         predict_test=_chip_evaluator(x[test_idx], chips.masks[test_idx], test_idx),
-        predict_fit=lambda model: _chip_evaluator(x[fit_idx], chips.masks[fit_idx], fit_idx)(model),
+        predict_fit=lambda model: _chip_evaluator(x[fit_sample], chips.masks[fit_sample], fit_sample)(model),
         normalisation=norm, summary=summary, training_area_chips=float(len(fit_idx)),
         fit_arrays=lambda: (x[fit_idx], chips.masks[fit_idx]),
         epoch_chips=int(len(fit_idx)), refit_epoch_chips=int(len(refit_idx)),
