@@ -4,10 +4,12 @@ set it beside a detector already trained on the same split, paired over the same
 For when the attention U-Net of a recipe change has been trained on its own (one network of the
 ``--baselines`` run, at a third of its cost) and its peer is wanted on the very same chips.
 
-    .venv/bin/python reports/real/peer_beside.py CHIP_DIR MODEL_DIR [OUT.md]
+    .venv/bin/python reports/real/peer_beside.py CHIP_DIR MODEL_DIR [OUT.md] [--seed N]
 
 MODEL_DIR is the saved detector (its card gives the threshold and the view count it was scored with);
 the peer gets the preset's rules for a chip folder (early stopping, refit, views chosen on validation).
+--seed is the split's seed, as `slidemap train unet ... --set seed=N` gave the detector (default 0, the
+preset's); it also seeds the peer's training.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 
-def main(chip_dir: Path, model_dir: Path, out: Path | None) -> None:
+def main(chip_dir: Path, model_dir: Path, out: Path | None, seed: int = 0) -> None:
     from slidemap.compute.models.runtime import configure_tensorflow
 
     configure_tensorflow()
@@ -34,7 +36,7 @@ def main(chip_dir: Path, model_dir: Path, out: Path | None) -> None:
     source = chips_from_folder(chip_dir)
     if (model_dir / "card.json").is_file():  # when it is already there, check it before the peer's training
         _same_chips(model_dir, chip_dir, source.fingerprint())
-    cfg = unet_train.preset("demo").for_source(True)
+    cfg = unet_train.preset("demo", seed=seed).for_source(True)
     data = unet_train._split_data(source, "blocked", cfg)
     spec = next(s for s in unet_train.model_specs(replace(cfg, baselines=True)) if s.name == "unet-bce")
     hp = HyperParams(cfg.optimizer, cfg.learning_rate, cfg.alpha, cfg.gamma)
@@ -52,7 +54,7 @@ def main(chip_dir: Path, model_dir: Path, out: Path | None) -> None:
     diff = paired_f1_difference(peer.test_counts, test.counts_by_unit(card["threshold"]), seed=cfg.seed)
     keys = ("f1", "precision", "recall", "miou", "pr_auc")
     result = {
-        "chips": str(chip_dir), "detector": str(model_dir), "split": "blocked, seed 0 (the demo preset's)",
+        "chips": str(chip_dir), "detector": str(model_dir), "split": f"blocked, seed {seed}" + (" (the demo preset's)" if seed == 0 else ""),
         "detector_metrics": {k: saved[k] for k in keys}, "detector_views": views,
         "peer": spec.label, "peer_metrics": {k: peer.metrics[k] for k in keys}, "peer_skill": peer.skill,
         "peer_views": peer.views, "peer_training": peer.training,
@@ -84,6 +86,12 @@ def note(result: dict, text: str) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (3, 4):
-        raise SystemExit(__doc__)
-    main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]) if len(sys.argv) == 4 else None)
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("chip_dir", type=Path)
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("out", type=Path, nargs="?")
+    parser.add_argument("--seed", type=int, default=0, help="the split's seed (default 0, the preset's)")
+    args = parser.parse_args()
+    main(args.chip_dir, args.model_dir, args.out, args.seed)
