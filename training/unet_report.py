@@ -27,8 +27,8 @@ def metric_note(plateau: float) -> str:
     return (
         "Pixel metrics pooled over all valid pixels of the test chips; precision, recall, F1 and IoU "
         "are those of the landslide class; mIoU is the mean of the landslide IoU and the background IoU; "
-        f"PR-AUC is the average precision of the landslide probabilities; the threshold is {threshold_rule(plateau)} "
-        "(the validation part is carved from the training side) and is then applied unchanged to the test "
+        f"PR-AUC is the average precision of the landslide probabilities; the threshold is {threshold_rule(plateau)}, "
+        "the validation part being carved from the training side, and is then applied unchanged to the test "
         "part. The F1 interval is a percentile bootstrap over test chips."
     )
 
@@ -193,9 +193,9 @@ def markdown(report: dict[str, Any], title: str = "Attention U-Net landslide inv
                     kept = refit.get("test_at_first_fit_threshold") or {}
                     lines.append(f"  - refit threshold: the first fit's cut {refit['first_fit_threshold']:.3f} called "
                                  f"{refit['fit_part_share_called_landslide']:.2%} of fit-part pixels landslide; the refitted "
-                                 f"network's cut for that share is {info.get('threshold', float('nan')):.3f} "
-                                 f"(it calls {refit.get('fit_part_share_reached', float('nan')):.2%})"
-                                 + (f" (test F1 at the first fit's cut, for the record: {kept['f1']:.3f})" if "f1" in kept else ""))
+                                 f"network's cut for that share is {info.get('threshold', float('nan')):.3f}, "
+                                 f"which calls {refit.get('fit_part_share_reached', float('nan')):.2%}"
+                                 + (f"; test F1 at the first fit's cut, for the record: {kept['f1']:.3f}" if "f1" in kept else ""))
                 views = tr.get("views")
                 if views:
                     by_count = ", ".join(f"{k}: {_fmt(v)}" for k, v in (views.get("validation_pr_auc") or {}).items())
