@@ -113,6 +113,7 @@ def test_small_region_produces_both_splits_with_buffers(tmp_path):
         areas = s.summary["landslide_areas"]
         assert areas["train"] >= 6 and areas["validation"] >= 2 and areas["test"] >= 2, (kind, s.summary)
         assert s.summary["pixel_share"]["train"] > 0.3
+        assert s.summary["seed"] == 0  # recorded, so that the card's split can be made again
         held = (s.roles == sc.TEST) | (s.roles == sc.VALIDATION)
         trained_on = s.train_labels != 255
         assert not (trained_on & held).any()
@@ -451,6 +452,7 @@ def test_a_chip_folder_run_refits_on_fit_and_validation_chips():
                             learning_rate=1e-2, views=1)
     result = unet_train.run(chips, cfg, progress=False)
     assert result.config.refit is True
+    assert result.splits["blocked"]["seed"] == cfg.seed  # the card's split summary names its seed
     refit = result.primary.training["refit"]
     assert refit["epochs"] == result.primary.training["best_epoch"]
     assert set(refit["test_before_refit"]) >= {"f1", "pr_auc"}

@@ -232,6 +232,7 @@ def split_scene(scene: Scene, kind: str = "blocked", chip: int = 128, buffer: in
     n_valid = max(int(valid.sum()), 1)
     summary = {
         "kind": kind,
+        "seed": int(seed),  # with the region, the seed re-creates the split (which blocks are held out)
         "block_px": int(block),
         "buffer_px": int(buffer),
         "blocks": {ROLE_NAMES[r]: int((best[1] == r).sum()) for r in (TRAIN, VALIDATION, TEST)},

@@ -262,7 +262,7 @@ def chip_split_data(chips: ChipSet, kind: str, seed: int, positive_share: float,
     fit_sample = fit_idx if len(fit_idx) <= MAX_FIT_CHIPS else np.sort(
         np.random.default_rng(seed).choice(fit_idx, MAX_FIT_CHIPS, replace=False))
     refit = ChipSampler(x[refit_idx], chips.masks[refit_idx], positive_share)
-    summary = {"kind": kind, "chips": {"fit": int(len(fit_idx)), "validation": int(len(val_idx)),
+    summary = {"kind": kind, "seed": int(seed), "chips": {"fit": int(len(fit_idx)), "validation": int(len(val_idx)),
                                        "test": int(len(test_idx)), "dropped_by_buffer": int(len(chips) - len(test_idx) - len(train_idx))},
                "buffer": f"{buffer} {'px' if chips.source.get('georeferenced') else 'index positions'}"
                if kind == "blocked" else "none",

@@ -1,15 +1,17 @@
-"""Score ``slidemap detect`` on a chip folder's seed-0 blocked test chips with a saved detector.
+"""Score ``slidemap detect`` on a chip folder's blocked test chips with a saved detector.
 
 Checks that the chip-folder path of ``detect`` (per-chip normalisation, the card's threshold and
 views, the 0/255 masks it writes) gives the figure training reported on the same chips.
 
     .venv/bin/python reports/real/detect_on_test_chips.py CHIP_DIR MODEL_DIR
 
-Prints the pooled landslide F1 of the ``--mask`` output against the chips' own masks.
+Prints the pooled landslide F1 of the ``--mask`` output against the chips' own masks. The split's seed
+is the card's (``training_data.split_summary.seed``; 0, the preset's, for cards made before it was recorded).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -25,7 +27,9 @@ def main(chip_dir: Path, model_dir: Path) -> None:
     from slidemap.training.chips import chips_from_folder
 
     source = chips_from_folder(chip_dir)
-    test = unet_train._test_part(source, "blocked", unet_train.preset("demo"))  # the one owner of the split
+    card = json.loads((model_dir / "card.json").read_text())
+    seed = int(card["training_data"].get("split_summary", {}).get("seed", 0))
+    test = unet_train._test_part(source, "blocked", unet_train.preset("demo", seed=seed))  # the one owner of the split
     names = [source.names[i] for i in test]
     with tempfile.TemporaryDirectory() as tmp:
         images, out = Path(tmp) / "images", Path(tmp) / "out"
@@ -41,7 +45,7 @@ def main(chip_dir: Path, model_dir: Path) -> None:
             tp += int((found & truth).sum())
             fp += int((found & ~truth).sum())
             fn += int((~found & truth).sum())
-    print(f"{len(names)} test chips; F1 of `slidemap detect --mask`: {2 * tp / (2 * tp + fp + fn):.4f}")
+    print(f"{len(names)} test chips (blocked split, seed {seed}); F1 of `slidemap detect --mask`: {2 * tp / (2 * tp + fp + fn):.4f}")
 
 
 if __name__ == "__main__":

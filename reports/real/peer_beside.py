@@ -35,7 +35,7 @@ def main(chip_dir: Path, model_dir: Path, out: Path | None, seed: int = 0) -> No
 
     source = chips_from_folder(chip_dir)
     if (model_dir / "card.json").is_file():  # when it is already there, check it before the peer's training
-        _same_chips(model_dir, chip_dir, source.fingerprint())
+        _same_chips(model_dir, chip_dir, source.fingerprint(), seed)
     cfg = unet_train.preset("demo", seed=seed).for_source(True)
     data = unet_train._split_data(source, "blocked", cfg)
     spec = next(s for s in unet_train.model_specs(replace(cfg, baselines=True)) if s.name == "unet-bce")
@@ -46,7 +46,7 @@ def main(chip_dir: Path, model_dir: Path, out: Path | None, seed: int = 0) -> No
     while not (model_dir / "card.json").is_file():  # the detector beside it is still training
         print(f"waiting for {model_dir / 'card.json'}", file=sys.stderr, flush=True)
         time.sleep(60)
-    card = _same_chips(model_dir, chip_dir, source.fingerprint())
+    card = _same_chips(model_dir, chip_dir, source.fingerprint(), seed)
     model = keras.saving.load_model(model_dir / card.get("weights", "model.keras"), compile=False)
     views = int(card.get("inference", {}).get("views", 1))
     test = data.predict_test(ViewAveraged(model, views))
@@ -66,10 +66,13 @@ def main(chip_dir: Path, model_dir: Path, out: Path | None, seed: int = 0) -> No
         out.write_text(note(result, text))
 
 
-def _same_chips(model_dir: Path, chip_dir: Path, fingerprint: str) -> dict:
+def _same_chips(model_dir: Path, chip_dir: Path, fingerprint: str, seed: int) -> dict:
     card = json.loads((model_dir / "card.json").read_text())
     if card["training_data"]["fingerprint"] != fingerprint:
         raise SystemExit(f"{model_dir}: trained on other chips than {chip_dir}")
+    recorded = card["training_data"].get("split_summary", {}).get("seed")  # cards before 2026-12-05 lack it
+    if recorded is not None and int(recorded) != seed:
+        raise SystemExit(f"{model_dir}: trained on the split of seed {recorded}; give --seed {recorded}")
     return card
 
 
