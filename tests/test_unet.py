@@ -267,7 +267,8 @@ def test_no_skill_flag():
 def trained(tmp_path_factory):
     root = _tiny_region(tmp_path_factory.mktemp("region"), size=192, seed=4, n_slides=30)
     cfg = unet_train.preset("quick", base_width=4, chip=32, epochs=4, epoch_chips=8, batch_size=4, patience=2,
-                            min_epochs=2, refit=True, learning_rate=1e-2, alpha=0.75, gamma=1.0, buffer=8)
+                            min_epochs=2, refit=False, scene_refit_below_areas=1000, learning_rate=1e-2, alpha=0.75,
+                            gamma=1.0, buffer=8)  # refitted by the small-region rule
     return root, unet_train.run(scene_from_region(root), cfg, progress=False)
 
 
@@ -280,6 +281,7 @@ def test_tiny_model_beats_constant_predictor(trained):
         assert m["f1"] > constant_f1 + 0.2, (t.spec.name, m)
         assert m["pr_auc"] > prevalence + 0.2
     primary = result.primary
+    assert result.splits["blocked"]["refit"].startswith("on: ")  # few landslides: the rule refits, and says why
     assert primary.training["refit"]["epochs"] == primary.training["best_epoch"]
     assert [t.spec.name for t in result.trained] == ["attention-unet-focal"]
     # a scene's refit keeps the operating point too, measured on (a sample of) the fit part's cells
@@ -385,16 +387,25 @@ def test_a_chip_folder_gets_the_presets_folder_budget():
 
 
 def test_a_chip_folder_ships_a_model_refitted_on_fit_and_validation():
-    """demo: a region's scenes keep the first model (the main job's time); a chip folder refits on fit +
-    validation; a refit rule the user gives applies to both."""
-    from slidemap.training.unet_train import apply_settings, preset
+    """demo: a region's scenes are refitted when their training part holds few landslides and keep the
+    first model when it holds many (the main job's time); a chip folder refits on fit + validation; a
+    refit rule the user gives applies to every source."""
+    from slidemap.training.unet_train import _refit_for_split, apply_settings, preset
 
     demo = preset("demo")
     assert demo.for_source(folder=False).refit is False and demo.for_source(folder=True).refit is True
+    few, many = {"landslide_areas": {"train": 40}}, {"landslide_areas": {"train": 566}}
+    assert _refit_for_split(demo.for_source(folder=False), few).refit is True
+    assert _refit_for_split(demo.for_source(folder=False), many).refit is False
+    assert few["refit"].startswith("on: 40 training landslide areas, fewer than 100")
+    assert many["refit"].startswith("off: 566")
     off = apply_settings(demo, {"refit": "false"})
     assert off.for_source(folder=True).refit is False
+    assert _refit_for_split(off.for_source(folder=False), {"landslide_areas": {"train": 40}}).refit is False
+    assert _refit_for_split(preset("demo", refit=False), {"landslide_areas": {"train": 40}}).refit is False  # --no-refit
     on = apply_settings(demo, {"refit": "true"})
     assert on.for_source(folder=False).refit is True
+    assert _refit_for_split(on.for_source(folder=False), {"landslide_areas": {"train": 566}}).refit is True
     assert preset("quick").for_source(folder=True).refit is False  # no folder rule: as refit
 
 

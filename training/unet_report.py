@@ -33,6 +33,13 @@ def metric_note(plateau: float) -> str:
     )
 
 
+def _refit_rule(cfg: dict[str, Any]) -> str:
+    below = cfg.get("scene_refit_below_areas")
+    if below is not None and not cfg.get("refit"):
+        return f"for a region when its training part holds fewer than {below} landslide areas"
+    return str(cfg.get("refit"))
+
+
 def _m(metrics: dict[str, Any]) -> dict[str, Any]:
     out = {k: metrics.get(k) for k in METRIC_KEYS}
     for extra in ("iou_background", "pixels", "landslide_pixels", "confusion"):
@@ -137,13 +144,13 @@ def markdown(report: dict[str, Any], title: str = "Attention U-Net landslide inv
               f"bands {', '.join(data.get('bands', []))})", f"- created: {report.get('created')}",
               f"- preset: {cfg.get('preset')} (base width {cfg.get('base_width')}, loss {cfg.get('loss')}, "
               f"at most {cfg.get('epochs')} epochs of {cfg.get('epoch_chips') or 'the default number of'} chips, patience {cfg.get('patience')} "
-              f"on validation {cfg.get('monitor')}, refit {cfg.get('refit')}; validation and test parts scored "
+              f"on validation {cfg.get('monitor')}, refit {_refit_rule(cfg)}; validation and test parts scored "
               f"with {cfg.get('views', 1)} symmetric view(s) averaged, for every model)",
               f"- time: {report.get('seconds')} s wall, {report.get('cpu_seconds')} CPU s", ""]
     for kind, info in (report.get("splits") or {}).items():
         if isinstance(info, dict) and "rule" in info:
             lines.append(f"- {kind} split: {info['rule']}; landslide areas {info.get('landslide_areas')}, "
-                         f"pixel shares {info.get('pixel_share')}")
+                         f"pixel shares {info.get('pixel_share')}" + (f"; refit {info['refit']}" if info.get("refit") else ""))
         elif isinstance(info, dict):
             lines.append(f"- {kind} split: {json.dumps(info)}")
     lines.append("")

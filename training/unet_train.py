@@ -71,6 +71,15 @@ class UnetConfig:
     # A folder's validation chips are a fifth of what it has: the model it ships is refitted on fit +
     # validation for the epoch count early stopping found (None: as ``refit``)
     folder_refit: bool | None = None
+    # A region's scenes are refitted too when their training part holds fewer landslide areas than
+    # this (None: ``refit`` alone decides; a refit the user gives, on or off, decides for every
+    # source). Where landslides are few, the validation part's matter most: set where the refit lifted
+    # blocked-test F1 by 0.04-0.24 on fresh 4-6 km regions with 19-48 training landslides and lost 0.05
+    # on an 8 km one with 110; on six small regions drawn after, mean F1 +0.009 and PR-AUC +0.023 (weak
+    # first fits up, strong ones -0.05 to +0.02: a refit is a second training with no validation part
+    # to catch a worse run; reports/synthetic/detector_scene_refit.md). With more landslides, as in the
+    # main job's 20 km region (566), the first fit ships.
+    scene_refit_below_areas: int | None = None
     monitor: Literal["pr_auc", "f1"] = "pr_auc"
     warmup_epochs: int = 2
     ema_epochs: float = 0.0  # horizon of the weight average, epochs (training/unet_fit.py; 0: off)
@@ -142,16 +151,17 @@ PRESETS: dict[str, UnetConfig] = {
     # cores). 60 epochs for a region's scenes: at 30 the validation PR-AUC was still rising on fresh
     # 8 km regions (best epochs 26-27; at 60 they stopped early at 48-55, validation PR-AUC 0.73-0.84
     # -> 0.82-0.93). A chip folder's model is refitted on fit + validation (a third more chips; on the
-    # real L4S chips test PR-AUC 0.698 -> 0.724, reports/real/unet_real_data.md); a region's is not, for
-    # the main job's time. Validation and early stopping see the weights averaged over about two
-    # epochs: on six fresh 4-8 km regions the best validation PR-AUC went 0.670 -> 0.696 and no region
+    # real L4S chips test PR-AUC 0.698 -> 0.724, reports/real/unet_real_data.md); a region's only when
+    # its training part holds fewer than 100 landslide areas (see ``scene_refit_below_areas``).
+    # Validation and early stopping see the weights averaged over about two epochs: on six fresh
+    # 4-8 km regions the best validation PR-AUC went 0.670 -> 0.696 and no region
     # stopped on a lucky early epoch (reports/synthetic/detector_weight_average.md). With that average
     # spanning two epochs, validation every second epoch was level on five fresh regions and saves
     # 10-16 % of a run; epochs before min_epochs are warm-up and never the model (a 6 km region had
     # shipped its epoch 2, F1 0.29 -> 0.65; reports/synthetic/detector_validate_every.md)
     "demo": UnetConfig(
         preset="demo", base_width=16, batch_size=8, epoch_chips=None, epochs=60, min_epochs=8, patience=8,
-        folder_epochs=60, folder_patience=12, folder_refit=True,
+        folder_epochs=60, folder_patience=12, folder_refit=True, scene_refit_below_areas=100,
         warmup_epochs=2, ema_epochs=2.0, validate_every=2, learning_rate=2e-3, refit=False, search_iterations=0,
         search_epochs=8,
     ),
@@ -193,7 +203,8 @@ def apply_settings(cfg: UnetConfig, settings: dict[str, str]) -> UnetConfig:
         raise ValueError(f"--set {key}={settings.get(key, '')}: {err['msg']}") from None
 
 
-_OPTIONAL_SETTINGS = ("epoch_chips", "buffer", "bands", "folder_epochs", "folder_patience", "folder_refit")
+_OPTIONAL_SETTINGS = ("epoch_chips", "buffer", "bands", "folder_epochs", "folder_patience", "folder_refit",
+                      "scene_refit_below_areas")
 
 
 def preset(name: str, **overrides: Any) -> UnetConfig:
@@ -204,10 +215,13 @@ def preset(name: str, **overrides: Any) -> UnetConfig:
 
 
 def _explicit_budget(values: dict[str, Any]) -> dict[str, Any]:
-    """Epochs, patience or refit a user gives apply to every source: the preset's folder budget steps aside."""
+    """Epochs, patience or refit a user gives apply to every source: the preset's folder budget and its
+    scene refit rule step aside."""
     out = dict(values)
     if "refit" in values and "folder_refit" not in values:
         out["folder_refit"] = None
+    if "refit" in values and "scene_refit_below_areas" not in values:
+        out["scene_refit_below_areas"] = None
     if "epochs" in values and "folder_epochs" not in values:
         out["folder_epochs"] = None
     if "patience" in values and "folder_patience" not in values:
@@ -480,6 +494,17 @@ def run_search(data: SplitData, cfg: UnetConfig, progress: bool = True) -> tuple
 
 
 # ---- the whole run -----------------------------------------------------------------------
+def _refit_for_split(cfg: UnetConfig, summary: dict[str, Any]) -> UnetConfig:
+    """The refit decision for one split of a region's scenes, recorded in its summary."""
+    limit, areas = cfg.scene_refit_below_areas, (summary.get("landslide_areas") or {}).get("train")
+    if limit is None or areas is None:  # a chip folder, or a refit the user decided
+        return cfg
+    refit = cfg.refit or areas < limit
+    summary["refit"] = (f"{'on' if refit else 'off'}: {areas} training landslide areas, "
+                        f"{'fewer than' if areas < limit else 'not fewer than'} {limit} (scene_refit_below_areas)")
+    return replace(cfg, refit=refit)
+
+
 def model_specs(cfg: UnetConfig) -> list[ModelSpec]:
     if cfg.compare:
         e1, e2 = cfg.compare_epochs
@@ -550,6 +575,7 @@ def run(source: Scene | ChipSet, cfg: UnetConfig, progress: bool = True) -> RunR
     order = sorted(cfg.splits, key=lambda s: s != "blocked")  # blocked first: its model is the artefact
     data = {kind: _split_data(source, kind, cfg) for kind in order}
     split_info = {kind: d.summary for kind, d in data.items()}
+    split_cfg = {kind: _refit_for_split(cfg, d.summary) for kind, d in data.items()}
     hp = HyperParams(cfg.optimizer, cfg.learning_rate, cfg.alpha, cfg.gamma)
     records: list[dict[str, Any]] = []
     if cfg.search_iterations > 0:
@@ -578,7 +604,7 @@ def run(source: Scene | ChipSet, cfg: UnetConfig, progress: bool = True) -> RunR
     specs = model_specs(cfg)
     for kind in order:
         for spec in specs:
-            t = train_and_evaluate(data[kind], spec, hp, cfg, progress)
+            t = train_and_evaluate(data[kind], spec, hp, split_cfg[kind], progress)
             trained.append(t)
             m = t.metrics
             log.info("%s [%s]: F1 %.3f mIoU %.3f PR-AUC %.3f", spec.name, kind, m["f1"], m["miou"], m["pr_auc"])

@@ -1,7 +1,8 @@
-"""The tables of two recipe explorations on fresh SYNTHETIC regions, from the run reports beside them:
+"""The tables of recipe explorations on fresh SYNTHETIC regions, from the run reports beside them:
 
     .venv/bin/python reports/synthetic/recipe_tables.py weight-average   # detector_weight_average.md
     .venv/bin/python reports/synthetic/recipe_tables.py validate-every   # detector_validate_every.md
+    .venv/bin/python reports/synthetic/recipe_tables.py scene-refit      # detector_scene_refit.md
 """
 
 from __future__ import annotations
@@ -75,7 +76,42 @@ def validate_every() -> None:
               f"| {np.mean([r['seconds'] for r in sel]):.0f} |")
 
 
-TABLES: dict[str, Callable[[], None]] = {"weight-average": weight_average, "validate-every": validate_every}
+def scene_refit() -> None:
+    """One run per region gives both: the first fit's test figures are kept in the refit's record.
+    ``seed*.json``: ``--refit`` given (the rule's evidence); ``check-seed*.json``: the demo preset's rule
+    deciding, on regions drawn after it was set."""
+    rows = []
+    for (check, seed, km), areas, train, test in runs("detector-scene-refit", "*seed*.json",
+                                                      r"(check-)?seed(\d+)-(\d+)km$"):
+        refit = train.get("refit")
+        first = refit["test_before_refit"] if refit else test
+        rows.append({"region": f"{int(km):2d} km, seed {seed}", "km": int(km), "check": bool(check),
+                     "landslides": f"{areas['train']} / {areas['validation']} / {areas['test']}",
+                     "epochs": f"{train['epochs_run']} ({train['best_epoch']})",
+                     "f1_first": first["f1"], "pr_first": first["pr_auc"],
+                     "f1": test["f1"], "ci": test["skill"]["ci95"], "pr": test["pr_auc"],
+                     "f1_kept_cut": refit["test_at_first_fit_threshold"]["f1"] if refit else float("nan"),
+                     "cuts": f"{refit['first_fit_threshold']:.3f} -> {test['threshold']:.3f}" if refit else "no refit",
+                     "seconds": f"{train['seconds']:.0f} + {refit['seconds']:.0f}" if refit else f"{train['seconds']:.0f}"})
+    print("| region | refit | training / validation / test landslides | epochs run (best) | first fit: test F1 / PR-AUC "
+          "| shipped: test F1 [95 % CI] / PR-AUC | refit at the first fit's cut: F1 | cut, first fit -> refit "
+          "| training s, first fit + refit |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for check in (False, True):
+        sel = sorted((r for r in rows if r["check"] == check), key=lambda r: (r["km"], r["region"]))
+        how = "the preset's rule" if check else "`--refit`"
+        for r in sel:
+            print(f"| {r['region']} | {how} | {r['landslides']} | {r['epochs']} | {r['f1_first']:.3f} / {r['pr_first']:.3f} "
+                  f"| **{r['f1']:.3f}** [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] / {r['pr']:.3f} | {r['f1_kept_cut']:.3f} "
+                  f"| {r['cuts']} | {r['seconds']} |")
+        if sel:
+            print(f"| **mean of {len(sel)}** | {how} | | | {np.mean([r['f1_first'] for r in sel]):.3f} / "
+                  f"{np.mean([r['pr_first'] for r in sel]):.3f} | **{np.mean([r['f1'] for r in sel]):.3f}** / "
+                  f"{np.mean([r['pr'] for r in sel]):.3f} | | | |")
+
+
+TABLES: dict[str, Callable[[], None]] = {"weight-average": weight_average, "validate-every": validate_every,
+                                         "scene-refit": scene_refit}
 
 if __name__ == "__main__":
     if len(sys.argv) != 2 or sys.argv[1] not in TABLES:

@@ -63,7 +63,8 @@ def register(groups: dict[str, Any]) -> None:
     p.add_argument("--monitor", choices=("pr_auc", "f1"), help="validation score early stopping watches")
     p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
                    help="refit on fit + validation for the epoch count early stopping found "
-                        "(demo preset: on for a chip folder, off for a region's scenes)")
+                        "(demo preset: on for a chip folder, and for a region whose training part holds fewer "
+                        "than 100 landslide areas, --set scene_refit_below_areas=N; given, it decides for every source)")
     p.add_argument("--loss", choices=("focal", "focal+dice"), help="loss of the attention U-Net")
     p.add_argument("--dice-weight", type=float, help="weight of the Dice term in focal+dice")
     p.add_argument("--search-iterations", type=int, help="GP+EI trials (0 = off: use --optimizer etc.)")
