@@ -28,7 +28,7 @@ def main(chip_dir: Path, model_dir: Path) -> None:
 
     source = chips_from_folder(chip_dir)
     card = json.loads((model_dir / "card.json").read_text())
-    seed = int(card["training_data"].get("split_summary", {}).get("seed", 0))
+    seed = int((card["training_data"].get("split_summary") or {}).get("seed", 0))
     test = unet_train._test_part(source, "blocked", unet_train.preset("demo", seed=seed))  # the one owner of the split
     names = [source.names[i] for i in test]
     with tempfile.TemporaryDirectory() as tmp:

@@ -70,7 +70,7 @@ def _same_chips(model_dir: Path, chip_dir: Path, fingerprint: str, seed: int) ->
     card = json.loads((model_dir / "card.json").read_text())
     if card["training_data"]["fingerprint"] != fingerprint:
         raise SystemExit(f"{model_dir}: trained on other chips than {chip_dir}")
-    recorded = card["training_data"].get("split_summary", {}).get("seed")  # cards before 2026-12-05 lack it
+    recorded = (card["training_data"].get("split_summary") or {}).get("seed")  # cards before 2026-12-05 lack it
     if recorded is not None and int(recorded) != seed:
         raise SystemExit(f"{model_dir}: trained on the split of seed {recorded}; give --seed {recorded}")
     return card
