@@ -390,22 +390,23 @@ def test_a_chip_folder_ships_a_model_refitted_on_fit_and_validation():
     """demo: a region's scenes are refitted when their training part holds few landslides and keep the
     first model when it holds many (the main job's time); a chip folder refits on fit + validation; a
     refit rule the user gives applies to every source."""
-    from slidemap.training.unet_train import _refit_for_split, apply_settings, preset
+    from slidemap.training.unet_train import apply_settings, preset
 
     demo = preset("demo")
     assert demo.for_source(folder=False).refit is False and demo.for_source(folder=True).refit is True
     few, many = {"landslide_areas": {"train": 40}}, {"landslide_areas": {"train": 566}}
-    assert _refit_for_split(demo.for_source(folder=False), few).refit is True
-    assert _refit_for_split(demo.for_source(folder=False), many).refit is False
-    assert few["refit"].startswith("on: 40 training landslide areas, fewer than 100")
-    assert many["refit"].startswith("off: 566")
+    scenes = demo.for_source(folder=False)
+    (on_few, why_few), (on_many, why_many) = scenes.for_split(few), scenes.for_split(many)
+    assert on_few.refit is True and on_many.refit is False
+    assert why_few.startswith("on: 40 training landslide areas, fewer than 100") and why_many.startswith("off: 566")
+    assert demo.for_source(folder=True).for_split({"chips": {"fit": 400}}) == (demo.for_source(folder=True), None)
     off = apply_settings(demo, {"refit": "false"})
     assert off.for_source(folder=True).refit is False
-    assert _refit_for_split(off.for_source(folder=False), {"landslide_areas": {"train": 40}}).refit is False
-    assert _refit_for_split(preset("demo", refit=False), {"landslide_areas": {"train": 40}}).refit is False  # --no-refit
+    assert off.for_source(folder=False).for_split(few)[0].refit is False
+    assert preset("demo", refit=False).for_split(few)[0].refit is False  # --no-refit
     on = apply_settings(demo, {"refit": "true"})
     assert on.for_source(folder=False).refit is True
-    assert _refit_for_split(on.for_source(folder=False), {"landslide_areas": {"train": 566}}).refit is True
+    assert on.for_source(folder=False).for_split(many)[0].refit is True
     assert preset("quick").for_source(folder=True).refit is False  # no folder rule: as refit
 
 

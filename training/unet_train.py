@@ -130,6 +130,17 @@ class UnetConfig:
         return replace(self, epochs=self.folder_epochs or self.epochs, patience=self.folder_patience or self.patience,
                        refit=refit, folder_epochs=None, folder_patience=None, folder_refit=None)
 
+    def for_split(self, summary: dict[str, Any]) -> tuple[UnetConfig, str | None]:
+        """The refit for one split of a region's scenes, by its training landslides, and why (None: no
+        rule applied, a chip folder or a refit the user decided)."""
+        limit, areas = self.scene_refit_below_areas, (summary.get("landslide_areas") or {}).get("train")
+        if limit is None or areas is None:
+            return self, None
+        refit = self.refit or areas < limit
+        reason = (f"{'on' if refit else 'off'}: {areas} training landslide areas, "
+                  f"{'fewer than' if areas < limit else 'not fewer than'} {limit} (scene_refit_below_areas)")
+        return replace(self, refit=refit), reason
+
     def fit_config(self, max_epochs: int | None = None, epoch_chips: int = 64, **changes: Any) -> FitConfig:
         return replace(FitConfig(
             base_width=self.base_width, batch_size=self.batch_size, epoch_chips=self.epoch_chips or epoch_chips,
@@ -494,17 +505,6 @@ def run_search(data: SplitData, cfg: UnetConfig, progress: bool = True) -> tuple
 
 
 # ---- the whole run -----------------------------------------------------------------------
-def _refit_for_split(cfg: UnetConfig, summary: dict[str, Any]) -> UnetConfig:
-    """The refit decision for one split of a region's scenes, recorded in its summary."""
-    limit, areas = cfg.scene_refit_below_areas, (summary.get("landslide_areas") or {}).get("train")
-    if limit is None or areas is None:  # a chip folder, or a refit the user decided
-        return cfg
-    refit = cfg.refit or areas < limit
-    summary["refit"] = (f"{'on' if refit else 'off'}: {areas} training landslide areas, "
-                        f"{'fewer than' if areas < limit else 'not fewer than'} {limit} (scene_refit_below_areas)")
-    return replace(cfg, refit=refit)
-
-
 def model_specs(cfg: UnetConfig) -> list[ModelSpec]:
     if cfg.compare:
         e1, e2 = cfg.compare_epochs
@@ -575,7 +575,11 @@ def run(source: Scene | ChipSet, cfg: UnetConfig, progress: bool = True) -> RunR
     order = sorted(cfg.splits, key=lambda s: s != "blocked")  # blocked first: its model is the artefact
     data = {kind: _split_data(source, kind, cfg) for kind in order}
     split_info = {kind: d.summary for kind, d in data.items()}
-    split_cfg = {kind: _refit_for_split(cfg, d.summary) for kind, d in data.items()}
+    split_cfg: dict[str, UnetConfig] = {}
+    for kind, d in data.items():
+        split_cfg[kind], reason = cfg.for_split(d.summary)
+        if reason:
+            d.summary["refit"] = reason  # the report and the card say which rule applied
     hp = HyperParams(cfg.optimizer, cfg.learning_rate, cfg.alpha, cfg.gamma)
     records: list[dict[str, Any]] = []
     if cfg.search_iterations > 0:

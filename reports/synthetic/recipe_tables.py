@@ -92,10 +92,11 @@ def scene_refit() -> None:
                      "f1": test["f1"], "ci": test["skill"]["ci95"], "pr": test["pr_auc"],
                      "f1_kept_cut": refit["test_at_first_fit_threshold"]["f1"] if refit else float("nan"),
                      "cuts": f"{refit['first_fit_threshold']:.3f} -> {test['threshold']:.3f}" if refit else "no refit",
-                     "seconds": f"{train['seconds']:.0f} + {refit['seconds']:.0f}" if refit else f"{train['seconds']:.0f}"})
+                     "seconds": f"{train['seconds']:.0f} + {refit['seconds']:.0f} (+{refit['seconds'] / train['seconds']:.0%})"
+                     if refit else f"{train['seconds']:.0f}"})
     print("| region | refit | training / validation / test landslides | epochs run (best) | first fit: test F1 / PR-AUC "
           "| shipped: test F1 [95 % CI] / PR-AUC | refit at the first fit's cut: F1 | cut, first fit -> refit "
-          "| training s, first fit + refit |")
+          "| training s, first fit + refit (the refit's share) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for check in (False, True):
         sel = sorted((r for r in rows if r["check"] == check), key=lambda r: (r["km"], r["region"]))
