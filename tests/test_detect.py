@@ -297,6 +297,30 @@ def test_chip_scope_normalises_each_chip_on_its_own(tmp_path):
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+def test_a_scene_scope_chip_folder_is_normalised_by_the_cards_reference(robust_model, tmp_path):
+    """Training normalised every chip of a scene-scope folder by the fit chips' pooled statistics
+    (the card's reference); `detect` on a chip folder does the same, not each chip's own percentiles."""
+    from PIL import Image
+
+    det = load_detector(robust_model)
+    chip = _smooth_image(9, (64, 64))
+    (tmp_path / "chips" / "images").mkdir(parents=True)
+    _write(tmp_path / "chips" / "images" / "c.tif", chip, names=["B2", "B3", "B4", "B8"])
+    detect_file(robust_model, tmp_path / "chips", tmp_path / "out", progress=False)
+    got = np.asarray(Image.open(tmp_path / "out" / "c.png")).astype(int)
+    by_reference = np.round(det.predict_chips(chip[None])[0] * 255).astype(int)
+    by_chip = np.round(det.for_scene(image_stats(chip)).predict_chips(chip[None])[0] * 255).astype(int)
+    assert np.abs(got - by_reference).max() <= 1
+    assert np.abs(by_chip - by_reference).mean() > 5  # the two rules differ, so the test can tell them apart
+
+
+def test_a_file_with_unnamed_extra_bands_names_the_fix(robust_model, tmp_path):
+    (tmp_path / "chips" / "images").mkdir(parents=True)
+    _write(tmp_path / "chips" / "images" / "c.tif", np.ones((5, 32, 32), "float32"))
+    with pytest.raises(InputError, match="5 unnamed bands.*--band-order"):
+        detect_file(robust_model, tmp_path / "chips", tmp_path / "out", progress=False)
+
+
 def test_mask_is_cut_at_the_models_threshold(robust_model, tmp_path):
     img = _smooth_image(8, (64, 72))
     img[:, :5, :7] = np.nan

@@ -371,6 +371,42 @@ def test_no_skilled_detector_is_never_the_default(trained, tmp_path):
     assert resolve_model(region, "detection", "attention-unet").name == "attention-unet"  # by name it still works
 
 
+def test_a_random_split_run_is_no_evidence_of_skill_and_leaves_the_default(trained, tmp_path):
+    """`--splits random` scores neighbouring ground: never skill, and the region's default stays."""
+    import copy
+
+    root, result = trained
+    region = tmp_path / "region"
+    region.mkdir()
+    blocked = unet_train.save_models(_with_peer(result), "run-b", region / "models", "attention-unet")
+    before = unet_train.record_region_default(region, blocked)
+    assert before is not None
+    rng = np.random.default_rng(0)
+    labels = (rng.random(40 * 256) < 0.05).astype(np.uint8)
+    good = np.clip(labels * 0.8 + rng.random(labels.size) * 0.3, 0, 1).astype(np.float32)
+    skill = unet_train.detection_skill(Evaluation(labels, good, np.repeat(np.arange(40), 256)), 0.5, 0.9, 0, "random")
+    assert not skill["has_skill"] and skill["split"] == "random" and skill["method"].startswith("random test")
+    rand = copy.copy(result)
+    rand.trained = [copy.copy(t) for t in result.trained]
+    for t in rand.trained:
+        t.split, t.skill = "random", {**skill, "value": 0.99}
+    rand.primary = rand.trained[0]
+    saved = unet_train.save_models(rand, "run-r", region / "models", "attention-unet")
+    assert unet_train.record_region_default(region, saved) is None
+    assert default_model(region, "detection").path == before.path  # unchanged, not the inflated 0.99
+
+
+def test_a_budget_shorter_than_the_warm_up_ships_its_scored_last_epoch(tmp_path):
+    scene = scene_from_region(_tiny_region(tmp_path, size=192, seed=2, n_slides=30))
+    data = scene_split_data(scene, "blocked", chip=32, buffer=8, seed=0, positive_share=0.5)
+    cfg = FitConfig(base_width=4, batch_size=4, epoch_chips=8, max_epochs=2, min_epochs=8, patience=2,
+                    learning_rate=1e-2, warmup_epochs=1, seed=0)
+    fit = fit_network(data.sampler, data.val_x, data.val_y, 4, cfg, "focal", 0.75, 1.0)
+    assert fit.epochs_run == 2 and fit.best_epoch == 2  # the warm-up shrinks to the budget; epoch 2 is a candidate
+    again = validation_scores(fit.model, data.val_x, data.val_y, 4)["val_pr_auc"]
+    assert again == pytest.approx(fit.history["val_pr_auc"][-1], abs=1e-6)  # the shipped weights are the scored ones
+
+
 def test_a_chip_folder_gets_the_presets_folder_budget():
     """demo: 60 epochs / patience 8 on a region's scenes, 60 / 12 on a chip folder (one pass over the
     fit chips per epoch; validation still improved at 30 on the real chips); a budget the user gives wins."""

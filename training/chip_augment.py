@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-IGNORE = 255
+from slidemap.compute.region.image_files import IGNORE
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from slidemap.compute.region.image_files import IMAGE_EXTS, MASK_ENCODINGS, read_image_file, read_mask_file, region_is_synthetic
+from slidemap.compute.region.image_files import IGNORE, IMAGE_EXTS, MASK_ENCODINGS, read_image_file, read_mask_file, region_is_synthetic
 from slidemap.errors import BuildError, InputError
+from slidemap.training.unet import TILE_MULTIPLE
 
-IGNORE = 255
 __all__ = ["ChipSet", "ChipSampler", "IMAGE_EXTS", "MASK_ENCODINGS", "chips_from_folder", "blocked_chip_split",
            "random_chip_split", "split_chips", "region_is_synthetic", "read_image_file", "read_mask_file"]
 
@@ -133,15 +133,20 @@ def chips_from_folder(
         nodata = np.isnan(img).any(axis=-1)
         if path.suffix.lower() != ".png":
             nodata |= np.all(img == 0, axis=-1)  # GIS exports fill outside the area with 0
+        # no data is NaN, as `detect` reads it: left out of the chip's percentiles, 0 once normalised
+        img[nodata] = np.nan
         msk[nodata] = IGNORE
         images.append(img)
         masks.append(msk)
         names.append(path.name)
         georefs.append(meta["georef"])
     assert shape is not None
+    if not any((m == 1).any() for m in masks):
+        raise InputError(f"{mask_dir}: no mask marks a landslide pixel (mask encoding {mask_encoding}); "
+                         "check the masks or pass --mask-encoding gt127, binary or sparse")
     h, w, c = shape
-    if h % 16 or w % 16:
-        raise InputError(f"{folder}: chips are {w}x{h}; the network needs sides that are multiples of 16")
+    if h % TILE_MULTIPLE or w % TILE_MULTIPLE:
+        raise InputError(f"{folder}: chips are {w}x{h}; the network needs sides that are multiples of {TILE_MULTIPLE}")
     if bands:
         if len(bands) != c:
             raise InputError(f"{folder}: --bands names {len(bands)} bands but the chips have {c}")

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from slidemap.compute.region.image_files import IGNORE
+
 EPSILON = 1e-7
-IGNORE = 255
 
 
 def _prepare(y_true: Any, y_pred: Any) -> tuple[Any, Any, Any]:

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from slidemap.compute.region.image_files import IGNORE
 from slidemap.compute.region.layout import RegionLayout
 from slidemap.errors import BuildError
 
-IGNORE = 255
 TRAIN, VALIDATION, TEST, BUFFER = 0, 1, 2, 3
 ROLE_NAMES = {TRAIN: "train", VALIDATION: "validation", TEST: "test", BUFFER: "buffer"}
 TEST_FRACTION = 0.2

@@ -20,10 +20,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from slidemap.compute.maps.image_norm import BandStats, apply_stats, image_stats, robust_spec
+from slidemap.compute.region.image_files import IGNORE
+from slidemap.errors import InputError
 from slidemap.training import scene as sc
 from slidemap.training.chips import ChipSampler, ChipSet, chip_buffer, random_chip_split, split_chips
 
-IGNORE = 255
 EVAL_MARGIN = 32  # px of context around each scored cell of a scene
 SCENE_EPOCH_CHIPS = 64  # a scene has no list of chips: an epoch is this many random chips
 MAX_MONITOR_WINDOWS = 24  # validation windows scored at each validation (a seeded subset on large scenes)
@@ -72,7 +73,6 @@ class SplitData:
     predict_test: Predictor
     normalisation: dict[str, Any]
     summary: dict[str, Any] = field(default_factory=dict)
-    training_area_chips: float = 0.0  # training pixels / chip pixels
     epoch_chips: int = 64  # chips per epoch unless the config says otherwise (scene: fixed; folder: one pass)
     refit_epoch_chips: int = 64
     fit_arrays: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None  # (x [N,H,W,C], y [N,H,W]) for pixel baselines
@@ -189,7 +189,6 @@ def scene_split_data(scene: sc.Scene, kind: str, chip: int, buffer: int, seed: i
         predict_test=_scene_evaluator(z, scene.labels, test, cell, chip),
         predict_fit=lambda model: _scene_evaluator(z_fit, train_labels, fit_cells, cell, chip)(model),
         normalisation=norm, summary=summary,
-        training_area_chips=float((train_labels != IGNORE).sum()) / (chip * chip),
         fit_arrays=lambda: (z_fit[None], train_labels[None]),
         epoch_chips=SCENE_EPOCH_CHIPS, refit_epoch_chips=SCENE_EPOCH_CHIPS,
     )
@@ -208,10 +207,6 @@ def refit_training_labels(labels: np.ndarray, roles: np.ndarray, buffer: int) ->
 
 
 # ---- chip folders --------------------------------------------------------------------------
-def chip_stats(images: np.ndarray) -> list[BandStats]:
-    return [image_stats(im, channel_axis=-1) for im in images]
-
-
 def normalise_chips(images: np.ndarray, scope: str, reference: BandStats | None = None) -> np.ndarray:
     """Robust normalisation of chips ``[N, H, W, C]``: each by its own statistics, or all by ``reference``."""
     if scope == "chip":
@@ -254,6 +249,11 @@ def chip_split_data(chips: ChipSet, kind: str, seed: int, positive_share: float,
     if exclude is not None and len(exclude):
         train_idx = np.setdiff1d(train_idx, exclude)
     fit_idx, val_idx = carve_validation(chips, train_idx, kind, seed, buffer if kind == "blocked" else 0)
+    if min(len(fit_idx), len(val_idx), len(test_idx)) == 0:
+        gap = f" and a buffer of {buffer} between the parts (--buffer)" if kind == "blocked" else ""
+        raise InputError(f"{chips.source.get('path', 'chip folder')}: {len(chips)} chips leave {len(fit_idx)} to fit, "
+                         f"{len(val_idx)} to validate and {len(test_idx)} to test on a {kind} split{gap}; "
+                         "add chips (a few dozen at least) or lower --buffer")
     reference = image_stats(chips.images[fit_idx], channel_axis=-1)  # pooled training chips
     x = normalise_chips(chips.images, scope, reference)
     norm = robust_spec(chips.bands, scope, reference, chips.source.get("units", "file"))
@@ -276,7 +276,7 @@ def chip_split_data(chips: ChipSet, kind: str, seed: int, positive_share: float,
         predict_val=_chip_evaluator(x[val_idx], chips.masks[val_idx], val_idx),
         predict_test=_chip_evaluator(x[test_idx], chips.masks[test_idx], test_idx),
         predict_fit=lambda model: _chip_evaluator(x[fit_sample], chips.masks[fit_sample], fit_sample)(model),
-        normalisation=norm, summary=summary, training_area_chips=float(len(fit_idx)),
+        normalisation=norm, summary=summary,
         fit_arrays=lambda: (x[fit_idx], chips.masks[fit_idx]),
         epoch_chips=int(len(fit_idx)), refit_epoch_chips=int(len(refit_idx)),
     )

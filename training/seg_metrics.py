@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-IGNORE = 255
+from slidemap.compute.region.image_files import IGNORE
+
 METRIC_KEYS = ("accuracy", "precision", "recall", "f1", "iou", "miou", "pr_auc", "threshold")
 
 

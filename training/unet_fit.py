@@ -218,7 +218,9 @@ def fit_network(
     averaged = AveragedWeights(model)
     rng = np.random.default_rng(cfg.seed)
     validate = epochs is None and val_x is not None and len(val_x) > 0
-    stopper = EarlyStopping(cfg.patience if validate else 0, cfg.min_epochs)
+    # a budget shorter than the warm-up (e.g. --epochs 5 with min_epochs 8) still validates its last
+    # epoch as a candidate, so the averaged weights of a scored epoch ship, never unscored ones
+    stopper = EarlyStopping(cfg.patience if validate else 0, min(cfg.min_epochs, n_epochs))
     history: dict[str, list[float]] = {"loss": [], "lr": []}
     bar = tqdm(total=n_epochs, desc=desc, unit="epoch", disable=not progress, leave=False)
     stopped = False

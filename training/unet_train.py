@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import Field
 
+from slidemap.compute.maps.detection import DEFAULT_OVERLAP, DEFAULT_TILE
 from slidemap.compute.models.views import VIEWS, ViewAveraged
 from slidemap.training.chip_augment import AugmentConfig
 from slidemap.training.chips import ChipSet
@@ -48,8 +49,6 @@ from slidemap.training.unet_fit import FitConfig, FitResult, fit_network
 
 log = logging.getLogger(__name__)
 SPLITS = ("random", "blocked")
-DETECT_TILE = 256
-DETECT_OVERLAP = 64
 SKILL_FLOOR = 0.05  # an F1 interval reaching below this (or below chance) is no skill
 
 
@@ -114,7 +113,6 @@ class UnetConfig:
     learning_rate: float = 1e-3
     alpha: float = 0.5
     gamma: float = 2.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -323,27 +321,31 @@ class PixelGradientBoosting:
 
 
 # ---- skill -----------------------------------------------------------------------------------
-def detection_skill(ev: Evaluation, threshold: float, pr: float, seed: int = 0) -> dict[str, Any]:
+def detection_skill(ev: Evaluation, threshold: float, pr: float, seed: int = 0, split: str = "blocked") -> dict[str, Any]:
     """The card's ``skill`` block: F1 at the model's threshold on the blocked test, a bootstrap 95 %
     interval over test chips, and whether that is skill.
 
     No skill: the interval reaches down to the F1 of calling every pixel a landslide
     (``2p / (1 + p)``, p = landslide share of the test pixels) or to :data:`SKILL_FLOOR`, or the
-    PR-AUC is no better than p (a random ranking).
+    PR-AUC is no better than p (a random ranking). A score on a random split (``--splits random``)
+    is never skill: its test chips neighbour training chips, so it says nothing about new ground,
+    and such a model must not become a region's default by an inflated F1.
     """
     counts = ev.counts_by_unit(threshold)
     f1 = float(f1_from_counts(counts.sum(axis=0)))
     lo, hi = bootstrap_f1(counts, seed=seed)
     prevalence = float(ev.labels.mean()) if len(ev.labels) else 0.0
     chance = chance_f1(prevalence)
-    skilled = bool(np.isfinite(lo) and lo > max(chance, SKILL_FLOOR) and np.isfinite(pr) and pr > prevalence)
+    blocked = split == "blocked"
+    skilled = bool(blocked and np.isfinite(lo) and lo > max(chance, SKILL_FLOOR) and np.isfinite(pr) and pr > prevalence)
     return {
         "metric": "f1", "value": f1, "ci95": [lo, hi], "chance": chance, "prevalence": prevalence,
-        "pr_auc": pr, "threshold": float(threshold),
-        "method": f"blocked test, F1 at the model's threshold, percentile bootstrap over {len(counts)} test chips",
+        "pr_auc": pr, "threshold": float(threshold), "split": split,
+        "method": f"{split} test, F1 at the model's threshold, percentile bootstrap over {len(counts)} test chips",
         "has_skill": skilled,
         "rule": "no skill when the 95 % interval reaches the F1 of calling every pixel a landslide "
-                f"(2p/(1+p)) or {SKILL_FLOOR}, or PR-AUC <= p",
+                f"(2p/(1+p)) or {SKILL_FLOOR}, or PR-AUC <= p"
+                + ("" if blocked else "; a random split's test is never evidence of skill (train with --splits blocked)"),
     }
 
 
@@ -453,7 +455,7 @@ def train_and_evaluate(data: SplitData, spec: ModelSpec, hp: HyperParams, cfg: U
     metrics["validation"] = segmentation_metrics(val.labels, val.prob, val_threshold)
     training["views"] = {"chosen": views, "validation_pr_auc": view_scores,
                          "rule": f"the count of at most {cfg.views} with the best validation PR-AUC (fewer on a tie)"}
-    skill = detection_skill(test, threshold, metrics["pr_auc"], cfg.seed)
+    skill = detection_skill(test, threshold, metrics["pr_auc"], cfg.seed, data.kind)
     return TrainedModel(spec, data.kind, model, data.normalisation, float(threshold), metrics, skill, history,
                         _hp_used(spec, hp, cfg), training, balance, time.perf_counter() - t0, views,
                         test.counts_by_unit(threshold))
@@ -645,8 +647,8 @@ def model_card(result: RunResult, t: TrainedModel, run_id: str) -> dict[str, Any
         "units": result.source.get("units", "reflectance"),
         "tile_multiple": TILE_MULTIPLE,
         "chip": result.chip,
-        "halo": DETECT_OVERLAP,
-        "detect_tile": DETECT_TILE,
+        "halo": DEFAULT_OVERLAP,
+        "detect_tile": DEFAULT_TILE,
         "threshold": t.threshold,
         "threshold_from": threshold_rule(result.config.threshold_plateau)
         + ("; chosen with the first fit, then moved to the refitted network's cut that calls landslide the same "
@@ -715,19 +717,25 @@ def save_models(result: RunResult, run_id: str, models_root: Path | None, name: 
 
 
 def record_region_default(region_dir: Path, saved: list[SavedModel]) -> SavedModel | None:
-    """Record the best saved detector with skill as the region's default (None when none has skill)."""
-    from slidemap.compute.models.select import record_default
+    """Record the best saved detector with skill as the region's default (None when none has skill).
+
+    A run without a blocked split (``--splits random``) leaves the recorded default as it was: its
+    scores are not blocked scores, so they can neither make nor unmake a default.
+    """
+    from slidemap.compute.models.select import best_model, record_default, skill_of
     from slidemap.compute.models.store import ModelInfo
 
-    skilled = [s for s in saved if s.card.get("skill", {}).get("has_skill")]
-    best = max(skilled, key=lambda s: s.card["skill"]["value"]) if skilled else None
-    if best is None:
+    if not any(skill_of(s.card).get("split", "blocked") == "blocked" for s in saved):
+        log.warning("no blocked split in this run: the region's default detector stays as it was")
+        return None
+    info = best_model([ModelInfo(s.name, "unet", s.card["version"], s.path, s.card) for s in saved])
+    if info is None:
         record_default(region_dir, "detection", None,
                        "no detector of the latest run has skill on its blocked test (F1 interval at chance)")
         return None
-    info = ModelInfo(best.name, "unet", best.card["version"], best.path, best.card)
+    best = next(s for s in saved if s.path == info.path)
+    skill = skill_of(best.card)
     record_default(region_dir, "detection", info,
                    f"best blocked-test F1 with skill in run {best.card.get('run_id')} "
-                   f"({best.card['skill']['value']:.3f}, 95 % CI {best.card['skill']['ci95'][0]:.3f}-"
-                   f"{best.card['skill']['ci95'][1]:.3f})")
+                   f"({skill['value']:.3f}, 95 % CI {skill['ci95'][0]:.3f}-{skill['ci95'][1]:.3f})")
     return best

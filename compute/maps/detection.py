@@ -647,7 +647,9 @@ def detect_folder(
         img, names, _ = read_image_file(path)  # [H, W, C]
         names = list(band_order) if band_order else (names or det.bands[: img.shape[-1]])
         if len(names) != img.shape[-1]:
-            raise InputError(f"{path}: {img.shape[-1]} bands but --band-order names {len(names)}")
+            raise InputError(f"{path}: {img.shape[-1]} bands but --band-order names {len(names)}" if band_order else
+                             f"{path}: {img.shape[-1]} unnamed bands; the model reads {det.bands}: "
+                             "name the file's bands in order with --band-order")
         try:
             chip = np.stack([img[..., names.index(b)] for b in det.bands])
         except ValueError as exc:
@@ -659,10 +661,12 @@ def detect_folder(
                     chip = chip * np.float32(display_stretch(chip))
                 elif scale:
                     chip = chip / np.float32(scale)
-        # each chip file is an image of its own (robust models: its own percentiles)
-        run = det.for_scene(image_stats(chip, channel_axis=0)) if det.robust else det
+        # a chip-scope model normalises each chip file by its own percentiles; a scene-scope one
+        # by its card's reference, as its training normalised every chip by the fit chips' pooled ones
+        chip_scope = det.robust and det.normalisation.get("scope") == "chip"
+        run = det.for_scene(image_stats(chip, channel_axis=0)) if chip_scope else det
         h, w = chip.shape[1:]
-        if h % 16 == 0 and w % 16 == 0:
+        if h % det.multiple == 0 and w % det.multiple == 0:
             prob = run.predict_chips(chip[None])[0]
         else:
             prob = run.predict(chip)

@@ -15,7 +15,7 @@ import numpy as np
 from slidemap.compute.region.layout import RegionLayout
 from slidemap.errors import InputError
 
-IGNORE = 255
+IGNORE = 255  # a pixel that neither trains nor scores: the one label code every segmentation module reads
 IMAGE_EXTS = (".png", ".tif", ".tiff")
 MASK_ENCODINGS = ("auto", "gt127", "binary", "sparse")
 
@@ -56,8 +56,8 @@ def read_mask_file(path: Path, encoding: str = "auto") -> np.ndarray:
 
     ``gt127``: first channel > 127 is landslide (8-bit masks, RGB(A) masks);
     ``binary``: any non-zero value is landslide; ``sparse``: 0 unlabelled (ignored),
-    1 non-landslide, 2 landslide (ArcGIS classified tiles); ``auto`` picks ``gt127`` for
-    multi-channel or 0/255 masks and ``binary`` for 0/1 masks.
+    1 non-landslide, 2 landslide (ArcGIS classified tiles); ``auto`` picks ``binary`` for
+    0/1 masks (any channel count) and ``gt127`` for other multi-channel or 0/255 masks.
     """
     if encoding not in MASK_ENCODINGS:
         raise InputError(f"mask encoding {encoding!r} unknown; use one of {', '.join(MASK_ENCODINGS)}")
@@ -75,10 +75,10 @@ def read_mask_file(path: Path, encoding: str = "auto") -> np.ndarray:
     band = arr[..., 0] if arr.ndim == 3 else arr
     if encoding == "auto":
         values = np.unique(band)
-        if multi or set(values.tolist()) <= {0, 255}:
-            encoding = "gt127"
-        elif set(values.tolist()) <= {0, 1}:
+        if set(values.tolist()) <= {0, 1}:  # before the channel count: an RGB 0/1 mask is binary too
             encoding = "binary"
+        elif multi or set(values.tolist()) <= {0, 255}:
+            encoding = "gt127"
         else:
             raise InputError(
                 f"{path}: mask values {values[:8].tolist()} are ambiguous; pass --mask-encoding "

@@ -122,7 +122,7 @@ def register(groups: dict[str, Any]) -> None:
         help="map landslide areas over a region: detect, mask, vectorise, compare with the inventory",
         description="Run the detector over the region's imagery, cut at the model's threshold, vectorise the "
         "landslide areas into a GeoPackage beside the probability COG, and compare them with the region's "
-        "inventory (areas, overlap). Writes to REGION_DIR/maps/.",
+        "inventory (areas, overlap). Writes to REGION_DIR/reports/inventory/RUN_ID/.",
     )
     i.add_argument("region", metavar="REGION_DIR", help="a prepared region folder")
     i.add_argument("--model", metavar="NAME|VERSION|DIR",
@@ -161,8 +161,10 @@ def _config(args: argparse.Namespace) -> Any:
             cfg = apply_settings(cfg, settings)
         except ValueError as exc:
             raise InputError(str(exc)) from None
-    if cfg.chip % 16 or cfg.chip < 16:
-        raise InputError(f"--chip {cfg.chip}: must be a positive multiple of 16")
+    from slidemap.training.unet import TILE_MULTIPLE
+
+    if cfg.chip % TILE_MULTIPLE or cfg.chip < TILE_MULTIPLE:
+        raise InputError(f"--chip {cfg.chip}: must be a positive multiple of {TILE_MULTIPLE}")
     bad = [s for s in cfg.splits if s not in ("random", "blocked")]
     if bad or not cfg.splits:
         raise InputError(f"--splits {bad or '(empty)'}: use blocked and/or random")
@@ -225,13 +227,17 @@ def train_handler(args: argparse.Namespace) -> int:
     print(f"report: {report_dir / 'report.md'}")
     for s in saved:
         m, sk = s.trained.metrics, s.trained.skill
-        flag = "" if sk.get("has_skill") else "  NO SKILL"
+        flag = ("" if sk.get("has_skill") else "  NO SKILL") if sk.get("split", "blocked") == "blocked" else \
+            "  (random split: not evidence of skill on new ground, never the default)"
         print(f"{s.name} [{s.trained.split} split]: F1 {m['f1']:.3f} (95% CI {sk['ci95'][0]:.3f}-{sk['ci95'][1]:.3f})  "
               f"mIoU {m['miou']:.3f}  PR-AUC {m['pr_auc']:.3f}  threshold {m['threshold']:.3f}"
               + flag + ("  (SYNTHETIC)" if result.synthetic else ""))
     if region is not None and out_dir is None:
-        print(f"default detector: {default.name} {default.card['version']}" if default
-              else "default detector: none (no detector of this run has skill)")
+        if result.primary.split != "blocked":
+            print("default detector: unchanged (this run has no blocked split)")
+        else:
+            print(f"default detector: {default.name} {default.card['version']}" if default
+                  else "default detector: none (no detector of this run has skill)")
     return 0
 
 
