@@ -250,7 +250,8 @@ def chip_split_data(chips: ChipSet, kind: str, seed: int, positive_share: float,
         train_idx = np.setdiff1d(train_idx, exclude)
     fit_idx, val_idx = carve_validation(chips, train_idx, kind, seed, buffer if kind == "blocked" else 0)
     if min(len(fit_idx), len(val_idx), len(test_idx)) == 0:
-        gap = f" and a buffer of {buffer} between the parts (--buffer)" if kind == "blocked" else ""
+        unit = "px" if chips.source.get("georeferenced") else "index positions"
+        gap = f" with a buffer of {buffer} {unit} between the parts" if kind == "blocked" else ""
         raise InputError(f"{chips.source.get('path', 'chip folder')}: {len(chips)} chips leave {len(fit_idx)} to fit, "
                          f"{len(val_idx)} to validate and {len(test_idx)} to test on a {kind} split{gap}; "
                          "add chips (a few dozen at least) or lower --buffer")
