@@ -53,9 +53,14 @@ def host_name(host: str) -> str | None:
         return None
     if host.startswith("["):
         end = host.find("]")
-        return host[1:end].lower() if end > 0 else None
-    name, _, port = host.partition(":")
-    if port and not port.isdigit():
+        rest = host[end + 1 :]
+        if end <= 0 or (rest and not rest.startswith(":")):
+            return None
+        name, port = host[1:end], rest[1:]
+    else:
+        name, _, port = host.partition(":")
+    # the port goes into TileJSON and WMTS links: only a real one (1-65535)
+    if port and not (port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
         return None
     return name.lower() or None
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Path as PathParam
+from fastapi import APIRouter, Path as PathParam, Request
 from fastapi.responses import FileResponse
 
 from slidemap.compute.region.layout import OUTPUT_PATTERNS
 from slidemap.report_schema import Output, OutputsResponse
 from slidemap.server.errors import NotFound, error_responses
+from slidemap.server.files import file_answer
 
 MEDIA_TYPES = {
     ".tif": "image/tiff; application=geotiff", ".gpkg": "application/geopackage+sqlite3", ".json": "application/json",
@@ -60,14 +61,14 @@ def router(region_dir: str | Path) -> APIRouter:
         return OutputsResponse(outputs=region_outputs(region))
 
     @api.get("/downloads/{path:path}", responses={200: {"content": {t: {} for t in sorted(set(MEDIA_TYPES.values()))}},
-                                                 **error_responses(400, 404)})
-    def download(path: RelPath) -> FileResponse:
+                                                 **error_responses(400, 404, 416)})
+    def download(request: Request, path: RelPath) -> FileResponse:
         """One output, streamed (only a path that GET /downloads lists)."""
         listed = {o.path for o in region_outputs(region)}
         if path not in listed:
             raise NotFound(f"no output {path} in this region; GET /downloads lists them")
         file = region / path
         suffix = ".xml" if file.name.endswith(".aux.xml") else file.suffix
-        return FileResponse(file, media_type=MEDIA_TYPES.get(suffix, "application/octet-stream"), filename=file.name)
+        return file_answer(request, file, MEDIA_TYPES.get(suffix, "application/octet-stream"), file.name)
 
     return api

@@ -57,6 +57,19 @@ class OverBudget(SlidemapError):
     http_status = 422
 
 
+class StalledBody(SlidemapError):
+    """A request body that stopped arriving: the connection is not held open for it."""
+
+    http_status = 408
+
+
+class ClientGone(SlidemapError):
+    """The client closed the connection before its body arrived: nobody reads the answer, and it is
+    not a server fault (no 500, no traceback in the log)."""
+
+    http_status = 400
+
+
 # The statuses of the error types below the web layer (which carry none), most specific first.
 STATUS_OF_TYPE: tuple[tuple[type[SlidemapError], int], ...] = (
     (OutOfMemory, 503),  # the device is full now; a retry may find it free
@@ -83,7 +96,9 @@ class ErrorBody(BaseModel):
 ERROR_STATUSES = {
     400: "bad parameter value",
     404: "no such layer, model, tile matrix set or tile",
+    408: "a request body that stopped arriving",
     409: "not built yet, an input that cannot be read (re-run prepare), or a model that cannot be used",
+    416: "a Range header beyond the file",
     422: "parameters that do not match this schema",
     503: "busy (inference queue full, compute timeout) or an input changing; retry after Retry-After seconds",
 }

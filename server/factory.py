@@ -9,6 +9,7 @@ that several routes take are declared once: :data:`ModelSpec` and the :class:`Re
 
 # No `from __future__ import annotations` here: route parameters are annotated with values of
 # this server's settings (max scale, tile name pattern), which FastAPI must see evaluated.
+import asyncio
 import math
 import threading
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import rasterio
 from fastapi import APIRouter, Depends, Path as PathParam, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import Field
+from starlette.requests import ClientDisconnect
 from titiler.core.models.mapbox import TileJSON
 
 from slidemap.compute import provenance
@@ -60,6 +62,26 @@ RESCALE_HELP = ("min,max mapped to the colour ramp (max < min reverses it, min =
                 "or once for all; ignored by categorical layers")
 COLORMAP_HELP = "colormap name (GET /colorMaps); ignored by RGB and categorical layers"
 MAX_FEATURE_BYTES = 1 << 20  # a polygon of tens of thousands of vertices; more is not a map request
+BODY_STALL_S = 20.0  # a body whose next part takes longer is abandoned (408), not waited for
+
+
+async def read_body(request: Request, limit: int, what: str, stall_s: float = BODY_STALL_S) -> bytes:
+    """The request body, at most ``limit`` bytes whatever Content-Length says, each part arriving
+    within ``stall_s`` of the last; a client that leaves mid-upload is :class:`ClientGone`."""
+    raw = bytearray()
+    parts = request.stream().__aiter__()
+    while True:
+        try:
+            part = await asyncio.wait_for(parts.__anext__(), stall_s)
+        except StopAsyncIteration:
+            return bytes(raw)
+        except TimeoutError:
+            raise server_errors.StalledBody(f"{what} stopped arriving for {stall_s:.0f} s; send it whole") from None
+        except ClientDisconnect:
+            raise server_errors.ClientGone(f"the client left before {what} arrived") from None
+        raw += part
+        if len(raw) > limit:
+            raise server_errors.OverBudget(f"{what} is larger than {limit} bytes; simplify the polygon")
 
 ModelSpec = Annotated[str | None, Query(pattern=MODEL_SPEC, description=MODEL_HELP)]
 
@@ -405,8 +427,6 @@ class TileServerFactory:
                 headers["X-Slidemap-Synthetic"] = "true"
             return Response(result.to_geotiff(), media_type="image/tiff; application=geotiff", headers=headers)
 
-        max_feature_bytes = 1 << 20  # a polygon of tens of thousands of vertices; more is not a map request
-
         @self.router.post(
             "/layers/{layer_id:path}/feature.tif",
             tags=["Data"],
@@ -414,7 +434,8 @@ class TileServerFactory:
                 "type": "object", "description": "a GeoJSON Feature or (Multi)Polygon geometry in WGS84",
                 "properties": {"type": {"type": "string", "enum": ["Feature", "Polygon", "MultiPolygon"]}},
                 "required": ["type"]}}}}},
-            responses={200: {"content": {"image/tiff; application=geotiff": {}}}, **error_responses(400, 404, 409, 422, 503)},
+            responses={200: {"content": {"image/tiff; application=geotiff": {}}},
+                       **error_responses(400, 404, 408, 409, 422, 503)},
             response_class=Response,
         )
         async def feature_extract(
@@ -428,14 +449,9 @@ class TileServerFactory:
 
             from slidemap.server.extract import extract_feature
 
-            raw = bytearray()
-            async for chunk in request.stream():  # read at most the limit, whatever Content-Length says
-                raw += chunk
-                if len(raw) > max_feature_bytes:
-                    raise server_errors.OverBudget(f"the GeoJSON body is larger than {max_feature_bytes} bytes; "
-                                                   "simplify the polygon")
+            raw = await read_body(request, MAX_FEATURE_BYTES, "the GeoJSON body")
             try:
-                body = json.loads(bytes(raw))
+                body = json.loads(raw)
             except ValueError as exc:
                 raise server_errors.BadTileRequest(f"the body is not JSON ({str(exc)[:80]})") from exc
             except RecursionError as exc:  # e.g. "[" * 100000: deeper than Python's parser recurses

@@ -13,12 +13,13 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path as PathParam
+from fastapi import APIRouter, Path as PathParam, Request
 from fastapi.responses import FileResponse
 
 from slidemap.compute.region.layout import RegionLayout
 from slidemap.report_schema import ReportEntry, ReportsResponse
 from slidemap.server.errors import NotFound, error_responses
+from slidemap.server.files import file_answer
 
 REPORT_FILE = "report.json"
 MEDIA_TYPES = {".json": "application/json", ".md": "text/markdown; charset=utf-8", ".png": "image/png"}
@@ -77,15 +78,15 @@ def router(region_dir: str | Path) -> APIRouter:
 
     @api.get("/reports/{kind}/{run_id}", responses={200: {"content": {"application/json": {}}},
                                                    **error_responses(400, 404, 409)})
-    def report(kind: Kind, run_id: RunId) -> FileResponse:
+    def report(request: Request, kind: Kind, run_id: RunId) -> FileResponse:
         """One report as its trainer wrote it (report.json)."""
-        return FileResponse(report_folder(root, kind, run_id) / REPORT_FILE, media_type=MEDIA_TYPES[".json"])
+        return file_answer(request, report_folder(root, kind, run_id) / REPORT_FILE, MEDIA_TYPES[".json"])
 
     @api.get("/reports/{kind}/{run_id}/{name}", responses={200: {"content": {"image/png": {}, "text/markdown": {}}},
                                                           **error_responses(400, 404)})
-    def report_file(kind: Kind, run_id: RunId, name: FileName) -> FileResponse:
+    def report_file(request: Request, kind: Kind, run_id: RunId, name: FileName) -> FileResponse:
         """A file of a report's folder: a figure (.png), the Markdown report (.md) or other JSON."""
         path = report_file_path(root, kind, run_id, name)
-        return FileResponse(path, media_type=MEDIA_TYPES[path.suffix])
+        return file_answer(request, path, MEDIA_TYPES[path.suffix])
 
     return api

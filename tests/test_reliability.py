@@ -344,7 +344,9 @@ def test_host_header_is_checked_and_public_url_used(region, tmp_path):
     client = TestClient(make_app(region, tmp_path / "c", allowed_hosts=("127.0.0.1", "localhost", "::1")))
     evil = client.get("/layers", headers={"host": "evil.example"})
     assert evil.status_code == 400 and "Host header" in evil.json()["detail"]
-    for bad in ("evil.example:80", "127.0.0.1.evil.example", "127.0.0.1/../x", "a@127.0.0.1", ""):
+    # a port that cannot exist would go into every TileJSON and WMTS link (found by a fuzzer)
+    for bad in ("evil.example:80", "127.0.0.1.evil.example", "127.0.0.1/../x", "a@127.0.0.1", "",
+                "127.0.0.1:99999", "127.0.0.1:0", "[::1]:70000", "[::1]x"):
         assert client.get("/health", headers={"host": bad}).status_code == 400, bad
     ok = client.get("/layers", headers={"host": "127.0.0.1:8000"})
     assert ok.status_code == 200

@@ -995,6 +995,41 @@ def test_feature_extract_bodies_are_bounded_and_checked(server):
     assert r.status_code == 422 and "larger than" in r.json()["detail"]
 
 
+def _streamed_request(messages: list[dict]):
+    """A POST whose ASGI receive hands out ``messages``, then stalls as a silent client does."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(3600)
+
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": []}, receive)
+
+
+def test_a_body_that_stalls_or_whose_client_leaves_is_a_4xx_not_a_500():
+    """Found by a fuzzer: a client that left mid-upload was logged as a 500 with a traceback, and one
+    that sent half a body held its connection open for good."""
+    import asyncio
+
+    from slidemap.server import errors as server_errors
+    from slidemap.server.factory import read_body
+
+    part = {"type": "http.request", "body": b"{", "more_body": True}
+    with pytest.raises(server_errors.StalledBody, match="stopped arriving"):
+        asyncio.run(read_body(_streamed_request([dict(part)]), 100, "the body", stall_s=0.05))
+    with pytest.raises(server_errors.ClientGone):
+        asyncio.run(read_body(_streamed_request([dict(part), {"type": "http.disconnect"}]), 100, "the body"))
+    with pytest.raises(server_errors.OverBudget):
+        asyncio.run(read_body(_streamed_request([dict(part)] * 3), 2, "the body"))
+    whole = [dict(part), {"type": "http.request", "body": b"}", "more_body": False}]
+    assert asyncio.run(read_body(_streamed_request(whole), 100, "the body")) == b"{}"
+    assert server_errors.http_status(server_errors.StalledBody("x")) == 408
+    assert server_errors.http_status(server_errors.ClientGone("x")) == 400
+
+
 def test_feature_extract_refuses_what_is_not_a_wgs84_polygon_with_a_400(server):
     """Found by a fuzzer: each of these was a 500 (shapely accepted them, then rasterio or PROJ failed)."""
     client, _, _ = server

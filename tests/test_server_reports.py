@@ -100,3 +100,15 @@ def test_downloads_send_nothing_else(downloads, url):
     r = downloads.get(url)
     assert r.status_code in (404, 422) and set(r.json()) == {"detail", "status"}, (url, r.text)
     assert "/tmp" not in r.text
+
+
+def test_downloads_answer_ranges_and_refuse_bad_ones_in_json(downloads):
+    """Found by a fuzzer: Starlette answered a bad Range header in plain text; now the server's JSON."""
+    url = "/downloads/maps/susceptibility_multiscale-abc.tif"
+    part = downloads.get(url, headers={"Range": "bytes=1-2"})
+    assert part.status_code == 206 and part.content == b"I*" and part.headers["content-range"] == "bytes 1-2/4"
+    for bad in ("bytes=3-1", "bytes=abc", "items=0-5"):
+        r = downloads.get(url, headers={"Range": bad})
+        assert r.status_code == 400 and set(r.json()) == {"detail", "status"} and "Range header" in r.json()["detail"], bad
+    r = downloads.get(url, headers={"Range": "bytes=99-"})
+    assert r.status_code == 416 and r.json()["status"] == 416 and r.headers["content-range"] == "bytes */4"
