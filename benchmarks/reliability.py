@@ -442,6 +442,53 @@ def faults(region: Path, work: Path) -> list[tuple[str, str, str]]:
         rows.append(("Host: evil.example", _short(evil), "ok" if evil.status_code == 400 else "FAIL"))
         rows.append(("/point outside the analysis CRS's valid area (15E, 0N)", f"{pt.status_code}, inside={pt.json().get('inside')}",
                      "ok" if pt.status_code == 200 else "FAIL"))
+        rows.extend(_upload_and_range_faults(server))
+    return rows
+
+
+def _raw_post(server: Server, path: str, declared: int, body: bytes, close: bool, wait: float) -> str:
+    """POST ``body`` announcing ``declared`` bytes over a raw socket; close at once, or wait for the answer."""
+    host, port = server.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=wait + 5) as conn:
+        conn.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {declared}\r\n\r\n".encode() + body)
+        if close:
+            return ""
+        with contextlib.suppress(OSError):
+            return conn.recv(4096).decode("latin-1").split("\r\n", 1)[0]
+    return ""
+
+
+def _upload_and_range_faults(server: Server) -> list[tuple[str, str, str]]:
+    """Clients that leave mid-upload or stall, and bad Range headers (each found by a fuzz run)."""
+    rows = []
+    path = "/layers/factors/slope/feature.tif"
+    seen = len(server.log.read_text(errors="replace"))
+    for _ in range(3):
+        _raw_post(server, path, 1000, b"{", close=True, wait=0)
+    time.sleep(1)
+    log = server.log.read_text(errors="replace")[seen:]
+    healthy = _get(f"{server.base}/health").status_code == 200
+    rows.append(("3 clients leave mid-upload (POST feature.tif, 1 of 1000 bytes sent)",
+                 f"server log: {log.count('Traceback')} tracebacks, {log.count('-> 500')} 500s; /health "
+                 f"{'answers' if healthy else 'DOWN'}",
+                 "ok" if healthy and "Traceback" not in log and "-> 500" not in log else "FAIL"))
+    t0 = time.perf_counter()
+    status = _raw_post(server, path, 1000, b"{", close=False, wait=40)
+    rows.append(("a client sends 1 of 1000 body bytes, then nothing", f"`{status}` after {time.perf_counter() - t0:.0f} s",
+                 "ok" if " 408 " in status else "FAIL"))
+    listed = _get(f"{server.base}/downloads").json()["outputs"]
+    if listed:
+        url = server.base + listed[0]["href"]
+        bad = _get(url, headers={"Range": "bytes=abc"})
+        beyond = _get(url, headers={"Range": f"bytes={listed[0]['size'] + 10}-"})
+        json_both = all(r.headers.get("content-type", "").startswith("application/json") for r in (bad, beyond))
+        rows.append(("GET a download with Range: bytes=abc, then a range beyond the file",
+                     f"{_short(bad)}; {_short(beyond)}, Content-Range {beyond.headers.get('content-range')}",
+                     "ok" if bad.status_code == 400 and beyond.status_code == 416 and json_both else "FAIL"))
+    host = _get(f"{server.base}/layers", headers={"host": "127.0.0.1:99999"})
+    rows.append(("Host: 127.0.0.1:99999 (a port that cannot exist, echoed into links)", _short(host),
+                 "ok" if host.status_code == 400 else "FAIL"))
     return rows
 
 

@@ -29,7 +29,7 @@ def file_answer(request: Request, path: Path, media_type: str, filename: str | N
                 # Starlette's parser (the one FileResponse runs next), so both agree on what is valid
                 FileResponse._parse_range_header(http_range, size)
             except MalformedRangeHeader as exc:
-                raise HTTPException(400, f"Range header {shown!r}: {exc.content}") from None
+                raise HTTPException(400, f"Range header {shown!r}: {exc.content.removeprefix('Range header: ')}") from None
             except RangeNotSatisfiable:
                 raise HTTPException(416, f"Range header {shown!r}: beyond the file's {size} bytes",
                                     headers={"Content-Range": f"bytes */{size}"}) from None
