@@ -179,6 +179,18 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_epoch():
     np.testing.assert_array_equal(model.w[0], [6.0, 6.0])
 
 
+def test_a_search_never_sees_another_splits_test_imagery(tmp_path):
+    """The search's split blanks the other split's test pixels: labels and imagery alike."""
+    scene = scene_from_region(_tiny_region(tmp_path, size=192, seed=2, n_slides=30))
+    exclude = np.zeros(scene.labels.shape, dtype=bool)
+    exclude[:48, :48] = True
+    data = scene_split_data(scene, "blocked", chip=32, buffer=8, seed=0, positive_share=0.5, exclude=exclude)
+    for sampler in (data.sampler, data.refit_sampler):
+        assert (sampler.image[exclude] == 0).all() and (sampler.labels[exclude] == 255).all()
+    plain = scene_split_data(scene, "blocked", chip=32, buffer=8, seed=0, positive_share=0.5)
+    assert (plain.sampler.image[exclude] != 0).any()  # without it, that imagery would be there
+
+
 def test_fit_network_ends_with_the_best_validation_weights(tmp_path):
     scene = scene_from_region(_tiny_region(tmp_path, size=192, seed=2, n_slides=30))
     data = scene_split_data(scene, "blocked", chip=32, buffer=8, seed=0, positive_share=0.5)

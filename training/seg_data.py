@@ -157,10 +157,11 @@ def scene_split_data(scene: sc.Scene, kind: str, chip: int, buffer: int, seed: i
     if exclude is not None:
         train_labels = np.where(exclude, IGNORE, train_labels).astype(np.uint8)
         val = val & ~exclude
+    held_out = test if exclude is None else test | exclude  # another split's test: held out here too
     z_fit = z.copy()
-    z_fit[test | val] = 0.0  # held-out imagery never enters training
+    z_fit[held_out | val] = 0.0  # held-out imagery never enters training, nor does its label
     z_val = z.copy()
-    z_val[test] = 0.0
+    z_val[held_out] = 0.0
     refit_labels = refit_training_labels(scene.labels, roles, buffer)
     if exclude is not None:
         refit_labels = np.where(exclude, IGNORE, refit_labels).astype(np.uint8)
