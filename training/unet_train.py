@@ -134,9 +134,11 @@ class UnetConfig:
         limit, areas = self.scene_refit_below_areas, (summary.get("landslide_areas") or {}).get("train")
         if limit is None or areas is None:
             return self, None
-        refit = self.refit or areas < limit
+        if self.refit:  # refit=true refits every source, whatever the count
+            return self, f"on: refit=true ({areas} training landslide areas)"
+        refit = areas < limit
         reason = (f"{'on' if refit else 'off'}: {areas} training landslide areas, "
-                  f"{'fewer than' if areas < limit else 'not fewer than'} {limit} (scene_refit_below_areas)")
+                  f"{'fewer than' if refit else 'not fewer than'} {limit} (scene_refit_below_areas)")
         return replace(self, refit=refit), reason
 
     def fit_config(self, max_epochs: int | None = None, epoch_chips: int = 64, **changes: Any) -> FitConfig:
