@@ -570,7 +570,7 @@ def write(out: Path, args, started: dt.datetime, seconds: float, region_note: st
     lines = [
         "# Reliability of the tile server",
         "",
-        f"Made by `.venv/bin/python -m benchmarks.reliability {' '.join(sys.argv[1:])}` on {started:%Y-%m-%d %H:%M} UTC in "
+        f"Made by `{' '.join(['.venv/bin/python -m benchmarks.reliability', *sys.argv[1:]])}` on {started:%Y-%m-%d %H:%M} UTC in "
         f"{seconds / 60:.1f} min; machine: {cpu_description()} (**shared** with other work while measured: "
         "wall-clock figures are noisy, server CPU seconds are given beside them). Every server is a "
         "`slidemap serve` process on 127.0.0.1 with default settings unless a row says otherwise.",
