@@ -179,6 +179,18 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_epoch():
     np.testing.assert_array_equal(model.w[0], [6.0, 6.0])
 
 
+def _tiny_split(tmp_path):
+    """A blocked split of a tiny SYNTHETIC region's scene, for the fitting tests."""
+    scene = scene_from_region(_tiny_region(tmp_path, size=192, seed=2, n_slides=30))
+    return scene_split_data(scene, "blocked", chip=32, buffer=8, seed=0, positive_share=0.5)
+
+
+def _tiny_fit(**changes) -> FitConfig:
+    """A width-4 network's fitting budget of a few two-step epochs; ``changes`` set the rest."""
+    return FitConfig(**{"base_width": 4, "batch_size": 4, "epoch_chips": 8, "learning_rate": 1e-2,
+                        "warmup_epochs": 1, "seed": 0, **changes})
+
+
 def test_a_search_never_sees_another_splits_test_imagery(tmp_path):
     """The search's split blanks the other split's test pixels: labels and imagery alike."""
     scene = scene_from_region(_tiny_region(tmp_path, size=192, seed=2, n_slides=30))
@@ -192,10 +204,8 @@ def test_a_search_never_sees_another_splits_test_imagery(tmp_path):
 
 
 def test_fit_network_ends_with_the_best_validation_weights(tmp_path):
-    scene = scene_from_region(_tiny_region(tmp_path, size=192, seed=2, n_slides=30))
-    data = scene_split_data(scene, "blocked", chip=32, buffer=8, seed=0, positive_share=0.5)
-    cfg = FitConfig(base_width=4, batch_size=4, epoch_chips=8, max_epochs=6, min_epochs=1, patience=2,
-                    learning_rate=1e-2, warmup_epochs=1, seed=0)
+    data = _tiny_split(tmp_path)
+    cfg = _tiny_fit(max_epochs=6, min_epochs=1, patience=2)
     fit = fit_network(data.sampler, data.val_x, data.val_y, 4, cfg, "focal", 0.75, 1.0)
     history = fit.history["val_pr_auc"]
     assert fit.best_epoch == int(np.argmax(history)) + 1
@@ -209,10 +219,8 @@ def test_fit_network_ends_with_the_best_validation_weights(tmp_path):
 
 
 def test_validation_every_second_epoch_scores_only_those_and_the_last(tmp_path, monkeypatch):
-    scene = scene_from_region(_tiny_region(tmp_path, size=192, seed=2, n_slides=30))
-    data = scene_split_data(scene, "blocked", chip=32, buffer=8, seed=0, positive_share=0.5)
-    cfg = FitConfig(base_width=4, batch_size=4, epoch_chips=8, max_epochs=5, min_epochs=1, patience=0,
-                    learning_rate=1e-2, warmup_epochs=1, seed=0, ema_epochs=1.0, validate_every=2)
+    data = _tiny_split(tmp_path)
+    cfg = _tiny_fit(max_epochs=5, min_epochs=1, patience=0, ema_epochs=1.0, validate_every=2)
     calls = []
     score = unet_fit.validation_scores
     monkeypatch.setattr(unet_fit, "validation_scores", lambda *a: calls.append(1) or score(*a))
@@ -227,10 +235,8 @@ def test_validation_every_second_epoch_scores_only_those_and_the_last(tmp_path, 
 
 
 def test_weight_averaging_scores_keeps_and_ships_the_averaged_weights(tmp_path, monkeypatch):
-    scene = scene_from_region(_tiny_region(tmp_path, size=192, seed=2, n_slides=30))
-    data = scene_split_data(scene, "blocked", chip=32, buffer=8, seed=0, positive_share=0.5)
-    cfg = FitConfig(base_width=4, batch_size=4, epoch_chips=8, max_epochs=3, min_epochs=1, patience=0,
-                    learning_rate=1e-2, warmup_epochs=1, seed=0, ema_epochs=1.0)
+    data = _tiny_split(tmp_path)
+    cfg = _tiny_fit(max_epochs=3, min_epochs=1, patience=0, ema_epochs=1.0)
     assert cfg.ema_momentum == pytest.approx(0.5) and FitConfig().ema_momentum is None  # 2 steps per epoch
     seen: list[tuple[list[np.ndarray], list[np.ndarray]]] = []
     score = unet_fit.validation_scores
@@ -409,10 +415,8 @@ def test_a_random_split_run_is_no_evidence_of_skill_and_leaves_the_default(train
 
 
 def test_a_budget_shorter_than_the_warm_up_ships_its_scored_last_epoch(tmp_path):
-    scene = scene_from_region(_tiny_region(tmp_path, size=192, seed=2, n_slides=30))
-    data = scene_split_data(scene, "blocked", chip=32, buffer=8, seed=0, positive_share=0.5)
-    cfg = FitConfig(base_width=4, batch_size=4, epoch_chips=8, max_epochs=2, min_epochs=8, patience=2,
-                    learning_rate=1e-2, warmup_epochs=1, seed=0)
+    data = _tiny_split(tmp_path)
+    cfg = _tiny_fit(max_epochs=2, min_epochs=8, patience=2)
     fit = fit_network(data.sampler, data.val_x, data.val_y, 4, cfg, "focal", 0.75, 1.0)
     assert fit.epochs_run == 2 and fit.best_epoch == 2  # the warm-up shrinks to the budget; epoch 2 is a candidate
     again = validation_scores(fit.model, data.val_x, data.val_y, 4)["val_pr_auc"]
